@@ -1,0 +1,183 @@
+"""Reading a stored instance's header: validation, index attributes and DICOM JSON.
+
+Only the header is parsed (``stop_before_pixels``); pixel data is located by
+:mod:`gateway.imaging.pixeldata` without being read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from gateway.attributes import INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
+from gateway.errors import DatasetMismatch, InvalidDicom, MissingAttribute
+
+logger = logging.getLogger(__name__)
+
+# Replaced by the request's DICOMweb base URL when headers are served.
+BASE_PLACEHOLDER = "%%DICOMWEB_BASE%%"
+BULK_DATA_THRESHOLD = 1024
+_BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+
+@dataclass
+class Header:
+    dataset: Dataset
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+
+
+def read_header(fp: BinaryIO) -> Dataset:
+    """Parse a Part 10 header, raising :class:`InvalidDicom` with the cause."""
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise InvalidDicom(f"not a DICOM Part 10 file: {exc}") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+        raise InvalidDicom(f"DICOM header cannot be parsed: {exc}") from None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise MissingAttribute("file meta information has no TransferSyntaxUID (0002,0010)")
+    return ds
+
+
+def _uid(ds: Dataset, keyword: str, tag: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise MissingAttribute(f"{keyword} ({tag}) is missing or empty")
+    text = str(value).strip().rstrip("\x00")
+    if len(text) > 64 or not _UID_RE.match(text):
+        raise MissingAttribute(f"{keyword} ({tag}) is not a valid UID: {text!r}")
+    return text
+
+
+def validate(ds: Dataset) -> Header:
+    """Check what every stored instance must have; return its identifying UIDs."""
+    transfer_syntax = str(ds.file_meta.TransferSyntaxUID).strip()
+    if not UID(transfer_syntax).is_transfer_syntax:
+        raise DatasetMismatch(f"transfer syntax {transfer_syntax!r} is not a known DICOM transfer syntax")
+    header = Header(
+        dataset=ds,
+        transfer_syntax=transfer_syntax,
+        sop_class_uid=_uid(ds, "SOPClassUID", "0008,0016"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID", "0008,0018"),
+        study_uid=_uid(ds, "StudyInstanceUID", "0020,000D"),
+        series_uid=_uid(ds, "SeriesInstanceUID", "0020,000E"),
+    )
+    meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")).strip().rstrip("\x00")
+    if meta_sop and meta_sop != header.sop_instance_uid:
+        raise DatasetMismatch(
+            f"MediaStorageSOPInstanceUID {meta_sop} differs from SOPInstanceUID {header.sop_instance_uid}"
+        )
+    meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")).strip().rstrip("\x00")
+    if meta_class and meta_class != header.sop_class_uid:
+        raise DatasetMismatch(
+            f"MediaStorageSOPClassUID {meta_class} differs from SOPClassUID {header.sop_class_uid}"
+        )
+    return header
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _time(value: Any) -> str | None:
+    text = _plain(value)
+    return text.replace(":", "") if text else None
+
+
+def person_name_groups(value: Any) -> tuple[str, str, str]:
+    """Alphabetic, ideographic and phonetic groups of a PN value, case-folded for matching."""
+    if value is None or str(value) == "":
+        return ("", "", "")
+    components = getattr(value, "components", None) or tuple(str(value).split("="))
+    groups = [str(c).casefold() for c in components] + ["", "", ""]
+    return groups[0], groups[1], groups[2]
+
+
+def index_attributes(ds: Dataset) -> dict[str, Any]:
+    """Column values for the index, from a validated header."""
+    values: dict[str, Any] = {}
+    for attr in INDEXED:
+        if attr.keyword in ("ModalitiesInStudy",) or attr.keyword.startswith("NumberOf"):
+            continue
+        raw = ds.get(attr.keyword)
+        if attr.vr in ("IS", "US"):
+            values[attr.column] = _int_or_none(raw)
+        elif attr.vr == "TM":
+            values[attr.column] = _time(raw)
+        elif attr.vr == "PN":
+            values[attr.column] = str(raw) if raw not in (None, "") else None
+            alpha, ideo, phon = person_name_groups(raw)
+            values[attr.column + "_alpha"] = alpha
+            values[attr.column + "_ideo"] = ideo
+            values[attr.column + "_phon"] = phon
+        else:
+            values[attr.column] = _plain(raw) or None
+    if values.get("number_of_frames") is None and "PixelData" in ds:
+        values["number_of_frames"] = 1
+    return values
+
+
+def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
+    """Map id(element) -> tag path ("00091010/0/00091011") for bulk data elements."""
+    paths: dict[int, str] = {}
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                paths.update(_bulk_paths(item, f"{path}/{i}/"))
+        elif elem.VR in _BULK_VRS:
+            paths[id(elem)] = path
+    return paths
+
+
+def header_json(ds: Dataset, *, study_uid: str, series_uid: str, sop_uid: str,
+                has_pixel_data: bool) -> dict[str, Any]:
+    """The instance's DICOM JSON (PS3.18 F.2) with bulk data replaced by BulkDataURI."""
+    instance_url = f"{BASE_PLACEHOLDER}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+    paths = _bulk_paths(ds)
+
+    def bulk_uri(elem: DataElement) -> str:
+        return f"{instance_url}/bulk/{paths.get(id(elem), f'{elem.tag:08X}')}"
+
+    try:
+        body = ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk_uri)
+    except Exception as exc:  # pydicom raises many types for malformed values
+        raise InvalidDicom(f"DICOM header cannot be converted to JSON: {exc}") from None
+    if has_pixel_data:
+        pixel_vr = "OW" if int(ds.get("BitsAllocated", 8) or 8) > 8 else "OB"
+        body["7FE00010"] = {"vr": pixel_vr, "BulkDataURI": f"{instance_url}/bulk/7FE00010"}
+    return body
+
+
+def level_subset(body: dict[str, Any], level: str) -> dict[str, Any]:
+    tags = STUDY_LEVEL_TAGS if level == "study" else SERIES_LEVEL_TAGS
+    return {tag: value for tag, value in body.items() if tag in tags}
+
+
+def dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))

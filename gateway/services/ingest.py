@@ -1,0 +1,240 @@
+"""The one ingest path: every instance, from STOW-RS, C-STORE or a zip upload, is stored here.
+
+1. ``stage``: spool the bytes to a local file (bounded memory), hash them, parse the
+   header only, validate, locate the pixel data frames;
+2. ``commit``: authorize, de-duplicate, write the blob (atomic), index it in one
+   transaction, emit ``instance_stored``.
+
+A blob is written before its index row and under a content-derived key, so a
+crash at any point leaves either the whole instance stored and indexed or an
+unreferenced blob that nothing shows.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from auth.base import Principal
+from gateway import headers
+from gateway.errors import (BackendUnavailable, DatasetMismatch, GatewayError, InstanceExists,
+                            InvalidDicom, PayloadTooLarge, StudyMismatch)
+from storage.base import BlobStore, IndexStore, InstanceRecord, NewInstance
+from storage.errors import Conflict, StorageError, Unavailable
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class InstanceOutcome:
+    """What happened to one instance; front doors render it in their own format."""
+
+    status: str  # stored | replaced | duplicate | failed
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    error: GatewayError | None = None
+    record: InstanceRecord | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+@dataclass
+class StagedInstance:
+    path: Path | None
+    size: int
+    sha256: str
+    header: headers.Header | None = None
+    frame_index: str | None = None
+    error: GatewayError | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def rejected(cls, error: GatewayError) -> "StagedInstance":
+        """A part refused before any byte was spooled."""
+        return cls(None, 0, "", error=error)
+
+    def discard(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterable[bytes]:
+    if hasattr(source, "read"):
+        while chunk := source.read(_CHUNK):
+            yield chunk
+    else:
+        yield from source
+
+
+class IngestService:
+    def __init__(self, blobs: BlobStore, index: IndexStore, settings, plugin_manager, services=None):
+        self.blobs = blobs
+        self.index = index
+        self.settings = settings
+        self.pm = plugin_manager
+        self.services = services
+        self.max_bytes = settings["ingest.max_instance_bytes"]
+        self.replace_duplicates = settings["ingest.duplicate_policy"] == "replace"
+
+    # --- stage ---------------------------------------------------------------------
+    def stage(self, source: Iterable[bytes] | BinaryIO) -> StagedInstance:
+        """Spool and check one instance. Parse errors are recorded on the result, not raised;
+        errors of the source itself (a broken multipart body) propagate after cleanup."""
+        staging = self.blobs.staging_dir()
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
+        path = Path(name)
+        digest = hashlib.sha256()
+        size = 0
+        too_large = False
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in _chunks(source):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        too_large = True  # keep draining the source, store nothing
+                        continue
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        staged = StagedInstance(path, size, digest.hexdigest())
+        if too_large:
+            staged.error = PayloadTooLarge(
+                f"instance of {size} bytes exceeds ingest.max_instance_bytes={self.max_bytes}")
+            return staged
+        try:
+            self._inspect(staged)
+        except GatewayError as exc:
+            staged.error = exc
+        return staged
+
+    def _inspect(self, staged: StagedInstance) -> None:
+        if staged.size == 0:
+            raise InvalidDicom("empty body: no DICOM bytes")
+        from gateway.imaging import PixelDataError, index_pixel_data
+
+        with open(staged.path, "rb") as fp:
+            ds = headers.read_header(fp)
+            staged.header = headers.validate(ds)
+            fp.seek(0)
+            try:
+                frame_index = index_pixel_data(fp, ds)
+            except (PixelDataError, EOFError, ValueError, OSError, struct.error) as exc:
+                raise InvalidDicom(f"pixel data cannot be read (truncated or malformed file?): {exc}") from None
+        if frame_index is not None:
+            end = frame_index.pixel_data_offset + (frame_index.pixel_data_length or 0)
+            if end > staged.size:
+                raise InvalidDicom(
+                    f"file is truncated: pixel data ends at byte {end}, file has {staged.size} bytes")
+            staged.frame_index = frame_index.to_json()
+            staged.extra["has_pixel_data"] = True
+
+    # --- commit --------------------------------------------------------------------
+    def commit(self, staged: StagedInstance, *, principal: Principal,
+               expected_study: str | None = None) -> InstanceOutcome:
+        """Store a staged instance; always consumes the staged file."""
+        header = staged.header
+        outcome = InstanceOutcome("failed")
+        if header is not None:
+            outcome = InstanceOutcome("failed", header.sop_class_uid, header.sop_instance_uid,
+                                      header.study_uid, header.series_uid)
+        try:
+            if staged.error is not None:
+                raise staged.error
+            if expected_study is not None and header.study_uid != expected_study:
+                raise StudyMismatch(
+                    f"StudyInstanceUID {header.study_uid} differs from the study {expected_study} of the request")
+            return self._store(staged, header, principal, outcome)
+        except GatewayError as exc:
+            outcome.error = exc
+            logger.info("instance %s not stored: %s", outcome.sop_instance_uid, exc.message)
+            return outcome
+        finally:
+            staged.discard()
+
+    def ingest(self, source: Iterable[bytes] | BinaryIO, *, principal: Principal,
+               expected_study: str | None = None) -> InstanceOutcome:
+        return self.commit(self.stage(source), principal=principal, expected_study=expected_study)
+
+    def _store(self, staged: StagedInstance, header: headers.Header, principal: Principal,
+               outcome: InstanceOutcome) -> InstanceOutcome:
+        clinic = principal.clinic_id
+        existing = self._call(self.index.find_instance, clinic, header.sop_instance_uid)
+        if existing is not None and existing.sha256 == staged.sha256:
+            outcome.status, outcome.record = "duplicate", existing
+            return outcome
+        if existing is not None and not self.replace_duplicates:
+            raise InstanceExists(
+                f"SOP Instance {header.sop_instance_uid} is already stored with different content")
+
+        ds = header.dataset
+        record = InstanceRecord(
+            clinic_id=clinic, study_uid=header.study_uid, series_uid=header.series_uid,
+            sop_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
+            transfer_syntax=header.transfer_syntax,
+            blob_key=f"dicom/{clinic}/{header.study_uid}/{header.series_uid}/"
+                     f"{header.sop_instance_uid}/{staged.sha256[:16]}.dcm",
+            size=staged.size, sha256=staged.sha256, frame_index=staged.frame_index,
+        )
+        attributes = headers.index_attributes(ds)
+        record.number_of_frames = attributes.get("number_of_frames")
+        record.instance_number = attributes.get("instance_number")
+        record.rows, record.columns = attributes.get("rows"), attributes.get("columns")
+        body = headers.header_json(ds, study_uid=header.study_uid, series_uid=header.series_uid,
+                                   sop_uid=header.sop_instance_uid,
+                                   has_pixel_data=staged.extra.get("has_pixel_data", False))
+        new = NewInstance(record, attributes, headers.dumps(body),
+                          headers.dumps(headers.level_subset(body, "study")),
+                          headers.dumps(headers.level_subset(body, "series")))
+
+        self._call(self.blobs.put_file, record.blob_key, staged.path)
+        try:
+            result = self._call(self.index.add_instance, new, replace=self.replace_duplicates)
+        except BaseException:
+            self.blobs.delete(record.blob_key)
+            raise
+        if result.outcome == "duplicate":  # a concurrent store of the same bytes won the race
+            outcome.status, outcome.record = "duplicate", result.existing
+            return outcome
+        if result.outcome == "conflict":
+            self.blobs.delete(record.blob_key)
+            raise InstanceExists(
+                f"SOP Instance {header.sop_instance_uid} is already stored with different content")
+        if result.outcome == "replaced" and result.existing.blob_key != record.blob_key:
+            self.blobs.delete(result.existing.blob_key)
+        outcome.status, outcome.record = result.outcome, record
+        self._emit(outcome)
+        return outcome
+
+    def _call(self, func, *args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Conflict as exc:
+            raise DatasetMismatch(str(exc)) from exc
+        except Unavailable as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        except StorageError as exc:
+            raise BackendUnavailable(f"storage failed: {exc}") from exc
+
+    def _emit(self, outcome: InstanceOutcome) -> None:
+        try:
+            self.pm.hook.instance_stored(outcome=outcome, services=self.services)
+        except Exception:  # a consumer's failure must not undo a store
+            logger.exception("instance_stored hook failed for %s", outcome.sop_instance_uid)
+

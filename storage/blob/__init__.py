@@ -1,0 +1,1 @@
+"""Blob stores: where the received DICOM bytes and derived objects live."""

@@ -1,0 +1,1 @@
+"""Index stores: the relational index of patients, studies, series and instances."""

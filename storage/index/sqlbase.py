@@ -1,0 +1,348 @@
+"""What every SQL index store shares: schema migrations, writes, and query translation.
+
+Subclasses provide connections (``_connect``/``_transaction``), the parameter
+style and the wildcard operator of their dialect.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from importlib import resources
+from typing import Any, Iterator
+
+from gateway.attributes import BY_KEYWORD
+from storage.base import AddResult, InstanceRecord, NewInstance, SearchResult
+from storage.errors import Conflict
+from storage.query import Match, Query
+
+logger = logging.getLogger(__name__)
+
+STUDY_COLUMNS = (
+    "study_uid", "patient_id", "patient_name", "patient_name_alpha", "patient_name_ideo",
+    "patient_name_phon", "patient_birth_date", "patient_sex", "study_date", "study_time",
+    "accession_number", "referring_physician_name", "referring_physician_name_alpha",
+    "referring_physician_name_ideo", "referring_physician_name_phon", "study_id",
+    "study_description",
+)
+SERIES_COLUMNS = (
+    "series_uid", "modality", "series_number", "series_description", "body_part_examined",
+    "series_date", "series_time", "pps_start_date", "pps_start_time",
+)
+INSTANCE_COLUMNS = (
+    "sop_uid", "sop_class_uid", "instance_number", "rows", "columns", "bits_allocated",
+    "number_of_frames", "content_date", "content_time",
+)
+RECORD_COLUMNS = (
+    "s.clinic_id", "s.study_uid", "se.series_uid", "i.sop_uid", "i.sop_class_uid",
+    "i.transfer_syntax", "i.blob_key", "i.size", "i.sha256", "i.frame_index",
+    "i.number_of_frames", "i.instance_number", "i.rows", "i.columns",
+)
+_TABLE_ALIAS = {"study": "s", "series": "se", "instance": "i"}
+_TIME_LOW_PAD, _TIME_HIGH_PAD = "000000.000000", "235959.999999"
+
+
+def _record(row) -> InstanceRecord:
+    return InstanceRecord(*row)
+
+
+class SqlIndexStore:
+    dialect = "sql"
+    migrations_package = "storage.index.sql"
+
+    # --- provided by subclasses -------------------------------------------------
+    def _transaction(self) -> contextlib.AbstractContextManager:
+        """A context manager yielding a cursor inside one write transaction."""
+        raise NotImplementedError
+
+    def _read(self) -> contextlib.AbstractContextManager:
+        """A context manager yielding a cursor for reads."""
+        raise NotImplementedError
+
+    def _sql(self, statement: str) -> str:
+        """Translate ``?`` parameters to the dialect's style."""
+        return statement
+
+    def _wildcard(self, expr: str, pattern: str) -> tuple[str, list[Any]]:
+        raise NotImplementedError
+
+    def _applied_migrations(self, cur) -> set[str]:
+        raise NotImplementedError
+
+    # --- migrations ---------------------------------------------------------------
+    def _migration_scripts(self) -> list[tuple[str, str]]:
+        folder = resources.files(self.migrations_package).joinpath(self.dialect)
+        names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+        return [(n, folder.joinpath(n).read_text(encoding="utf-8")) for n in names]
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._transaction() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = self._applied_migrations(cur)
+            for name, script in self._migration_scripts():
+                if name in done:
+                    continue
+                logger.info("applying index migration %s", name)
+                self._run_script(cur, script)
+                cur.execute(self._sql("INSERT INTO schema_migrations (name, applied_at) VALUES (?, CURRENT_TIMESTAMP)"), (name,))
+                applied.append(name)
+        return applied
+
+    def _run_script(self, cur, script: str) -> None:
+        for statement in script.split(";\n"):
+            if statement.strip() and not all(
+                line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
+            ):
+                cur.execute(statement)
+
+    # --- writes --------------------------------------------------------------------
+    def find_instance(self, clinic_id: str, sop_uid: str) -> InstanceRecord | None:
+        with self._read() as cur:
+            cur.execute(self._sql(
+                f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
+                "JOIN studies s ON s.id = i.study_pk WHERE i.clinic_id = ? AND i.sop_uid = ?"),
+                (clinic_id, sop_uid))
+            row = cur.fetchone()
+        return _record(row) if row else None
+
+    def add_instance(self, new: NewInstance, *, replace: bool) -> AddResult:
+        rec = new.record
+        with self._transaction() as cur:
+            cur.execute(self._sql(
+                f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
+                "JOIN studies s ON s.id = i.study_pk WHERE i.clinic_id = ? AND i.sop_uid = ?"),
+                (rec.clinic_id, rec.sop_uid))
+            row = cur.fetchone()
+            existing = _record(row) if row else None
+            if existing is not None:
+                if existing.sha256 == rec.sha256:
+                    return AddResult("duplicate", existing)
+                if not replace:
+                    return AddResult("conflict", existing)
+                self._delete_instances(cur, [existing])
+            study_pk = self._upsert_study(cur, new)
+            series_pk = self._upsert_series(cur, new, study_pk)
+            attrs = new.attributes
+            columns = ("series_pk", "study_pk", "clinic_id", *INSTANCE_COLUMNS, "transfer_syntax",
+                       "blob_key", "size", "sha256", "frame_index", "header_json")
+            values = (series_pk, study_pk, rec.clinic_id, rec.sop_uid, rec.sop_class_uid,
+                      *(attrs.get(c) for c in INSTANCE_COLUMNS[2:]), rec.transfer_syntax,
+                      rec.blob_key, rec.size, rec.sha256, rec.frame_index, new.header_json)
+            cur.execute(self._sql(
+                f"INSERT INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"), values)
+            cur.execute(self._sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))
+            cur.execute(self._sql("UPDATE studies SET num_instances = num_instances + 1 WHERE id = ?"), (study_pk,))
+        return AddResult("replaced" if existing else "stored", existing)
+
+    def _upsert_study(self, cur, new: NewInstance) -> int:
+        clinic, uid = new.record.clinic_id, new.record.study_uid
+        cur.execute(self._sql("SELECT id FROM studies WHERE clinic_id = ? AND study_uid = ?"), (clinic, uid))
+        row = cur.fetchone()
+        if row:
+            return row[0]
+        columns = ("clinic_id", *STUDY_COLUMNS, "study_json")
+        values = (clinic, uid, *(new.attributes.get(c) or ("" if c.endswith(("_alpha", "_ideo", "_phon")) else None)
+                                 for c in STUDY_COLUMNS[1:]), new.study_json)
+        cur.execute(self._sql(
+            f"INSERT INTO studies ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) RETURNING id"), values)
+        return cur.fetchone()[0]
+
+    def _upsert_series(self, cur, new: NewInstance, study_pk: int) -> int:
+        clinic, uid = new.record.clinic_id, new.record.series_uid
+        cur.execute(self._sql("SELECT id, study_pk FROM series WHERE clinic_id = ? AND series_uid = ?"), (clinic, uid))
+        row = cur.fetchone()
+        if row:
+            if row[1] != study_pk:
+                raise Conflict(f"series {uid} is already stored under another study")
+            return row[0]
+        columns = ("study_pk", "clinic_id", *SERIES_COLUMNS, "series_json")
+        values = (study_pk, clinic, uid, *(new.attributes.get(c) for c in SERIES_COLUMNS[1:]), new.series_json)
+        cur.execute(self._sql(
+            f"INSERT INTO series ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) RETURNING id"), values)
+        series_pk = cur.fetchone()[0]
+        cur.execute(self._sql("UPDATE studies SET num_series = num_series + 1 WHERE id = ?"), (study_pk,))
+        self._refresh_modalities(cur, study_pk)
+        return series_pk
+
+    def _refresh_modalities(self, cur, study_pk: int) -> None:
+        cur.execute(self._sql(
+            "SELECT DISTINCT modality FROM series WHERE study_pk = ? AND modality IS NOT NULL ORDER BY modality"),
+            (study_pk,))
+        modalities = [r[0] for r in cur.fetchall() if r[0]]
+        joined = "\\" + "\\".join(modalities) + "\\" if modalities else ""
+        cur.execute(self._sql("UPDATE studies SET modalities = ? WHERE id = ?"), (joined, study_pk))
+
+    def _delete_instances(self, cur, records: list[InstanceRecord]) -> None:
+        """Delete instance rows, keep counters true and drop emptied series and studies."""
+        touched_series: set[int] = set()
+        touched_studies: set[int] = set()
+        for rec in records:
+            cur.execute(self._sql(
+                "DELETE FROM instances WHERE clinic_id = ? AND sop_uid = ? RETURNING series_pk, study_pk"),
+                (rec.clinic_id, rec.sop_uid))
+            row = cur.fetchone()
+            if not row:
+                continue
+            series_pk, study_pk = row
+            cur.execute(self._sql("UPDATE series SET num_instances = num_instances - 1 WHERE id = ?"), (series_pk,))
+            cur.execute(self._sql("UPDATE studies SET num_instances = num_instances - 1 WHERE id = ?"), (study_pk,))
+            touched_series.add(series_pk)
+            touched_studies.add(study_pk)
+        for series_pk in touched_series:
+            cur.execute(self._sql("DELETE FROM series WHERE id = ? AND num_instances <= 0 RETURNING study_pk"),
+                        (series_pk,))
+            row = cur.fetchone()
+            if row:
+                cur.execute(self._sql("UPDATE studies SET num_series = num_series - 1 WHERE id = ?"), (row[0],))
+        for study_pk in touched_studies:
+            cur.execute(self._sql("DELETE FROM studies WHERE id = ? AND num_instances <= 0"), (study_pk,))
+            self._refresh_modalities(cur, study_pk)
+
+    def delete(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+               sop_uid: str | None = None) -> list[InstanceRecord]:
+        with self._transaction() as cur:
+            where, params = self._scope(clinic_id, study_uid, series_uid, sop_uid)
+            cur.execute(self._sql(
+                f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
+                f"JOIN studies s ON s.id = i.study_pk WHERE {where}"), params)
+            records = [_record(r) for r in cur.fetchall()]
+            self._delete_instances(cur, records)
+        return records
+
+    # --- reads ---------------------------------------------------------------------
+    @staticmethod
+    def _scope(clinic_id: str, study_uid: str | None, series_uid: str | None,
+               sop_uid: str | None) -> tuple[str, list[Any]]:
+        where, params = ["s.clinic_id = ?"], [clinic_id]
+        for column, value in (("s.study_uid", study_uid), ("se.series_uid", series_uid), ("i.sop_uid", sop_uid)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return " AND ".join(where), params
+
+    def instances(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                  sop_uid: str | None = None) -> list[InstanceRecord]:
+        where, params = self._scope(clinic_id, study_uid, series_uid, sop_uid)
+        with self._read() as cur:
+            cur.execute(self._sql(
+                f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
+                f"JOIN studies s ON s.id = i.study_pk WHERE {where} "
+                "ORDER BY se.series_number, se.id, i.instance_number, i.id"), params)
+            return [_record(r) for r in cur.fetchall()]
+
+    def instance_headers(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                         sop_uid: str | None = None) -> Iterator[str]:
+        where, params = self._scope(clinic_id, study_uid, series_uid, sop_uid)
+        with self._read() as cur:
+            cur.execute(self._sql(
+                "SELECT i.header_json FROM instances i JOIN series se ON se.id = i.series_pk "
+                f"JOIN studies s ON s.id = i.study_pk WHERE {where} "
+                "ORDER BY se.series_number, se.id, i.instance_number, i.id"), params)
+            rows = cur.fetchall()
+        for (text,) in rows:
+            yield text
+
+    def counts(self, clinic_id: str | None = None) -> dict[str, int]:
+        where, params = ("WHERE clinic_id = ?", [clinic_id]) if clinic_id else ("", [])
+        result = {}
+        with self._read() as cur:
+            for name, table in (("patients", "patients"), ("studies", "studies"),
+                                ("series", "series"), ("instances", "instances")):
+                cur.execute(self._sql(f"SELECT count(*) FROM {table} {where}"), params)
+                result[name] = cur.fetchone()[0]
+        return result
+
+    # --- search --------------------------------------------------------------------
+    def search(self, query: Query) -> SearchResult:
+        alias = _TABLE_ALIAS[query.level]
+        select = ["s.*"]
+        from_ = "studies s"
+        order = "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
+        if query.level in ("series", "instance"):
+            select.append("se.*")
+            from_ += " JOIN series se ON se.study_pk = s.id"
+            order = "s.id, se.series_number NULLS LAST, se.id"
+        if query.level == "instance":
+            select.append("i.*" if query.with_headers else
+                          ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS))
+            from_ += " JOIN instances i ON i.series_pk = se.id"
+            order += ", i.instance_number NULLS LAST, i.id"
+        where, params = self._scope(query.clinic_id, query.study_uid, query.series_uid, None)
+        conditions = [where]
+        for match in query.matches:
+            sql, values = self._condition(match)
+            conditions.append(sql)
+            params.extend(values)
+        statement = (f"SELECT {', '.join(select)} FROM {from_} WHERE {' AND '.join(conditions)} "
+                     f"ORDER BY {order} LIMIT ? OFFSET ?")
+        params.extend([query.limit + 1, query.offset])
+        with self._read() as cur:
+            cur.execute(self._sql(statement), params)
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        truncated = len(rows) > query.limit
+        # Columns repeat across joined tables (id, clinic_id, num_instances...):
+        # later tables win, so the level's own num_instances is what remains.
+        del alias
+        return SearchResult([dict(zip(names, r)) for r in rows[: query.limit]], truncated)
+
+    def _condition(self, match: Match) -> tuple[str, list[Any]]:
+        attr = BY_KEYWORD[match.keyword]
+        column = f"{_TABLE_ALIAS[attr.level]}.{attr.column}"
+        if attr.keyword == "ModalitiesInStudy":
+            values = match.value if match.kind == "uids" else (match.value,)
+            parts, params = [], []
+            for value in values:
+                sql, p = self._wildcard(column, f"*\\{value}\\*")
+                parts.append(sql)
+                params.extend(p)
+            return "(" + " OR ".join(parts) + ")", params
+        if attr.vr == "PN":
+            return self._person_name(column, match)
+        if match.kind == "uids":
+            return f"{column} IN ({', '.join('?' * len(match.value))})", list(match.value)
+        if match.kind == "range":
+            low, high = match.value
+            if attr.vr == "TM":
+                low = low and (low + _TIME_LOW_PAD[len(low):])
+                high = high and (high + _TIME_HIGH_PAD[len(high):])
+            parts, params = [], []
+            if low:
+                parts.append(f"{column} >= ?")
+                params.append(low)
+            if high:
+                parts.append(f"{column} <= ?")
+                params.append(high)
+            return " AND ".join(parts) or "1=1", params
+        if match.kind == "wildcard":
+            return self._wildcard(column, match.value)
+        if attr.vr in ("IS", "US"):
+            return f"{column} = ?", [int(match.value)]
+        if attr.vr == "TM":
+            # A time matches at the precision it was given ("10" matches 10:xx:xx).
+            return self._wildcard(column, match.value + "*")
+        return f"{column} = ?", [match.value]
+
+    def _person_name(self, column: str, match: Match) -> tuple[str, list[Any]]:
+        groups = [f"{column}_alpha", f"{column}_ideo", f"{column}_phon"]
+        value = str(match.value).casefold()
+        parts: list[str] = []
+        params: list[Any] = []
+        if match.kind == "fuzzy":
+            # Every word of the query starts some component of the name, in any group.
+            for word in value.replace("^", " ").replace("=", " ").split():
+                any_group = []
+                for g in groups:
+                    sql, p = self._wildcard(f"(' ' || replace({g}, '^', ' '))", f"* {word}*")
+                    any_group.append(sql)
+                    params.extend(p)
+                parts.append("(" + " OR ".join(any_group) + ")")
+            return "(" + (" AND ".join(parts) or "1=1") + ")", params
+        for g in groups:
+            if match.kind == "wildcard":
+                sql, p = self._wildcard(g, value)
+            else:
+                sql, p = f"{g} = ?", [value]
+            parts.append(sql)
+            params.extend(p)
+        return "(" + " OR ".join(parts) + ")", params

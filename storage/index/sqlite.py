@@ -1,0 +1,99 @@
+"""The embedded index: one SQLite file in WAL mode, one connection per thread."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from storage.errors import Unavailable
+from storage.index.sqlbase import SqlIndexStore
+
+logger = logging.getLogger(__name__)
+
+
+def _glob_escape(pattern: str) -> str:
+    """DICOM wildcards (* ?) are GLOB's; other GLOB specials are made literal."""
+    return pattern.replace("[", "[[]").replace("]", "[]]")
+
+
+class SqliteIndexStore(SqlIndexStore):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    @classmethod
+    def from_settings(cls, settings) -> "SqliteIndexStore":
+        return cls(settings.path("storage.sqlite_path", "index.sqlite3"))
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode survives a killed process; FULL also survives power loss.
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA busy_timeout=60000")
+            except sqlite3.Error as exc:
+                raise Unavailable(f"cannot open SQLite index {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        conn = self._connection()
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        cur = self._connection().cursor()
+        try:
+            yield cur
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"SQLite index read failed: {exc}") from exc
+        finally:
+            cur.close()
+
+    def _wildcard(self, expr: str, pattern: str) -> tuple[str, list[Any]]:
+        return f"{expr} GLOB ?", [_glob_escape(pattern)]
+
+    def _applied_migrations(self, cur) -> set[str]:
+        cur.execute("SELECT name FROM schema_migrations")
+        return {r[0] for r in cur.fetchall()}
+
+    def ping(self) -> None:
+        try:
+            with self._read() as cur:
+                cur.execute("SELECT count(*) FROM schema_migrations")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"SQLite index unusable: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
