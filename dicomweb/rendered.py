@@ -21,7 +21,7 @@ _RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "icc
 
 
 def _params(thumbnail: bool) -> dict:
-    from gateway.imaging import parse_viewport, parse_window
+    from gateway.imaging import parse_viewport, parse_window, parse_window_function
 
     unknown = sorted(set(request.args) - _RENDER_PARAMS)
     if unknown:
@@ -30,6 +30,7 @@ def _params(thumbnail: bool) -> dict:
     try:
         if "window" in request.args:
             params["window"] = parse_window(request.args["window"])
+            params["window_function"] = parse_window_function(request.args["window"])
         if "viewport" in request.args:
             params["viewport"] = parse_viewport(request.args["viewport"])
         if "quality" in request.args:
@@ -52,7 +53,7 @@ def _render(record: InstanceRecord, number: int, *, thumbnail: bool = False) -> 
     params = _params(thumbnail)
     pixels, header = services().retrieve.decoded_frame(record, number)
     try:
-        data = render_frame(pixels, header, media_type=media_type, **params)
+        data = render_frame(pixels, header, media_type=media_type, frame_number=number, **params)
     except ValueError as exc:
         raise BadRequest(f"cannot render instance {record.sop_uid}: {exc}") from None
     response = Response(data, mimetype=media_type)

@@ -104,8 +104,8 @@ class RetrieveService:
                         result.append(Frame(read_stored_frame(fh, index, n), index.transfer_syntax))
                         continue
                     header = header if header is not None else self.read_header(fh)
-                    data, photometric = frame_as_explicit_le(fh, header, index, n)
-                    result.append(Frame(data, "1.2.840.10008.1.2.1", photometric))
+                    frame = frame_as_explicit_le(fh, header, index, n)
+                    result.append(Frame(frame.data, "1.2.840.10008.1.2.1", frame.photometric_interpretation))
                 except PixelDataError as exc:
                     raise BadRequest(str(exc)) from exc
         return result
