@@ -6,7 +6,8 @@ import logging
 from flask import request
 from flask_smorest import Blueprint
 
-from dicomweb.common import PREFIX, json_response, principal, require_json_accept, services
+from dicomweb.common import PREFIX, base_url, json_response, principal, require_json_accept, services
+from gateway.headers import BASE_PLACEHOLDER
 from gateway.errors import BadRequest
 from gateway.services.query import resolve_attribute
 
@@ -81,6 +82,8 @@ def search(level: str, study: str | None = None, series: str | None = None):
                                       limit=args["limit"], offset=args["offset"], fuzzy=args["fuzzy"],
                                       study_uid=study, series_uid=series)
     response = json_response(outcome.results, 200, media_type)
+    if outcome.results and "includefield" in request.args:  # headers may hold BulkDataURIs
+        response.set_data(response.get_data().replace(BASE_PLACEHOLDER.encode(), base_url().encode()))
     host = request.host
     if outcome.truncated:
         response.headers.add("Warning", _TRUNCATED.format(host=host))

@@ -85,7 +85,7 @@ def store(study: str | None = None):
     staged = _stage_body()
     ingest = services().ingest
     who = principal()
-    outcomes = [ingest.commit(s, principal=who, expected_study=study) for s in staged]
+    outcomes = ingest.commit_many(staged, principal=who, expected_study=study)
 
     root = base_url()
     referenced, failed = [], []

@@ -99,6 +99,10 @@ class IndexStore(Protocol):
         when the series is already indexed under another study.
         """
 
+    def add_instances(self, items: list[NewInstance], *, replace: bool) -> list["AddResult | Exception"]:
+        """:meth:`add_instance` for several instances in one transaction; an item that
+        conflicts gets its :class:`storage.errors.Conflict` as result, the others are kept."""
+
     def search(self, query: Query) -> SearchResult:
         """Rows of the query's level: column values by name, plus ``study_json`` /
         ``series_json`` (and ``header_json`` when ``with_headers``)."""

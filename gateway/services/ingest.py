@@ -149,36 +149,59 @@ class IngestService:
     def commit(self, staged: StagedInstance, *, principal: Principal,
                expected_study: str | None = None) -> InstanceOutcome:
         """Store a staged instance; always consumes the staged file."""
-        header = staged.header
-        outcome = InstanceOutcome("failed")
-        if header is not None:
-            outcome = InstanceOutcome("failed", header.sop_class_uid, header.sop_instance_uid,
-                                      header.study_uid, header.series_uid)
+        return self.commit_many([staged], principal=principal, expected_study=expected_study)[0]
+
+    def commit_many(self, staged: list[StagedInstance], *, principal: Principal,
+                    expected_study: str | None = None) -> list[InstanceOutcome]:
+        """Store staged instances, indexing them in one transaction; consumes every staged file.
+
+        Blobs are written first; an instance is visible only once the transaction commits.
+        """
+        outcomes = [self._outcome(s) for s in staged]
+        pending: list[tuple[int, NewInstance]] = []
         try:
-            if staged.error is not None:
-                raise staged.error
-            if expected_study is not None and header.study_uid != expected_study:
-                raise StudyMismatch(
-                    f"StudyInstanceUID {header.study_uid} differs from the study {expected_study} of the request")
-            return self._store(staged, header, principal, outcome)
-        except GatewayError as exc:
-            outcome.error = exc
-            logger.info("instance %s not stored: %s", outcome.sop_instance_uid, exc.message)
-            return outcome
+            for i, item in enumerate(staged):
+                try:
+                    new = self._prepare(item, principal, expected_study, outcomes[i])
+                    if new is not None:
+                        self._call(self.blobs.put_file, new.record.blob_key, item.path)
+                        pending.append((i, new))
+                except GatewayError as exc:
+                    self._fail(outcomes[i], exc)
+            if pending:
+                self._index(pending, outcomes)
         finally:
-            staged.discard()
+            for item in staged:
+                item.discard()
+        return outcomes
 
-    def ingest(self, source: Iterable[bytes] | BinaryIO, *, principal: Principal,
-               expected_study: str | None = None) -> InstanceOutcome:
-        return self.commit(self.stage(source), principal=principal, expected_study=expected_study)
+    @staticmethod
+    def _outcome(staged: StagedInstance) -> InstanceOutcome:
+        header = staged.header
+        if header is None:
+            return InstanceOutcome("failed")
+        return InstanceOutcome("failed", header.sop_class_uid, header.sop_instance_uid,
+                               header.study_uid, header.series_uid)
 
-    def _store(self, staged: StagedInstance, header: headers.Header, principal: Principal,
-               outcome: InstanceOutcome) -> InstanceOutcome:
+    @staticmethod
+    def _fail(outcome: InstanceOutcome, exc: GatewayError) -> None:
+        outcome.status, outcome.error = "failed", exc
+        logger.info("instance %s not stored: %s", outcome.sop_instance_uid, exc.message)
+
+    def _prepare(self, staged: StagedInstance, principal: Principal, expected_study: str | None,
+                 outcome: InstanceOutcome) -> NewInstance | None:
+        """Check one staged instance and build its index entry; None when it is a known duplicate."""
+        if staged.error is not None:
+            raise staged.error
+        header = staged.header
+        if expected_study is not None and header.study_uid != expected_study:
+            raise StudyMismatch(
+                f"StudyInstanceUID {header.study_uid} differs from the study {expected_study} of the request")
         clinic = principal.clinic_id
         existing = self._call(self.index.find_instance, clinic, header.sop_instance_uid)
         if existing is not None and existing.sha256 == staged.sha256:
             outcome.status, outcome.record = "duplicate", existing
-            return outcome
+            return None
         if existing is not None and not self.replace_duplicates:
             raise InstanceExists(
                 f"SOP Instance {header.sop_instance_uid} is already stored with different content")
@@ -189,7 +212,7 @@ class IngestService:
             sop_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
             transfer_syntax=header.transfer_syntax,
             blob_key=f"dicom/{clinic}/{header.study_uid}/{header.series_uid}/"
-                     f"{header.sop_instance_uid}/{staged.sha256[:16]}.dcm",
+                     f"{header.sop_instance_uid}.{staged.sha256[:16]}.dcm",
             size=staged.size, sha256=staged.sha256, frame_index=staged.frame_index,
         )
         attributes = headers.index_attributes(ds)
@@ -199,28 +222,35 @@ class IngestService:
         body = headers.header_json(ds, study_uid=header.study_uid, series_uid=header.series_uid,
                                    sop_uid=header.sop_instance_uid,
                                    has_pixel_data=staged.extra.get("has_pixel_data", False))
-        new = NewInstance(record, attributes, headers.dumps(body),
-                          headers.dumps(headers.level_subset(body, "study")),
-                          headers.dumps(headers.level_subset(body, "series")))
+        return NewInstance(record, attributes, headers.dumps(body),
+                           headers.dumps(headers.level_subset(body, "study")),
+                           headers.dumps(headers.level_subset(body, "series")))
 
-        self._call(self.blobs.put_file, record.blob_key, staged.path)
+    def _index(self, pending: list[tuple[int, NewInstance]], outcomes: list[InstanceOutcome]) -> None:
         try:
-            result = self._call(self.index.add_instance, new, replace=self.replace_duplicates)
-        except BaseException:
-            self.blobs.delete(record.blob_key)
-            raise
-        if result.outcome == "duplicate":  # a concurrent store of the same bytes won the race
-            outcome.status, outcome.record = "duplicate", result.existing
-            return outcome
-        if result.outcome == "conflict":
-            self.blobs.delete(record.blob_key)
-            raise InstanceExists(
-                f"SOP Instance {header.sop_instance_uid} is already stored with different content")
-        if result.outcome == "replaced" and result.existing.blob_key != record.blob_key:
-            self.blobs.delete(result.existing.blob_key)
-        outcome.status, outcome.record = result.outcome, record
-        self._emit(outcome)
-        return outcome
+            results = self._call(self.index.add_instances, [new for _, new in pending],
+                                 replace=self.replace_duplicates)
+        except GatewayError as exc:
+            for i, new in pending:
+                self.blobs.delete(new.record.blob_key)
+                self._fail(outcomes[i], exc)
+            return
+        for (i, new), result in zip(pending, results):
+            outcome, record = outcomes[i], new.record
+            if isinstance(result, Exception):  # e.g. the series is stored under another study
+                self.blobs.delete(record.blob_key)
+                self._fail(outcome, DatasetMismatch(str(result)))
+            elif result.outcome == "duplicate":  # a concurrent store of the same bytes won the race
+                outcome.status, outcome.record = "duplicate", result.existing
+            elif result.outcome == "conflict":
+                self.blobs.delete(record.blob_key)
+                self._fail(outcome, InstanceExists(
+                    f"SOP Instance {record.sop_uid} is already stored with different content"))
+            else:
+                if result.outcome == "replaced" and result.existing.blob_key != record.blob_key:
+                    self.blobs.delete(result.existing.blob_key)
+                outcome.status, outcome.record = result.outcome, record
+                self._emit(outcome)
 
     def _call(self, func, *args, **kwargs):
         try:

@@ -38,7 +38,9 @@ RECORD_COLUMNS = (
     "i.number_of_frames", "i.instance_number", "i.rows", "i.columns",
 )
 _TABLE_ALIAS = {"study": "s", "series": "se", "instance": "i"}
-_TIME_LOW_PAD, _TIME_HIGH_PAD = "000000.000000", "235959.999999"
+# Stored times keep their own precision ("101500"), so a low bound is padded to HHMMSS
+# only: "101500.000000" would sort after a stored "101500" and exclude it.
+_TIME_LOW_PAD, _TIME_HIGH_PAD = "000000", "235959.999999"
 
 
 def _record(row) -> InstanceRecord:
@@ -106,32 +108,55 @@ class SqlIndexStore:
         return _record(row) if row else None
 
     def add_instance(self, new: NewInstance, *, replace: bool) -> AddResult:
-        rec = new.record
+        result = self.add_instances([new], replace=replace)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def add_instances(self, items: list[NewInstance], *, replace: bool) -> list[AddResult | Conflict]:
+        """Index several instances in one transaction (one commit, one fsync).
+
+        Each item runs under its own savepoint, so one item's Conflict leaves the
+        others stored; that item's result is the Conflict itself.
+        """
+        results: list[AddResult | Conflict] = []
         with self._transaction() as cur:
-            cur.execute(self._sql(
-                f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
-                "JOIN studies s ON s.id = i.study_pk WHERE i.clinic_id = ? AND i.sop_uid = ?"),
-                (rec.clinic_id, rec.sop_uid))
-            row = cur.fetchone()
-            existing = _record(row) if row else None
-            if existing is not None:
-                if existing.sha256 == rec.sha256:
-                    return AddResult("duplicate", existing)
-                if not replace:
-                    return AddResult("conflict", existing)
-                self._delete_instances(cur, [existing])
-            study_pk = self._upsert_study(cur, new)
-            series_pk = self._upsert_series(cur, new, study_pk)
-            attrs = new.attributes
-            columns = ("series_pk", "study_pk", "clinic_id", *INSTANCE_COLUMNS, "transfer_syntax",
-                       "blob_key", "size", "sha256", "frame_index", "header_json")
-            values = (series_pk, study_pk, rec.clinic_id, rec.sop_uid, rec.sop_class_uid,
-                      *(attrs.get(c) for c in INSTANCE_COLUMNS[2:]), rec.transfer_syntax,
-                      rec.blob_key, rec.size, rec.sha256, rec.frame_index, new.header_json)
-            cur.execute(self._sql(
-                f"INSERT INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"), values)
-            cur.execute(self._sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))
-            cur.execute(self._sql("UPDATE studies SET num_instances = num_instances + 1 WHERE id = ?"), (study_pk,))
+            for new in items:
+                cur.execute("SAVEPOINT add_instance")
+                try:
+                    results.append(self._add(cur, new, replace))
+                except Conflict as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT add_instance")
+                    results.append(exc)
+                cur.execute("RELEASE SAVEPOINT add_instance")
+        return results
+
+    def _add(self, cur, new: NewInstance, replace: bool) -> AddResult:
+        rec = new.record
+        cur.execute(self._sql(
+            f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
+            "JOIN studies s ON s.id = i.study_pk WHERE i.clinic_id = ? AND i.sop_uid = ?"),
+            (rec.clinic_id, rec.sop_uid))
+        row = cur.fetchone()
+        existing = _record(row) if row else None
+        if existing is not None:
+            if existing.sha256 == rec.sha256:
+                return AddResult("duplicate", existing)
+            if not replace:
+                return AddResult("conflict", existing)
+            self._delete_instances(cur, [existing])
+        study_pk = self._upsert_study(cur, new)
+        series_pk = self._upsert_series(cur, new, study_pk)
+        attrs = new.attributes
+        columns = ("series_pk", "study_pk", "clinic_id", *INSTANCE_COLUMNS, "transfer_syntax",
+                   "blob_key", "size", "sha256", "frame_index", "header_json")
+        values = (series_pk, study_pk, rec.clinic_id, rec.sop_uid, rec.sop_class_uid,
+                  *(attrs.get(c) for c in INSTANCE_COLUMNS[2:]), rec.transfer_syntax,
+                  rec.blob_key, rec.size, rec.sha256, rec.frame_index, new.header_json)
+        cur.execute(self._sql(
+            f"INSERT INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"), values)
+        cur.execute(self._sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))
+        cur.execute(self._sql("UPDATE studies SET num_instances = num_instances + 1 WHERE id = ?"), (study_pk,))
         return AddResult("replaced" if existing else "stored", existing)
 
     def _upsert_study(self, cur, new: NewInstance) -> int:

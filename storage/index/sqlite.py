@@ -16,14 +16,16 @@ logger = logging.getLogger(__name__)
 
 def _glob_escape(pattern: str) -> str:
     """DICOM wildcards (* ?) are GLOB's; other GLOB specials are made literal."""
-    return pattern.replace("[", "[[]").replace("]", "[]]")
+    # One pass: chained str.replace calls would re-escape the "]" of "[[]".
+    return "".join({"[": "[[]", "]": "[]]"}.get(c, c) for c in pattern)
 
 
 class SqliteIndexStore(SqlIndexStore):
     dialect = "sqlite"
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL"):
         self.path = str(path)
+        self.synchronous = synchronous
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -32,7 +34,9 @@ class SqliteIndexStore(SqlIndexStore):
 
     @classmethod
     def from_settings(cls, settings) -> "SqliteIndexStore":
-        return cls(settings.path("storage.sqlite_path", "index.sqlite3"))
+        # WAL with NORMAL survives a killed process; FULL also survives a power loss.
+        return cls(settings.path("storage.sqlite_path", "index.sqlite3"),
+                   synchronous="FULL" if settings["storage.fsync"] else "NORMAL")
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -40,8 +44,7 @@ class SqliteIndexStore(SqlIndexStore):
             try:
                 conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
-                # NORMAL in WAL mode survives a killed process; FULL also survives power loss.
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA busy_timeout=60000")
             except sqlite3.Error as exc:
