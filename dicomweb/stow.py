@@ -24,6 +24,20 @@ blp = Blueprint("stow", __name__, url_prefix=PREFIX, description="STOW-RS: store
 _DICOM = "application/dicom"
 
 
+class _RequestBody:
+    """The request stream, with a body that breaks off (a chunked upload whose client went
+    away: gunicorn raises NoMoreData, an OSError) turned into a 400 instead of a 500."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except OSError as exc:
+            raise BadRequest(f"request body ended before it was complete, nothing was stored: {exc}") from None
+
+
 def _stage_body() -> list[StagedInstance]:
     content_type = request.headers.get("Content-Type")
     if not content_type:
@@ -34,7 +48,7 @@ def _stage_body() -> list[StagedInstance]:
         raise UnsupportedMediaType(f"Content-Type {content_type!r} cannot be parsed") from None
     ingest = services().ingest
     if media_type == _DICOM:
-        return [ingest.stage(request.stream)]
+        return [ingest.stage(_RequestBody(request.stream))]
     if media_type != "multipart/related":
         raise UnsupportedMediaType(
             f"Content-Type {media_type} is not supported: send multipart/related; type=\"application/dicom\" "
@@ -50,7 +64,7 @@ def _stage_body() -> list[StagedInstance]:
 
     staged: list[StagedInstance] = []
     try:
-        for part in MultipartReader(request.stream, boundary):
+        for part in MultipartReader(_RequestBody(request.stream), boundary):
             part_type = (part.content_type or _DICOM).split(";")[0].strip().lower()
             if part_type != _DICOM:
                 # The reader skips the unread body of this part.

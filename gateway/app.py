@@ -61,9 +61,10 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
     _install_error_handlers(app)
 
     from dicomweb import init_app as init_dicomweb
-    from gateway import health
+    from gateway import admin, health
 
     api.register_blueprint(health.blp)
+    admin.init_app(app, api)
     init_dicomweb(app, api)
     return app
 

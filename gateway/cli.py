@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, config show, migrate, import, demo-data."""
+"""The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, forwards, migrate-backends."""
 from __future__ import annotations
 
 import json
@@ -24,10 +24,13 @@ def _settings():
 
 
 def _services(settings):
+    from gateway.dimse import forwarding
     from gateway.services import Services
     from plugins.manager import create_plugin_manager
 
-    return Services.build(settings, create_plugin_manager())
+    services = Services.build(settings, create_plugin_manager())
+    forwarding.register(services.pm)  # what the CLI stores is forwarded like the rest
+    return services
 
 
 @click.group()
@@ -64,6 +67,10 @@ def serve(host, port, workers, threads) -> None:
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
             self.cfg.set("loglevel", settings["log.level"].lower())
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn >= 25 opens one control socket per user at a fixed path, which
+                # several gateways on one machine would fight over.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self):
             from gateway.app import create_app
@@ -72,7 +79,29 @@ def serve(host, port, workers, threads) -> None:
 
     click.echo(f"DICOMweb at http://{settings['server.host']}:{settings['server.port']}/dicom-web "
                f"(API docs: /api/docs); data in {settings.data_dir}", err=True)
-    GatewayApplication().run()
+    child = _dimse_child(settings)
+    try:
+        GatewayApplication().run()
+    finally:
+        if child is not None:
+            child.stop()
+
+
+def _dimse_child(settings):
+    """The DIMSE listener and forward worker beside the HTTP server (``dimse.enabled``), or the
+    forward worker alone when only forwarding rules are set."""
+    from gateway.dimse.forwarding import rules_from_settings
+    from gateway.dimse.supervisor import ChildSupervisor
+
+    try:
+        rules = rules_from_settings(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings["dimse.enabled"]:
+        return ChildSupervisor(["dimse"], name="DIMSE listener").start()
+    if rules:
+        return ChildSupervisor(["forwards", "run"], name="forward worker").start()
+    return None
 
 
 @main.group()
@@ -128,6 +157,17 @@ def _is_part10(path: Path) -> bool:
         return False
 
 
+def _is_dicomdir(path: Path) -> bool:
+    """A DICOMDIR has no SOPClassUID in its dataset: only its file meta names the class."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # unreadable meta: let ingest report why
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "")).strip().rstrip("\x00") == DICOMDIR_CLASS
+
+
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
@@ -146,7 +186,7 @@ def import_(paths: tuple[str, ...], quiet: bool) -> None:
     with click.progressbar(files, label="importing", file=sys.stderr if not quiet else open(os.devnull, "w"),
                            show_pos=True) as bar:
         for path in bar:
-            if not _is_part10(path):
+            if not _is_part10(path) or _is_dicomdir(path):
                 counts["not DICOM"] += 1
                 continue
             with path.open("rb") as fh:
@@ -180,6 +220,168 @@ def demo_data(folder: str, slices: int, size: int) -> None:
 
     paths = write_cbct(Path(folder), n_slices=slices, size=size)
     click.echo(f"wrote {len(paths)} files to {folder}")
+
+
+@main.command()
+@click.option("--host", help="bind address (setting dimse.host)")
+@click.option("--port", type=int, help="DIMSE port (setting dimse.port)")
+@click.option("--ae-title", help="AE title (setting dimse.ae_title)")
+@click.option("--no-forward", is_flag=True, help="do not run the forward worker in this process")
+@click.option("--parent-pid", type=int, hidden=True, help="stop when this process is gone")
+def dimse(host, port, ae_title, no_forward, parent_pid) -> None:
+    """Run the DIMSE listener (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) and the forward worker.
+
+    Peers, destinations and forwarding rules come from the dimse.* and forward.* settings.
+    Stops on SIGTERM or Ctrl-C; exits with 3 when the port cannot be bound.
+    """
+    for name, value in (("dimse.host", host), ("dimse.port", port), ("dimse.ae_title", ae_title)):
+        if value is not None:
+            os.environ["GATEWAY_" + name.upper().replace(".", "__")] = str(value)
+    settings = _settings()
+    from gateway.dimse.listener import run
+    from gateway.logs import configure_logging
+
+    configure_logging(settings["log.level"], settings["log.format"])
+    try:
+        code = run(settings, forward=not no_forward, parent_pid=parent_pid, announce=click.echo)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+def _index(settings):
+    from storage import registry
+
+    index = registry.create("index", settings["storage.index_backend"], settings)
+    index.migrate()
+    return index
+
+
+def _when(ms: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+@main.group(invoke_without_command=True)
+@click.option("--failed", is_flag=True, help="only forwards that gave up")
+@click.option("--clinic", help="only this clinic's forwards")
+@click.option("--limit", default=100, show_default=True, help="most forwards listed")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def forwards(ctx, failed: bool, clinic: str | None, limit: int, as_json: bool) -> None:
+    """List queued forwards (pending and failed). Subcommands: retry, run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dataclasses import asdict
+
+    index = _index(_settings())
+    items = index.list_forwards(status="failed" if failed else None, clinic_id=clinic, limit=limit)
+    counts = index.forward_counts(clinic)
+    index.close()
+    if as_json:
+        click.echo(json.dumps({"counts": counts, "items": [asdict(i) for i in items]}, indent=2))
+        return
+    click.echo(f"{counts['pending']} pending, {counts['failed']} failed")
+    for item in items:
+        due = "-" if item.status == "failed" else _when(item.next_attempt_at)
+        click.echo(f"{item.id:>6} {item.status:<7} {item.destination:<16} attempts={item.attempts:<3} "
+                   f"next={due} sop={item.sop_uid} clinic={item.clinic_id}"
+                   + (f" error={item.last_error}" if item.last_error else ""))
+
+
+@forwards.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_failed", is_flag=True, help="every failed forward")
+def forwards_retry(ids: tuple[int, ...], all_failed: bool) -> None:
+    """Send failed forwards again (by id, or --all), from the first attempt."""
+    import time
+
+    if not ids and not all_failed:
+        raise click.UsageError("give forward ids or --all")
+    index = _index(_settings())
+    count = index.retry_forwards(ids=None if all_failed else list(ids), now_ms=int(time.time() * 1000))
+    index.close()
+    click.echo(f"{count} forward(s) pending again")
+
+
+@forwards.command("run")
+@click.option("--parent-pid", type=int, hidden=True, help="stop when this process is gone")
+def forwards_run(parent_pid) -> None:
+    """Run the forward worker alone (no listener), e.g. on a worker machine."""
+    settings = _settings()
+    from gateway.dimse.listener import run
+    from gateway.logs import configure_logging
+
+    configure_logging(settings["log.level"], settings["log.format"])
+    try:
+        code = run(settings, listen=False, parent_pid=parent_pid, announce=click.echo)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@main.command("migrate-backends")
+@click.option("--source-data-dir", type=click.Path(exists=True, file_okay=False),
+              help="the embedded deployment to copy from: its storage.data_dir (SQLite index + blob folder)")
+@click.option("--source-config", type=click.Path(exists=True, dir_okay=False),
+              help="or a settings file (TOML) describing the source stores")
+@click.option("--clinic", "clinics", multiple=True, help="copy only this clinic (repeatable)")
+@click.option("--jobs", default=4, show_default=True, help="instances copied in parallel")
+@click.option("--no-readback", is_flag=True, help="skip reading every copied object back to hash it "
+                                                  "(the index sha256 is still compared)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback, quiet) -> None:
+    """Copy every instance from a source deployment to the configured stores (e.g. embedded
+    SQLite + folder to PostgreSQL + S3), checking the sha256 of each; safe to re-run.
+
+    The target is the effective settings (environment, gateway.toml / GATEWAY_CONFIG); the
+    source is given by --source-data-dir or --source-config, read without the environment.
+    Exits 1 if any instance could not be copied or verified.
+    """
+    from storage import registry
+    from storage.migrate import StoreMigration
+
+    if bool(source_data_dir) == bool(source_config):
+        raise click.UsageError("give exactly one of --source-data-dir and --source-config")
+    target = _settings()
+    try:
+        if source_config:
+            source = load_settings(config_file=source_config, environ={})
+        else:
+            source = load_settings(overrides={"storage.data_dir": source_data_dir, "storage.index_backend": "sqlite",
+                                              "storage.blob_backend": "filesystem"}, environ={})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    same = all(source[n] == target[n] for n in ("storage.index_backend", "storage.blob_backend")) and \
+        source.data_dir == target.data_dir and source["storage.postgres_dsn"] == target["storage.postgres_dsn"] \
+        and source["storage.s3_bucket"] == target["storage.s3_bucket"]
+    if same:
+        raise click.ClickException("the source and the target are the same stores")
+    source_index = registry.create("index", source["storage.index_backend"], source)
+    source_blobs = registry.create("blob", source["storage.blob_backend"], source)
+    migration = StoreMigration(source_index, source_blobs, target, verify_blobs=not no_readback, jobs=jobs)
+    click.echo(f"copying from {source['storage.index_backend']} + {source['storage.blob_backend']} to "
+               f"{target['storage.index_backend']} + {target['storage.blob_backend']}", err=True)
+    count = 0
+
+    def progress(record) -> None:
+        nonlocal count
+        count += 1
+        if not quiet and count % 100 == 0:
+            click.echo(f"  {count} instances ...", err=True)
+
+    try:
+        report = migration.run(clinics=list(clinics) or None, progress=progress)
+    finally:
+        migration.close()
+        for store in (source_index, source_blobs):
+            getattr(store, "close", lambda: None)()
+    for what, why in report.failed:
+        click.echo(f"failed {what}: {why}", err=True)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

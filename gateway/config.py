@@ -13,6 +13,7 @@ Invalid values fail at start-up with a :class:`SettingsError` naming the setting
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tomllib
@@ -73,6 +74,142 @@ def _positive(convert: Callable[[Any], int]) -> Callable[[Any], int]:
     return check
 
 
+# --- DIMSE and forwarding: tables of peers, destinations and rules ----------------------
+# Given as TOML arrays of tables ([[dimse.peers]]) or, in the environment, as a JSON list.
+
+DIMSE_SERVICES = ("echo", "store", "find", "move", "get")
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _non_negative(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        number = convert(value)
+        if number < 0:
+            raise ValueError(f"expected zero or a positive number, got {value!r}")
+        return number
+
+    return check
+
+
+def _port(value: Any) -> int:
+    number = _int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"expected a TCP port (1-65535), got {value!r}")
+    return number
+
+
+def _ae_title(value: Any, *, wildcard: bool = False) -> str:
+    text = str(value).strip()
+    if wildcard and text == "*":
+        return text
+    if not text or len(text) > 16 or "\\" in text or not text.isascii() or not text.isprintable():
+        raise ValueError(f"{value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return text
+
+
+def _text_list(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{what} must be a list of strings, got {value!r}")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _tables(value: Any, what: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON list of {what}: {exc}") from None
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+        raise ValueError(f"expected a list of {what} (tables), got {value!r}")
+    return [dict(v) for v in value]
+
+
+def _check_keys(entry: dict[str, Any], index: int, what: str, allowed: set[str], required: set[str]) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{what} {index + 1}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    missing = sorted(required - set(entry))
+    if missing:
+        raise ValueError(f"{what} {index + 1}: {missing[0]!r} is required")
+
+
+def _peers(value: Any) -> list[dict[str, Any]]:
+    """Calling AEs allowed to associate: ae_title ("*" = any), hosts, clinic, allow."""
+    peers = []
+    for i, entry in enumerate(_tables(value, "peers")):
+        _check_keys(entry, i, "peer", {"ae_title", "host", "hosts", "clinic", "allow"}, {"ae_title"})
+        try:
+            hosts = _text_list(entry.get("hosts", []), "hosts") + _text_list(entry.get("host", []), "host")
+            allow = [s.lower() for s in _text_list(entry.get("allow", list(DIMSE_SERVICES)), "allow")]
+            if "all" in allow:
+                allow = list(DIMSE_SERVICES)
+            bad = [s for s in allow if s not in DIMSE_SERVICES]
+            if bad:
+                raise ValueError(f"unknown service {bad[0]!r} in allow (known: {', '.join(DIMSE_SERVICES)}, all)")
+            clinic = str(entry.get("clinic", "default")).strip()
+            if not clinic:
+                raise ValueError("clinic must not be empty")
+            peers.append({"ae_title": _ae_title(entry["ae_title"], wildcard=True), "hosts": hosts,
+                          "clinic": clinic, "allow": [s for s in DIMSE_SERVICES if s in allow]})
+        except ValueError as exc:
+            raise ValueError(f"peer {i + 1}: {exc}") from None
+    return peers
+
+
+def _destinations(value: Any) -> list[dict[str, Any]]:
+    """Remote AEs we connect to (C-MOVE destinations, forwarding targets): ae_title, host, port."""
+    destinations = []
+    seen: set[str] = set()
+    for i, entry in enumerate(_tables(value, "destinations")):
+        _check_keys(entry, i, "destination", {"ae_title", "host", "port"}, {"ae_title", "host", "port"})
+        try:
+            ae = _ae_title(entry["ae_title"])
+            host = str(entry["host"]).strip()
+            if not host:
+                raise ValueError("host must not be empty")
+            port = _port(entry["port"])
+        except ValueError as exc:
+            raise ValueError(f"destination {i + 1}: {exc}") from None
+        if ae in seen:
+            raise ValueError(f"destination {i + 1}: AE title {ae!r} is declared twice")
+        seen.add(ae)
+        destinations.append({"ae_title": ae, "host": host, "port": port})
+    return destinations
+
+
+def _forward_rules(value: Any) -> list[dict[str, Any]]:
+    """Forwarding rules: name, to (destination AE titles), optional clinic/modalities/sop_classes filters."""
+    rules = []
+    for i, entry in enumerate(_tables(value, "forwarding rules")):
+        _check_keys(entry, i, "forwarding rule", {"name", "to", "clinic", "modalities", "sop_classes"}, {"to"})
+        try:
+            to = [_ae_title(v) for v in _text_list(entry["to"], "to")]
+            if not to:
+                raise ValueError("'to' names no destination")
+            rules.append({
+                "name": str(entry.get("name") or f"rule{i + 1}").strip(),
+                "to": to,
+                "clinic": str(entry["clinic"]).strip() if entry.get("clinic") else "",
+                "modalities": [m.upper() for m in _text_list(entry.get("modalities", []), "modalities")],
+                "sop_classes": _text_list(entry.get("sop_classes", []), "sop_classes"),
+            })
+        except ValueError as exc:
+            raise ValueError(f"forwarding rule {i + 1}: {exc}") from None
+    return rules
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -80,6 +217,36 @@ class Setting:
     convert: Callable[[Any], Any]
     help: str
     secret: bool = False
+
+
+# --- production backends (storage.postgres_*, storage.s3_*) ------------------------------
+
+# Storage classes whose objects can be read at once (archive classes need a restore first,
+# which WADO-RS cannot wait for).
+S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+                      "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
+
+
+def _s3_sse(value: Any) -> str:
+    text = str(value).strip()
+    known = {"": "", "none": "", "aes256": "AES256", "aws:kms": "aws:kms", "aws:kms:dsse": "aws:kms:dsse"}
+    if text.lower() not in known:
+        raise ValueError(f"expected AES256, aws:kms, aws:kms:dsse or empty, got {value!r}")
+    return known[text.lower()]
+
+
+def _s3_storage_class(value: Any) -> str:
+    text = str(value).strip().upper()
+    if text and text not in S3_STORAGE_CLASSES:
+        raise ValueError(f"expected one of {', '.join(S3_STORAGE_CLASSES)} or empty, got {value!r}")
+    return text
+
+
+def _s3_part_size(value: Any) -> int:
+    number = _int(value)
+    if not 5 * 1024**2 <= number <= 5 * 1024**3:
+        raise ValueError(f"S3 parts are 5 MiB to 5 GiB, got {value!r}")
+    return number
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -101,8 +268,56 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dicomweb.qido_max_limit", 10000, _positive(_int), "largest QIDO-RS page; larger limits are cut with a Warning header"),
     Setting("dicomweb.qido_default_limit", 1000, _positive(_int), "QIDO-RS page size when the request gives no limit"),
     Setting("dicomweb.thumbnail_size", 128, _positive(_int), "edge of thumbnails in pixels when no viewport is asked"),
-    Setting("log.level", "INFO", _choice("debug", "info", "warning", "error"), "log level"),
+    Setting("log.level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("log.format", "text", _choice("text", "json"), "log line format"),
+    Setting("dimse.enabled", True, _bool, "'gateway serve' also starts the DIMSE listener and the forward worker (a child process)"),
+    Setting("dimse.ae_title", "DENTALGW", _ae_title, "AE title of the DIMSE listener and of its outgoing associations"),
+    Setting("dimse.host", "127.0.0.1", str, "address the DIMSE listener binds"),
+    Setting("dimse.port", 11112, _port, "DIMSE port"),
+    Setting("dimse.max_associations", 32, _positive(_int), "simultaneous incoming associations; more are rejected (transient)"),
+    Setting("dimse.max_pdu_size", 0, _non_negative(_int), "largest PDU the listener receives, in bytes; 0 = unlimited"),
+    Setting("dimse.acse_timeout", 30.0, _positive(_float), "seconds to wait for association messages"),
+    Setting("dimse.dimse_timeout", 120.0, _positive(_float), "seconds to wait for a DIMSE message (e.g. a C-STORE response)"),
+    Setting("dimse.network_timeout", 300.0, _positive(_float), "seconds of silence before an association is closed"),
+    Setting("dimse.connection_timeout", 10.0, _positive(_float), "seconds to wait when connecting to a remote AE (C-MOVE, forwarding)"),
+    Setting("dimse.check_called_ae", False, _bool, "reject associations whose called AE title is not dimse.ae_title"),
+    Setting("dimse.peers", [], _peers, "calling AEs allowed to associate: [[dimse.peers]] ae_title (\"*\" = any), hosts, clinic, allow = echo/store/find/move/get; others are rejected"),
+    Setting("dimse.destinations", [], _destinations, "remote AEs for C-MOVE and forwarding: [[dimse.destinations]] ae_title, host, port"),
+    Setting("dimse.find_max_results", 0, _non_negative(_int), "most C-FIND matches returned per request; 0 = all"),
+    Setting("forward.rules", [], _forward_rules, "[[forward.rules]] name, to = [destination AE titles], optional clinic, modalities, sop_classes"),
+    Setting("forward.retry_initial", 5.0, _positive(_float), "seconds before the first retry of a failed forward; doubles on each failure"),
+    Setting("forward.retry_max", 600.0, _positive(_float), "longest wait between two retries, in seconds"),
+    Setting("forward.max_attempts", 20, _positive(_int), "attempts after which a forward is marked failed (retry it with 'gateway forwards retry')"),
+    Setting("forward.poll_interval", 1.0, _positive(_float), "seconds between two looks at the forward queue"),
+    Setting("forward.batch_size", 50, _positive(_int), "forwards sent on one association"),
+    Setting("forward.lease_seconds", 600, _positive(_int), "a claimed batch not finished in this time is claimed again by another worker"),
+    Setting("storage.postgres_dsn", "", str, "PostgreSQL connection string for storage.index_backend = postgresql (postgresql://user@host:5432/db or key=value)", secret=True),
+    Setting("storage.postgres_password", "", str, "PostgreSQL password when it is not in the DSN (else PGPASSWORD or ~/.pgpass)", secret=True),
+    Setting("storage.postgres_pool_min", 1, _positive(_int), "PostgreSQL connections each process keeps open"),
+    Setting("storage.postgres_pool_max", 10, _positive(_int), "most PostgreSQL connections per process (size it to server.threads; mind max_connections)"),
+    Setting("storage.postgres_pool_timeout", 5.0, _positive(_float), "seconds a request waits for a PostgreSQL connection before it gets 503"),
+    Setting("storage.postgres_connect_timeout", 5, _positive(_int), "seconds to wait when opening a PostgreSQL connection"),
+    Setting("storage.postgres_statement_timeout", 30.0, _non_negative(_float), "seconds after which a PostgreSQL statement is cancelled (503); 0 = no limit"),
+    Setting("storage.s3_bucket", "", str, "bucket of the s3 blob store (storage.blob_backend = s3); it must exist"),
+    Setting("storage.s3_prefix", "", str, "key prefix inside the bucket, e.g. 'pacs/' to share a bucket"),
+    Setting("storage.s3_region", "", str, "region; empty: from the AWS environment or profile"),
+    Setting("storage.s3_endpoint_url", "", str, "S3-compatible endpoint (MinIO, Ceph, ...), e.g. http://minio:9000; empty: AWS"),
+    Setting("storage.s3_addressing_style", "auto", _choice("auto", "path", "virtual"), "bucket in the host name (virtual) or in the path (path, for most S3-compatible servers)"),
+    Setting("storage.s3_access_key_id", "", str, "access key; empty: the default AWS credential chain (environment, profile, instance or task role)"),
+    Setting("storage.s3_secret_access_key", "", str, "secret key of storage.s3_access_key_id", secret=True),
+    Setting("storage.s3_sse", "", _s3_sse, "server-side encryption of new objects: AES256, aws:kms, aws:kms:dsse; empty: the bucket's default"),
+    Setting("storage.s3_sse_kms_key_id", "", str, "KMS key (id, ARN or alias) for aws:kms; empty: the AWS managed key"),
+    Setting("storage.s3_storage_class", "", _s3_storage_class, "storage class of new objects (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, ...); empty: STANDARD"),
+    Setting("storage.s3_multipart_threshold", 16 * 1024**2, _s3_part_size, "objects of this many bytes or more are uploaded in parts"),
+    Setting("storage.s3_multipart_chunksize", 16 * 1024**2, _s3_part_size, "bytes per uploaded part"),
+    Setting("storage.s3_max_concurrency", 4, _positive(_int), "parts of one object uploaded in parallel"),
+    Setting("storage.s3_max_attempts", 5, _positive(_int), "attempts per S3 request, with exponential backoff, on throttling and transient errors"),
+    Setting("storage.s3_retry_mode", "standard", _choice("standard", "adaptive", "legacy"), "botocore retry mode; adaptive also rate-limits the client when throttled"),
+    Setting("storage.s3_connect_timeout", 5.0, _positive(_float), "seconds to wait when connecting to S3"),
+    Setting("storage.s3_read_timeout", 60.0, _positive(_float), "seconds to wait for S3 to answer or send more bytes"),
+    Setting("storage.s3_max_pool_connections", 32, _positive(_int), "HTTP connections to S3 per process"),
+    Setting("storage.s3_read_ahead", 1024 * 1024, _positive(_int), "bytes fetched by one ranged GET when an object is read (header parsing, frames)"),
+    Setting("storage.s3_presign_expiry", 3600, _positive(_int), "default lifetime of presigned URLs, in seconds (at most 604800)"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

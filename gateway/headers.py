@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from gateway.attributes import INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
+from gateway.attributes import COMPUTED, INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from gateway.errors import DatasetMismatch, InvalidDicom, MissingAttribute
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,17 @@ def read_header(fp: BinaryIO) -> Dataset:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise InvalidDicom(f"not a DICOM Part 10 file: {exc}") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+    except Exception as exc:  # pydicom raises many types (struct.error, BytesLengthException...)
         raise InvalidDicom(f"DICOM header cannot be parsed: {exc}") from None
     if "TransferSyntaxUID" not in ds.file_meta:
         raise MissingAttribute("file meta information has no TransferSyntaxUID (0002,0010)")
+    for tag in list(ds.keys()):
+        # pydicom silently returns short values when the file ends inside an element
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) \
+                and raw.length != 0xFFFFFFFF and len(raw.value) < raw.length:
+            raise InvalidDicom(f"file is truncated: element {raw.tag} has {len(raw.value)} "
+                               f"of its {raw.length} bytes")
     return ds
 
 
@@ -122,7 +129,7 @@ def index_attributes(ds: Dataset) -> dict[str, Any]:
     """Column values for the index, from a validated header."""
     values: dict[str, Any] = {}
     for attr in INDEXED:
-        if attr.keyword in ("ModalitiesInStudy",) or attr.keyword.startswith("NumberOf"):
+        if attr.keyword in COMPUTED:  # NumberOfFrames is the instance's own, not computed
             continue
         raw = ds.get(attr.keyword)
         if attr.vr in ("IS", "US"):
@@ -137,8 +144,6 @@ def index_attributes(ds: Dataset) -> dict[str, Any]:
             values[attr.column + "_phon"] = phon
         else:
             values[attr.column] = _plain(raw) or None
-    if values.get("number_of_frames") is None and "PixelData" in ds:
-        values["number_of_frames"] = 1
     return values
 
 

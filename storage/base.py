@@ -81,6 +81,26 @@ class SearchResult:
     truncated: bool = False
 
 
+@dataclass
+class ForwardItem:
+    """One instance to send to one remote AE (the durable forward queue)."""
+
+    clinic_id: str
+    destination: str  # AE title, declared in dimse.destinations
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    rule: str = ""
+    id: int | None = None
+    status: Literal["pending", "failed"] = "pending"
+    attempts: int = 0
+    next_attempt_at: int = 0  # milliseconds since the epoch
+    last_error: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+    lease_owner: str | None = None
+
+
 @runtime_checkable
 class IndexStore(Protocol):
     def migrate(self) -> list[str]:
@@ -123,3 +143,36 @@ class IndexStore(Protocol):
         """Numbers of patients, studies, series and instances (for status and tests)."""
 
     def close(self) -> None: ...
+
+    # --- the forward queue (gateway.dimse.forwarding) ------------------------------
+    def enqueue_forwards(self, items: list[ForwardItem], *, now_ms: int) -> None:
+        """Queue instances for sending, in one transaction. An instance already queued for the
+        same destination is queued again from scratch (pending, no attempts, lease dropped)."""
+
+    def claim_forwards(self, owner: str, *, now_ms: int, lease_ms: int, limit: int) -> list[ForwardItem]:
+        """Lease up to ``limit`` due pending items to ``owner`` (oldest due first); an item leased
+        by another owner is not due until its lease has expired."""
+
+    def finish_forward(self, item_id: int, owner: str) -> bool:
+        """Remove a sent item, unless it was queued again since ``owner`` claimed it."""
+
+    def fail_forward(self, item_id: int, owner: str, *, error: str, next_attempt_ms: int,
+                     give_up: bool, now_ms: int) -> bool:
+        """Count a failed attempt: pending again at ``next_attempt_ms``, or ``failed`` if ``give_up``."""
+
+    def forward_lease_owners(self) -> list[str]:
+        """Owners of current leases (to release those of workers that died)."""
+
+    def release_forwards(self, owner: str) -> int:
+        """Drop the leases of ``owner``: its items are due again at once."""
+
+    def list_forwards(self, *, status: str | None = None, clinic_id: str | None = None,
+                      limit: int = 100, offset: int = 0) -> list[ForwardItem]:
+        """Queued items in queue order, optionally of one status and clinic."""
+
+    def retry_forwards(self, *, ids: list[int] | None = None, clinic_id: str | None = None,
+                       now_ms: int) -> int:
+        """Make failed items (all, or those of ``ids``) pending and due now; return how many."""
+
+    def forward_counts(self, clinic_id: str | None = None) -> dict[str, int]:
+        """Numbers of pending and failed items."""

@@ -52,7 +52,9 @@ class ServerProcess:
         self.port = port or free_port()
         self.env = {**os.environ, "GATEWAY_STORAGE__DATA_DIR": str(self.data_dir),
                     "GATEWAY_SERVER__PORT": str(self.port), "GATEWAY_SERVER__WORKERS": "2",
-                    "GATEWAY_SERVER__THREADS": "4", "GATEWAY_LOG__LEVEL": "warning", **(env or {})}
+                    "GATEWAY_SERVER__THREADS": "4", "GATEWAY_LOG__LEVEL": "warning",
+                    # HTTP-only unless a test asks: every listener would want port 11112.
+                    "GATEWAY_DIMSE__ENABLED": "false", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
 
@@ -116,3 +118,7 @@ def fresh_server(tmp_path):
     srv = ServerProcess(tmp_path / "data")
     yield srv
     srv.stop()
+
+
+# The backend services (the machine's PostgreSQL, moto_server for S3) and their fixtures.
+from tests.services import moto_server, postgres_database, postgres_dsn, s3_bucket  # noqa: E402,F401

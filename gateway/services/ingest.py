@@ -139,10 +139,13 @@ class IngestService:
                 raise InvalidDicom(f"pixel data cannot be read (truncated or malformed file?): {exc}") from None
         if frame_index is not None:
             end = frame_index.pixel_data_offset + (frame_index.pixel_data_length or 0)
+            # Undefined length (encapsulated) data: the fragments must be in the file too.
+            end = max([end] + [offset + length for frame in frame_index.frames for offset, length in frame])
             if end > staged.size:
                 raise InvalidDicom(
                     f"file is truncated: pixel data ends at byte {end}, file has {staged.size} bytes")
             staged.frame_index = frame_index.to_json()
+            staged.extra["number_of_frames"] = frame_index.number_of_frames
             staged.extra["has_pixel_data"] = True
 
     # --- commit --------------------------------------------------------------------
@@ -216,6 +219,8 @@ class IngestService:
             size=staged.size, sha256=staged.sha256, frame_index=staged.frame_index,
         )
         attributes = headers.index_attributes(ds)
+        if attributes.get("number_of_frames") is None:  # single-frame IODs omit NumberOfFrames
+            attributes["number_of_frames"] = staged.extra.get("number_of_frames")
         record.number_of_frames = attributes.get("number_of_frames")
         record.instance_number = attributes.get("instance_number")
         record.rows, record.columns = attributes.get("rows"), attributes.get("columns")

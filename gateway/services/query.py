@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -29,6 +30,16 @@ _UID_RE = re.compile(r"^[0-9.]{1,64}$")
 _LEVEL_OF = {"study": ("study",), "series": ("study", "series"), "instance": ("study", "series", "instance")}
 
 
+# Patient level (Patient Root C-FIND): the patient keys, kept with each study, and the
+# computed counts of the patient's studies, series and instances.
+PATIENT_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+PATIENT_COUNTS = {
+    "NumberOfPatientRelatedStudies": ("00201200", "num_studies"),
+    "NumberOfPatientRelatedSeries": ("00201202", "num_series"),
+    "NumberOfPatientRelatedInstances": ("00201204", "num_instances"),
+}
+
+
 @dataclass
 class SearchOutcome:
     results: list[dict[str, Any]]
@@ -39,6 +50,8 @@ class SearchOutcome:
 def resolve_attribute(name: str) -> tuple[str, str]:
     """A keyword or 8-hex-digit tag → (keyword, tag hex). Raises BadRequest if unknown."""
     text = name.strip()
+    if not text:  # pydicom's dictionary has an entry with an empty keyword (300A,0782)
+        raise BadRequest(f"unknown attribute {name!r}: empty attribute name")
     if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
         tag = int(text, 16)
         keyword = keyword_for_tag(tag)
@@ -50,14 +63,20 @@ def resolve_attribute(name: str) -> tuple[str, str]:
 
 
 def _check_date(value: str, keyword: str) -> str:
-    if not _DATE_RE.match(value):
+    try:
+        valid = bool(_DATE_RE.match(value)) and bool(datetime.strptime(value, "%Y%m%d"))
+    except ValueError:  # 8 digits but no calendar date (month 13, 30 February)
+        valid = False
+    if not valid:
         raise BadRequest(f"{keyword}: {value!r} is not a date (YYYYMMDD)")
     return value
 
 
 def _check_time(value: str, keyword: str) -> str:
     value = value.replace(":", "")
-    if not _TIME_RE.match(value):
+    hhmmss = value.split(".")[0]
+    if (not _TIME_RE.match(value) or int(hhmmss[:2]) > 23 or int(hhmmss[2:4] or 0) > 59
+            or int(hhmmss[4:6] or 0) > 60):  # 60: leap second
         raise BadRequest(f"{keyword}: {value!r} is not a time (HHMMSS.FFFFFF)")
     return value
 
@@ -82,6 +101,8 @@ def build_match(keyword: str, value: str, *, fuzzy: bool = False) -> Match | Non
         return Match(keyword, "single", check(value, keyword))
     if attr.vr == "UI" or keyword == "ModalitiesInStudy":
         values = tuple(v.strip() for v in re.split(r"[\\,]", value) if v.strip())
+        if not values:
+            raise BadRequest(f"{keyword}: {value!r} is a list without any value")
         if attr.vr == "UI":
             bad = [v for v in values if not _UID_RE.match(v)]
             if bad:
@@ -127,14 +148,20 @@ class QueryService:
                fuzzy: bool = False, study_uid: str | None = None,
                series_uid: str | None = None) -> SearchOutcome:
         """``filters`` maps keywords to DICOM matching strings; ``include`` is keywords or "all"."""
+        if level == "patient":
+            return self._search_patients(principal, filters, include=include, limit=limit, offset=offset,
+                                         fuzzy=fuzzy)
         matches: list[Match] = []
         ignored: list[str] = []
+        universal: list[str] = []
         allowed_levels = _LEVEL_OF[level]
         for keyword, value in filters.items():
             attr = BY_KEYWORD.get(keyword)
             if attr is None or attr.level not in allowed_levels:
                 if value.strip():
                     ignored.append(keyword)
+                else:  # universal matching on a kept attribute: a return key (PS3.4 C.2.2.2.3)
+                    universal.append(keyword)
                 continue
             match = build_match(keyword, value, fuzzy=fuzzy)
             if match is not None:
@@ -143,7 +170,7 @@ class QueryService:
                       study_uid=study_uid, series_uid=series_uid,
                       limit=min(limit or self.default_limit, self.max_limit), offset=offset)
         include_all = include == "all"
-        extra = set() if include_all else {resolve_attribute(k)[1] for k in include}
+        extra = set() if include_all else {resolve_attribute(k)[1] for k in (*include, *universal)}
         query.with_headers = level == "instance" and (include_all or any(
             tag not in {a.tag for a in INDEXED} for tag in extra))
         try:
@@ -153,6 +180,52 @@ class QueryService:
         truncated = found.truncated or (limit is not None and limit > self.max_limit)
         requested = {k for k in filters} | {keyword_for_tag(int(t, 16)) or t for t in extra}
         results = [self._result(row, level, requested, extra, include_all) for row in found.rows]
+        return SearchOutcome(results, truncated, ignored)
+
+    def _search_patients(self, principal: Principal, filters: Mapping[str, str], *,
+                         include: Iterable[str] | str, limit: int | None, offset: int,
+                         fuzzy: bool) -> SearchOutcome:
+        """Patient level (Patient Root C-FIND): patients with a study matching the patient keys.
+
+        Each study carries its patient's attributes; a patient is one PatientID in a clinic,
+        described by its newest study. The related-object counts cover all its studies.
+        """
+        matches: list[Match] = []
+        ignored: list[str] = []
+        extra: set[str] = set()
+        for keyword, value in filters.items():
+            if keyword in PATIENT_KEYWORDS:
+                match = build_match(keyword, value, fuzzy=fuzzy)
+                if match is not None:
+                    matches.append(match)
+            elif value.strip():
+                ignored.append(keyword)
+            elif keyword not in PATIENT_COUNTS:
+                extra.add(resolve_attribute(keyword)[1])
+        include_all = include == "all"
+        if not include_all:
+            extra |= {resolve_attribute(k)[1] for k in include}
+        query = Query(level="patient", clinic_id=principal.clinic_id, matches=matches,  # type: ignore[arg-type]
+                      limit=min(limit or self.default_limit, self.max_limit), offset=offset)
+        try:
+            found = self.index.search(query)
+        except StorageError as exc:
+            raise BackendUnavailable(f"index search failed: {exc}") from exc
+        results = []
+        for row in found.rows:
+            merged = json.loads(row.get("study_json") or "{}")
+            body = {tag: element for tag, element in merged.items()
+                    if (tag.startswith("0010") if include_all else tag in extra)}
+            for keyword in PATIENT_KEYWORDS:
+                attr = BY_KEYWORD[keyword]
+                body[attr.tag] = (merged[attr.tag] if attr.vr == "PN" and attr.tag in merged
+                                  else _element(attr.vr, row.get(attr.column)))
+            for tag, column in PATIENT_COUNTS.values():
+                body[tag] = _element("IS", row.get(column))
+            if "00080005" in merged:
+                body["00080005"] = merged["00080005"]
+            results.append(dict(sorted(body.items())))
+        truncated = found.truncated or (limit is not None and limit > self.max_limit)
         return SearchOutcome(results, truncated, ignored)
 
     def _result(self, row: dict[str, Any], level: str, requested: set[str], extra_tags: set[str],
@@ -184,9 +257,13 @@ class QueryService:
             if attr.vr == "PN" and attr.tag in merged:
                 body[attr.tag] = merged[attr.tag]  # keeps the three name groups as received
                 continue
-            value = row.get(attr.column)
+            # Joined rows repeat column names (num_instances): study counters come aliased.
+            value = row.get(f"study_{attr.column}" if attr.level == "study" and f"study_{attr.column}" in row
+                            else attr.column)
             if keyword == "ModalitiesInStudy":
                 value = (value or "").strip("\\")
+                if not value:  # OHIF v3 reads ModalitiesInStudy.Value.length unguarded
+                    continue
             body[attr.tag] = _element(attr.vr, value)
         if "00080005" in merged:
             body["00080005"] = merged["00080005"]

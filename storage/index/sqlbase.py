@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any, Iterator
 
 from gateway.attributes import BY_KEYWORD
-from storage.base import AddResult, InstanceRecord, NewInstance, SearchResult
+from storage.base import AddResult, ForwardItem, InstanceRecord, NewInstance, SearchResult
 from storage.errors import Conflict
 from storage.query import Match, Query
 
@@ -47,6 +47,18 @@ def _record(row) -> InstanceRecord:
     return InstanceRecord(*row)
 
 
+FORWARD_COLUMNS = (
+    "clinic_id", "destination", "study_uid", "series_uid", "sop_uid", "rule", "id", "status",
+    "attempts", "next_attempt_at", "last_error", "created_at", "updated_at", "lease_owner",
+)
+# Two studies "of one patient" share their PatientID, or both have none.
+_SAME_PATIENT = "(s.patient_id = p.patient_id OR (s.patient_id IS NULL AND p.patient_id IS NULL))"
+
+
+def _forward(row) -> ForwardItem:
+    return ForwardItem(**dict(zip(FORWARD_COLUMNS, row)))
+
+
 class SqlIndexStore:
     dialect = "sql"
     migrations_package = "storage.index.sql"
@@ -70,6 +82,14 @@ class SqlIndexStore:
     def _applied_migrations(self, cur) -> set[str]:
         raise NotImplementedError
 
+    def _lock_migrations(self, cur) -> None:
+        """Serialize concurrent :meth:`migrate` calls of several processes, first thing in
+        its transaction (SQLite: ``BEGIN IMMEDIATE`` already does)."""
+
+    def _study_order(self, query: Query) -> str:
+        """ORDER BY of study-level searches: the study list, newest first, dateless last."""
+        return "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
+
     # --- migrations ---------------------------------------------------------------
     def _migration_scripts(self) -> list[tuple[str, str]]:
         folder = resources.files(self.migrations_package).joinpath(self.dialect)
@@ -79,6 +99,7 @@ class SqlIndexStore:
     def migrate(self) -> list[str]:
         applied: list[str] = []
         with self._transaction() as cur:
+            self._lock_migrations(cur)
             cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
             done = self._applied_migrations(cur)
             for name, script in self._migration_scripts():
@@ -279,14 +300,17 @@ class SqlIndexStore:
 
     # --- search --------------------------------------------------------------------
     def search(self, query: Query) -> SearchResult:
+        if query.level == "patient":
+            return self._search_patients(query)
         alias = _TABLE_ALIAS[query.level]
         select = ["s.*"]
         from_ = "studies s"
-        order = "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
+        order = self._study_order(query)
         if query.level in ("series", "instance"):
             select.append("se.*")
             from_ += " JOIN series se ON se.study_pk = s.id"
             order = "s.id, se.series_number NULLS LAST, se.id"
+            select.append("s.num_series AS study_num_series, s.num_instances AS study_num_instances")
         if query.level == "instance":
             select.append("i.*" if query.with_headers else
                           ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS))
@@ -310,6 +334,27 @@ class SqlIndexStore:
         # later tables win, so the level's own num_instances is what remains.
         del alias
         return SearchResult([dict(zip(names, r)) for r in rows[: query.limit]], truncated)
+
+    def _search_patients(self, query: Query) -> SearchResult:
+        """Patient level (Patient Root C-FIND): rows of the ``patients`` view that have a
+        matching study, with the newest study's patient attributes as ``study_json``."""
+        conditions = ["s.clinic_id = p.clinic_id", _SAME_PATIENT]
+        params: list[Any] = [query.clinic_id]
+        for match in query.matches:
+            sql, values = self._condition(match)
+            conditions.append(sql)
+            params.extend(values)
+        latest = (f"(SELECT s.study_json FROM studies s WHERE s.clinic_id = p.clinic_id AND {_SAME_PATIENT} "
+                  "ORDER BY s.id DESC LIMIT 1)")
+        statement = (f"SELECT p.*, {latest} AS study_json FROM patients p WHERE p.clinic_id = ? "
+                     f"AND EXISTS (SELECT 1 FROM studies s WHERE {' AND '.join(conditions)}) "
+                     "ORDER BY p.patient_name NULLS LAST, p.patient_id NULLS LAST LIMIT ? OFFSET ?")
+        params.extend([query.limit + 1, query.offset])
+        with self._read() as cur:
+            cur.execute(self._sql(statement), params)
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        return SearchResult([dict(zip(names, r)) for r in rows[: query.limit]], len(rows) > query.limit)
 
     def _condition(self, match: Match) -> tuple[str, list[Any]]:
         attr = BY_KEYWORD[match.keyword]
@@ -371,3 +416,102 @@ class SqlIndexStore:
             parts.append(sql)
             params.extend(p)
         return "(" + " OR ".join(parts) + ")", params
+
+    # --- the forward queue ---------------------------------------------------------
+    def enqueue_forwards(self, items: list[ForwardItem], *, now_ms: int) -> None:
+        if not items:
+            return
+        with self._transaction() as cur:
+            for item in items:
+                cur.execute(self._sql(
+                    "INSERT INTO forward_queue (clinic_id, destination, rule, study_uid, series_uid, sop_uid, "
+                    "status, attempts, next_attempt_at, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) "
+                    "ON CONFLICT (clinic_id, destination, sop_uid) DO UPDATE SET rule = excluded.rule, "
+                    "study_uid = excluded.study_uid, series_uid = excluded.series_uid, status = 'pending', "
+                    "attempts = 0, next_attempt_at = excluded.next_attempt_at, lease_owner = NULL, "
+                    "lease_until = NULL, last_error = NULL, updated_at = excluded.updated_at"),
+                    (item.clinic_id, item.destination, item.rule, item.study_uid, item.series_uid,
+                     item.sop_uid, item.next_attempt_at or now_ms, now_ms, now_ms))
+
+    def claim_forwards(self, owner: str, *, now_ms: int, lease_ms: int, limit: int) -> list[ForwardItem]:
+        free = "status = 'pending' AND (lease_until IS NULL OR lease_until < ?)"
+        with self._transaction() as cur:
+            # The outer condition repeats the inner one: a concurrent claimer that locked the
+            # same rows first has leased them, and they no longer qualify.
+            cur.execute(self._sql(
+                "UPDATE forward_queue SET lease_owner = ?, lease_until = ? WHERE id IN "
+                f"(SELECT id FROM forward_queue WHERE {free} AND next_attempt_at <= ? "
+                f"ORDER BY next_attempt_at, id LIMIT ?) AND {free} RETURNING {', '.join(FORWARD_COLUMNS)}"),
+                (owner, now_ms + lease_ms, now_ms, now_ms, limit, now_ms))
+            items = [_forward(r) for r in cur.fetchall()]
+        return sorted(items, key=lambda i: (i.next_attempt_at, i.id))
+
+    def finish_forward(self, item_id: int, owner: str) -> bool:
+        with self._transaction() as cur:
+            cur.execute(self._sql("DELETE FROM forward_queue WHERE id = ? AND lease_owner = ?"), (item_id, owner))
+            return cur.rowcount > 0
+
+    def fail_forward(self, item_id: int, owner: str, *, error: str, next_attempt_ms: int,
+                     give_up: bool, now_ms: int) -> bool:
+        with self._transaction() as cur:
+            cur.execute(self._sql(
+                "UPDATE forward_queue SET attempts = attempts + 1, status = ?, next_attempt_at = ?, "
+                "last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ?"),
+                ("failed" if give_up else "pending", next_attempt_ms, error[:2000], now_ms, item_id, owner))
+            return cur.rowcount > 0
+
+    def forward_lease_owners(self) -> list[str]:
+        with self._read() as cur:
+            cur.execute("SELECT DISTINCT lease_owner FROM forward_queue WHERE lease_owner IS NOT NULL")
+            return [r[0] for r in cur.fetchall()]
+
+    def release_forwards(self, owner: str) -> int:
+        with self._transaction() as cur:
+            cur.execute(self._sql(
+                "UPDATE forward_queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"), (owner,))
+            return cur.rowcount
+
+    def list_forwards(self, *, status: str | None = None, clinic_id: str | None = None,
+                      limit: int = 100, offset: int = 0) -> list[ForwardItem]:
+        where, params = self._forward_filter(status, clinic_id)
+        with self._read() as cur:
+            cur.execute(self._sql(
+                f"SELECT {', '.join(FORWARD_COLUMNS)} FROM forward_queue {where} ORDER BY id LIMIT ? OFFSET ?"),
+                [*params, limit, offset])
+            return [_forward(r) for r in cur.fetchall()]
+
+    def retry_forwards(self, *, ids: list[int] | None = None, clinic_id: str | None = None,
+                       now_ms: int) -> int:
+        where, params = self._forward_filter("failed", clinic_id)
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({', '.join('?' * len(ids))})"
+            params.extend(ids)
+        with self._transaction() as cur:
+            cur.execute(self._sql(
+                "UPDATE forward_queue SET status = 'pending', attempts = 0, next_attempt_at = ?, "
+                f"lease_owner = NULL, lease_until = NULL, updated_at = ? {where}"), [now_ms, now_ms, *params])
+            return cur.rowcount
+
+    def forward_counts(self, clinic_id: str | None = None) -> dict[str, int]:
+        where, params = self._forward_filter(None, clinic_id)
+        counts = {"pending": 0, "failed": 0}
+        with self._read() as cur:
+            cur.execute(self._sql(f"SELECT status, count(*) FROM forward_queue {where} GROUP BY status"), params)
+            for status, count in cur.fetchall():
+                counts[status] = count
+        return counts
+
+    @staticmethod
+    def _forward_filter(status: str | None, clinic_id: str | None) -> tuple[str, list[Any]]:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if clinic_id is not None:
+            where.append("clinic_id = ?")
+            params.append(clinic_id)
+        return ("WHERE " + " AND ".join(where)) if where else "", params

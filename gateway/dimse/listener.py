@@ -1,0 +1,161 @@
+"""The DIMSE listener: a pynetdicom Application Entity on the gateway's core.
+
+Verification SCP; Storage SCP for every storage SOP class pynetdicom knows, in every
+transfer syntax pydicom knows (when a peer proposes several in one context, its first
+choice is taken: see :func:`gateway.dimse.handlers.handle_requested`); Query/Retrieve SCP,
+Patient Root and Study Root, FIND, MOVE and GET. Sockets get TCP_NODELAY, the PDU size we receive is unlimited by
+default (``dimse.max_pdu_size = 0``).
+
+``gateway dimse`` runs :func:`run` (listener and forward worker) until SIGTERM/SIGINT;
+``gateway serve`` starts it as a child process when ``dimse.enabled`` is true.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from typing import Callable
+
+import pydicom.config
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom import sop_class as sc
+
+from gateway.dimse.handlers import DimseContext, handlers
+from gateway.dimse.peers import PeerTable
+from gateway.dimse.scu import TRANSFER_SYNTAXES, UNCOMPRESSED, configure_pynetdicom
+from gateway.dimse.supervisor import READY, STOPPED
+
+logger = logging.getLogger(__name__)
+
+QUERY_RETRIEVE = (
+    sc.PatientRootQueryRetrieveInformationModelFind,
+    sc.PatientRootQueryRetrieveInformationModelMove,
+    sc.PatientRootQueryRetrieveInformationModelGet,
+    sc.StudyRootQueryRetrieveInformationModelFind,
+    sc.StudyRootQueryRetrieveInformationModelMove,
+    sc.StudyRootQueryRetrieveInformationModelGet,
+)
+
+
+def build_ae(settings) -> AE:
+    """The Application Entity with the gateway's contexts and the ``dimse.*`` limits."""
+    configure_pynetdicom()
+    ae = AE(ae_title=settings["dimse.ae_title"])
+    ae.maximum_associations = settings["dimse.max_associations"]
+    ae.maximum_pdu_size = settings["dimse.max_pdu_size"]
+    ae.acse_timeout = settings["dimse.acse_timeout"]
+    ae.dimse_timeout = settings["dimse.dimse_timeout"]
+    ae.network_timeout = settings["dimse.network_timeout"]
+    ae.connection_timeout = settings["dimse.connection_timeout"]
+    ae.require_called_aet = settings["dimse.check_called_ae"]
+    ae.add_supported_context(sc.Verification)
+    for context in AllStoragePresentationContexts:
+        # Both roles: storage SCP for C-STORE, storage SCU for C-GET's sub-operations.
+        ae.add_supported_context(context.abstract_syntax, list(TRANSFER_SYNTAXES), scu_role=True, scp_role=True)
+    for uid in QUERY_RETRIEVE:
+        ae.add_supported_context(uid, list(UNCOMPRESSED))
+    return ae
+
+
+class Listener:
+    """The listener on its own threads: ``start()``, ``address``, ``stop()``."""
+
+    def __init__(self, settings, services, *, peers: PeerTable | None = None):
+        self.settings = settings
+        self.services = services
+        self.peers = peers or PeerTable.from_settings(settings)
+        self.context = DimseContext(services, self.peers, ae_title=settings["dimse.ae_title"],
+                                    find_max_results=settings["dimse.find_max_results"],
+                                    workers=min(settings["dimse.max_associations"], 32))
+        self.ae = build_ae(settings)
+        self.server = None
+
+    def start(self) -> "Listener":
+        address = (self.settings["dimse.host"], self.settings["dimse.port"])
+        self.server = self.ae.start_server(address, block=False, evt_handlers=handlers(self.context))
+        logger.info("DIMSE listener %s on %s:%d (%d peer(s), %d destination(s))", self.settings["dimse.ae_title"],
+                    *self.address, len(self.peers.peers), len(self.peers.destinations))
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.ae.shutdown()
+        self.context.close()
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            logger.warning("the parent process %d is gone: stopping", parent_pid)
+            stop.set()
+
+
+def run(settings, *, listen: bool = True, forward: bool = True, parent_pid: int | None = None,
+        announce: Callable[[str], None] = print) -> int:
+    """Run the listener and/or the forward worker until SIGTERM/SIGINT (or the parent dies).
+
+    Returns the process exit code: 0 after a clean stop, 3 when the port cannot be bound.
+    """
+    from gateway.dimse import forwarding
+    from gateway.services import Services
+    from plugins.manager import create_plugin_manager
+
+    services = Services.build(settings, create_plugin_manager())
+    # pynetdicom encodes every DIMSE command set with pydicom; its writing validation (a regex
+    # per value) costs about 1 ms per message and checks values pynetdicom built itself. This
+    # process writes nothing else with pydicom (received data sets are stored unparsed).
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    # pynetdicom spools received data sets with tempfile: keep them beside the blob store's
+    # staging folder (on disk, same file system) rather than in a RAM-backed /tmp.
+    staging = services.blobs.staging_dir()
+    staging.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(staging)
+
+    rules = forwarding.rules_from_settings(settings)
+    worker = forwarding.ForwardWorker(services, settings) if forward and rules else None
+    forwarding.register(services.pm, wake=worker.wake if worker else None)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if parent_pid:
+        threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
+
+    listener = None
+    try:
+        if listen:
+            try:
+                listener = Listener(settings, services).start()
+            except OSError as exc:
+                logger.error("DIMSE listener cannot listen on %s:%s: %s", settings["dimse.host"],
+                             settings["dimse.port"], exc.strerror or exc)
+                return 3
+        if worker is not None:
+            worker.start()
+        parts = []
+        if listener is not None:
+            host, port = listener.address
+            parts.append(f"AE {settings['dimse.ae_title']} on {host}:{port}")
+        if worker is not None:
+            parts.append(f"forwarding by {len(rules)} rule(s)")
+        announce(f"{READY} {'; '.join(parts) or 'nothing to do'}")
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        if worker is not None:
+            worker.stop()
+        if listener is not None:
+            listener.stop()
+        services.close()
+    announce(STOPPED)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,226 @@
+"""Copy a deployment from one pair of stores to another: typically the embedded one
+(SQLite + a folder) to PostgreSQL + S3, without losing or changing any instance.
+
+Every instance the source *index* knows is read from the source blob store, spooled into
+the target's staging folder while its sha256 is computed (it must equal the recorded one),
+and stored through the target's normal ingest path (header parsed, validated, blob
+written, then indexed). It is then checked on the target: the index row carries the same
+sha256, and (unless ``verify_blobs`` is off) the stored object read back hashes to it too.
+
+Re-running is harmless and resumes an interrupted copy: instances already on the target
+with the same bytes count as ``already there`` (and are verified again). Objects outside
+``dicom/`` (derived objects: previews, masks) are copied as they are, also verified.
+Ingest hooks are not run (no forwarding, no preview jobs): the copies are not new
+instances. Blobs under ``dicom/`` that no index row points at (left by a crash) are not
+copied.
+
+The source should not receive writes during the copy; run it again after the cut-over
+to pick up late arrivals.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from storage.base import BlobStore, IndexStore, InstanceRecord
+from storage.errors import ObjectNotFound, StorageError
+from storage.query import Query
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1024 * 1024
+DICOM_PREFIX = "dicom/"
+
+
+@dataclass
+class MigrationReport:
+    copied: int = 0  # stored on the target by this run
+    already_there: int = 0  # on the target with the same bytes before this run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    bytes_copied: int = 0
+    verified: int = 0  # instances whose target copy was checked against the source sha256
+    derived_copied: int = 0
+    derived_already_there: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        return (f"{self.copied} instances copied ({self.bytes_copied / 1e6:.1f} MB), {self.already_there} already "
+                f"there, {len(self.failed)} failed; sha256 verified for {self.verified}; derived objects: "
+                f"{self.derived_copied} copied, {self.derived_already_there} already there")
+
+
+def _sha256_of(fh) -> str:
+    digest = hashlib.sha256()
+    while chunk := fh.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _clinics(index: IndexStore, blobs: BlobStore) -> list[str]:
+    """Every clinic of the source: from the index where it can tell, and from blob keys."""
+    clinics: set[str] = set()
+    read = getattr(index, "_read", None)  # SQL index stores can list them directly
+    if read is not None:
+        with read() as cur:
+            cur.execute("SELECT DISTINCT clinic_id FROM studies")
+            clinics.update(r[0] for r in cur.fetchall())
+    for key in blobs.keys(DICOM_PREFIX):
+        parts = key.split("/")
+        if len(parts) > 2:
+            clinics.add(parts[1])
+    return sorted(clinics)
+
+
+def _batches(items: Iterator[InstanceRecord], size: int) -> Iterator[list[InstanceRecord]]:
+    batch: list[InstanceRecord] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def source_instances(index: IndexStore, clinic: str, page: int = 500) -> Iterator[InstanceRecord]:
+    """Every indexed instance of a clinic, study by study."""
+    offset = 0
+    while True:
+        found = index.search(Query(level="study", clinic_id=clinic, limit=page, offset=offset))
+        for row in found.rows:
+            yield from index.instances(clinic, row["study_uid"])
+        if not found.truncated:
+            return
+        offset += page
+
+
+class StoreMigration:
+    def __init__(self, source_index: IndexStore, source_blobs: BlobStore, target_settings, *,
+                 target_index: IndexStore | None = None, target_blobs: BlobStore | None = None,
+                 verify_blobs: bool = True, jobs: int = 4):
+        from gateway.services.ingest import IngestService
+        from plugins.manager import create_plugin_manager
+        from storage import registry
+
+        self.source_index = source_index
+        self.source_blobs = source_blobs
+        self.target_blobs = target_blobs or registry.create("blob", target_settings["storage.blob_backend"],
+                                                            target_settings)
+        self.target_index = target_index or registry.create("index", target_settings["storage.index_backend"],
+                                                            target_settings)
+        self.target_index.migrate()
+        # A plugin manager without plugins: no forwarding, no preview jobs for the copies.
+        self.ingest = IngestService(self.target_blobs, self.target_index, target_settings,
+                                    create_plugin_manager(load_entry_points=False))
+        self.verify_blobs = verify_blobs
+        self.jobs = max(1, jobs)
+        self.report = MigrationReport()
+
+    def run(self, *, clinics: list[str] | None = None,
+            progress: Callable[[InstanceRecord], None] | None = None) -> MigrationReport:
+        clinics = clinics or _clinics(self.source_index, self.source_blobs)
+        with ThreadPoolExecutor(self.jobs) as pool:
+            for clinic in clinics:
+                for batch in _batches(source_instances(self.source_index, clinic), self.jobs * 16):
+                    for record in pool.map(self._copy_one, batch):  # bounded: one batch in flight
+                        if progress:
+                            progress(record)
+        self._copy_derived()
+        return self.report
+
+    # --- instances ---------------------------------------------------------------------
+    def _fail(self, record: InstanceRecord, why: str) -> None:
+        logger.error("instance %s of clinic %s not migrated: %s", record.sop_uid, record.clinic_id, why)
+        with self.report._lock:
+            self.report.failed.append((f"{record.clinic_id}/{record.sop_uid}", why))
+
+    def _copy_one(self, record: InstanceRecord) -> InstanceRecord:
+        from auth.base import Principal
+
+        try:
+            try:
+                source = self.source_blobs.open(record.blob_key)
+            except ObjectNotFound:
+                self._fail(record, f"blob {record.blob_key} is missing in the source")
+                return record
+            with source:
+                staged = self.ingest.stage(source)
+            if staged.sha256 != record.sha256:
+                staged.discard()
+                self._fail(record, f"source blob sha256 {staged.sha256} differs from the indexed {record.sha256}")
+                return record
+            outcome = self.ingest.commit(staged, principal=Principal("migration", record.clinic_id))
+            if not outcome.ok:
+                self._fail(record, f"target refused it: {outcome.error.message}")
+                return record
+            self._verify(record)
+            with self.report._lock:
+                if outcome.status == "duplicate":
+                    self.report.already_there += 1
+                else:
+                    self.report.copied += 1
+                    self.report.bytes_copied += record.size
+        except (StorageError, OSError) as exc:
+            self._fail(record, f"{type(exc).__name__}: {exc}")
+        return record
+
+    def _verify(self, record: InstanceRecord) -> None:
+        copy = self.target_index.find_instance(record.clinic_id, record.sop_uid)
+        if copy is None or copy.sha256 != record.sha256 or copy.size != record.size:
+            raise StorageError(f"target index has {copy and copy.sha256} for sha256 {record.sha256}")
+        if self.verify_blobs:
+            with self.target_blobs.open(copy.blob_key) as fh:
+                got = _sha256_of(fh)
+            if got != record.sha256:
+                raise StorageError(f"target blob {copy.blob_key} hashes to {got}, expected {record.sha256}")
+        with self.report._lock:
+            self.report.verified += 1
+
+    # --- other objects -------------------------------------------------------------------
+    def _copy_derived(self) -> None:
+        staging = Path(self.target_blobs.staging_dir())
+        staging.mkdir(parents=True, exist_ok=True)
+        for key in self.source_blobs.keys():
+            if key.startswith(DICOM_PREFIX):
+                continue
+            tmp: Path | None = None
+            try:
+                with self.source_blobs.open(key) as src, tempfile.NamedTemporaryFile(
+                        dir=staging, suffix=".part", delete=False) as out:
+                    tmp = Path(out.name)
+                    shutil.copyfileobj(src, out, _CHUNK)
+                with tmp.open("rb") as fh:
+                    want = _sha256_of(fh)
+                if self.target_blobs.exists(key):
+                    with self.target_blobs.open(key) as fh:
+                        if _sha256_of(fh) == want:
+                            self.report.derived_already_there += 1
+                            continue
+                self.target_blobs.put_file(key, tmp)
+                with self.target_blobs.open(key) as fh:
+                    if _sha256_of(fh) != want:
+                        raise StorageError(f"target copy of {key} differs from the source")
+                self.report.derived_copied += 1
+            except (StorageError, OSError) as exc:
+                logger.error("object %s not migrated: %s", key, exc)
+                self.report.failed.append((key, f"{type(exc).__name__}: {exc}"))
+            finally:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for store in (self.target_index, self.target_blobs):
+            close = getattr(store, "close", None)
+            if close:
+                close()

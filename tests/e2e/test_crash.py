@@ -1,0 +1,156 @@
+"""SIGKILL the whole server in the middle of STOW traffic, restart it on the same data folder,
+and check that what was acknowledged is there, and that what is listed is complete."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pydicom
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from dicomweb.multipart import MultipartReader, parse_boundary
+from tests.conftest import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+N_SLICES = 300
+PER_REQUEST = 5
+DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _slices(study: str, series: str) -> dict[str, bytes]:
+    """SOP Instance UID -> Part 10 bytes of small synthetic CT slices."""
+    try:
+        from gateway.synthetic import cbct_series, to_bytes
+    except ImportError:  # pragma: no cover - the generator is part of the gateway
+        pytest.skip("gateway.synthetic is not available")
+    out = {}
+    for ds in cbct_series(N_SLICES, size=32, study_uid=study, series_uid=series, patient_id="CRASH-1"):
+        out[str(ds.SOPInstanceUID)] = to_bytes(ds)
+    return out
+
+
+def _multipart(parts: list[bytes], boundary: str = "crash-test") -> bytes:
+    body = b""
+    for data in parts:
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+class Sender(threading.Thread):
+    """STOWs the slices in small requests until the server goes away."""
+
+    def __init__(self, server, batches: list[list[tuple[str, bytes]]]):
+        super().__init__(daemon=True)
+        self.server = server
+        self.batches = batches
+        self.acknowledged: list[str] = []  # SOPs of requests answered 200
+        self.sent_batches = 0
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        session = requests.Session()
+        for batch in self.batches:
+            body = _multipart([data for _, data in batch])
+            try:
+                r = session.post(self.server.dicomweb + "/studies", data=body, timeout=30, headers={
+                    "Content-Type": 'multipart/related; type="application/dicom"; boundary=crash-test'})
+            except requests.RequestException:
+                return  # the server was killed
+            self.sent_batches += 1
+            if r.status_code != 200:
+                self.failure = f"{r.status_code}: {r.text[:500]}"
+                return
+            stored = {i["00081155"]["Value"][0] for i in r.json()["00081199"]["Value"]}
+            if stored != {sop for sop, _ in batch}:
+                self.failure = f"200 without every instance referenced: {r.text[:500]}"
+                return
+            self.acknowledged.extend(sop for sop, _ in batch)
+
+
+def _retrieve(server, study: str, series: str, sop: str) -> bytes:
+    r = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
+                     headers={"Accept": DICOM_ANY}, timeout=30)
+    assert r.status_code == 200, (sop, r.status_code, r.text[:300])
+    parts = [p.read() for p in MultipartReader(io.BytesIO(r.content), parse_boundary(r.headers["Content-Type"]))]
+    assert len(parts) == 1
+    return parts[0]
+
+
+def _listed(server, study: str) -> list[dict]:
+    r = requests.get(f"{server.dicomweb}/studies/{study}/instances", params={"limit": 10000}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_sigkill_during_stow_loses_nothing_acknowledged(fresh_server, tmp_path):
+    study, series = generate_uid(), generate_uid()
+    slices = _slices(study, series)
+    items = list(slices.items())
+    batches = [items[i: i + PER_REQUEST] for i in range(0, len(items), PER_REQUEST)]
+
+    server = fresh_server.start()
+    sender = Sender(server, batches)
+    sender.start()
+    # Kill once a good part (but not all) of the traffic is acknowledged: requests are in flight.
+    deadline = time.monotonic() + 60
+    while len(sender.acknowledged) < N_SLICES // 3 and sender.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sender.failure is None, sender.failure
+    assert sender.is_alive(), "all requests finished before the kill: nothing was in flight"
+    fresh_server.kill()
+    sender.join(timeout=30)
+    assert sender.failure is None, sender.failure
+    acknowledged = list(sender.acknowledged)
+    assert 0 < len(acknowledged) < N_SLICES
+
+    # Leftovers of a crash in the staging folder must not bother the restarted server.
+    staging = fresh_server.data_dir / "blobs" / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "leftover-from-crash.part").write_bytes(b"half an instance" * 100)
+
+    restarted = ServerProcess(fresh_server.data_dir)
+    try:
+        restarted.start()
+        # Everything acknowledged with 200 is there, byte for byte.
+        for sop in acknowledged:
+            assert _retrieve(restarted, study, series, sop) == slices[sop]
+        # Everything listed is complete: retrievable, identical, with metadata and a frame.
+        listed = _listed(restarted, study)
+        listed_sops = [row["00080018"]["Value"][0] for row in listed]
+        assert len(listed_sops) == len(set(listed_sops))
+        assert set(acknowledged) <= set(listed_sops)
+        for sop in listed_sops:
+            assert _retrieve(restarted, study, series, sop) == slices[sop]
+        metadata = requests.get(f"{restarted.dicomweb}/studies/{study}/series/{series}/metadata", timeout=30)
+        assert metadata.status_code == 200
+        assert {m["00080018"]["Value"][0] for m in metadata.json()} == set(listed_sops)
+        for sop in listed_sops[:: max(1, len(listed_sops) // 10)]:
+            frame = requests.get(f"{restarted.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                                 headers={"Accept": "application/octet-stream"}, timeout=30)
+            assert frame.status_code == 200, frame.text
+            assert frame.content == pydicom.dcmread(io.BytesIO(slices[sop])).PixelData
+        counts = requests.get(f"{restarted.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
+        assert counts[0]["00201208"]["Value"] == [len(listed_sops)]
+
+        # The blob folder holds one file per listed instance (plus, at most, unreferenced
+        # blobs of requests cut by the kill, which nothing shows).
+        blob_files = [p for p in (restarted.data_dir / "blobs" / "dicom").rglob("*.dcm")]
+        assert len(blob_files) >= len(listed_sops)
+
+        # The server answers normally: the rest of the slices (and the acknowledged ones again,
+        # as idempotent duplicates) are accepted, and then the whole series is there.
+        for i in range(0, len(items), 50):
+            batch = items[i: i + 50]
+            r = requests.post(restarted.dicomweb + "/studies", data=_multipart([d for _, d in batch]), timeout=60,
+                              headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=crash-test'})
+            assert r.status_code == 200, r.text[:500]
+        assert len(_listed(restarted, study)) == N_SLICES
+        for sop in list(slices)[::37]:
+            assert _retrieve(restarted, study, series, sop) == slices[sop]
+        assert requests.get(restarted.url + "/readyz", timeout=10).status_code == 200
+    finally:
+        restarted.stop()
