@@ -6,13 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${GATEWAY_VENV:-.venv}
-APT_PACKAGES="libopenjp2-7 dcmtk"
+RUN_PACKAGES="libopenjp2-7"
+# The tests also drive real clients: dcmtk, and OHIF in headless Chromium (npm fetches OHIF).
+TEST_PACKAGES="dcmtk chromium fonts-liberation"
 
 say() { printf '[manage] %s\n' "$*" >&2; }
 
 install_system_packages() {
   local missing=()
-  for pkg in $APT_PACKAGES; do
+  local wanted="$RUN_PACKAGES"
+  [ "${1:-}" = test ] && wanted="$wanted $TEST_PACKAGES"
+  [ "${1:-}" = test ] && ! command -v npm >/dev/null 2>&1 && wanted="$wanted npm"
+  for pkg in $wanted; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -38,8 +43,11 @@ install_python_packages() {
   want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python packages into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,s3,postgres]"
+    local log="$VENV/pip-install.log"
+    if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+           "$VENV/bin/python" -m pip install --disable-pip-version-check -e ".[test,s3,postgres]"; } >"$log" 2>&1; then
+      tail -n 40 "$log" >&2; say "pip install failed; full log in $log"; exit 1
+    fi
     echo "$want" > "$stamp"
   fi
 }
@@ -53,12 +61,12 @@ case "$cmd" in
     exec "$VENV/bin/gateway" serve "$@"
     ;;
   test)
-    install_system_packages
+    install_system_packages test
     install_python_packages
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   setup)
-    install_system_packages
+    install_system_packages test
     install_python_packages
     ;;
   *)
