@@ -14,6 +14,7 @@ from gateway.config import SETTINGS, SettingsError, load_settings
 logger = logging.getLogger(__name__)
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+IMPORT_BATCH = 50
 
 
 def _settings():
@@ -183,25 +184,31 @@ def import_(paths: tuple[str, ...], quiet: bool) -> None:
     files = list(_walk(paths))
     counts = {"stored": 0, "replaced": 0, "duplicate": 0, "rejected": 0, "not DICOM": 0}
     rejected: list[str] = []
-    with click.progressbar(files, label="importing", file=sys.stderr if not quiet else open(os.devnull, "w"),
-                           show_pos=True) as bar:
-        for path in bar:
-            if not _is_part10(path) or _is_dicomdir(path):
-                counts["not DICOM"] += 1
-                continue
-            with path.open("rb") as fh:
-                staged = services.ingest.stage(fh)
-            header = staged.header
-            if header is not None and header.sop_class_uid == DICOMDIR_CLASS:
-                staged.discard()
-                counts["not DICOM"] += 1
-                continue
-            outcome = services.ingest.commit(staged, principal=EMBEDDED_PRINCIPAL)
+    batch: list[tuple[Path, object]] = []
+
+    def flush() -> None:
+        # One index transaction per batch, as for a STOW request.
+        outcomes = services.ingest.commit_many([s for _, s in batch], principal=EMBEDDED_PRINCIPAL)
+        for (path, _), outcome in zip(batch, outcomes):
             if outcome.ok:
                 counts[outcome.status] += 1
             else:
                 counts["rejected"] += 1
                 rejected.append(f"{path}: {outcome.error.message}")
+        batch.clear()
+
+    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True,
+                           hidden=quiet) as bar:
+        for path in bar:
+            if not _is_part10(path) or _is_dicomdir(path):
+                counts["not DICOM"] += 1
+                continue
+            with path.open("rb") as fh:
+                batch.append((path, services.ingest.stage(fh)))
+            if len(batch) >= IMPORT_BATCH:
+                flush()
+        if batch:
+            flush()
     services.close()
     for line in rejected:
         click.echo(f"rejected {line}", err=True)

@@ -60,6 +60,26 @@ def read_header(fp: BinaryIO) -> Dataset:
     return ds
 
 
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def dataset_offset(fp: BinaryIO) -> int:
+    """Where the data set starts: after the preamble, "DICM" and the file meta group (0002),
+    which is always Explicit VR Little Endian (PS3.10 7.1)."""
+    offset = 132
+    while True:
+        fp.seek(offset)
+        head = fp.read(8)
+        if len(head) < 8 or int.from_bytes(head[0:2], "little") != 0x0002:
+            return offset
+        vr = head[4:6]
+        if vr in _LONG_VRS:
+            length = int.from_bytes(fp.read(4), "little")
+            offset += 12 + length
+        else:
+            offset += 8 + int.from_bytes(head[6:8], "little")
+
+
 def _uid(ds: Dataset, keyword: str, tag: str) -> str:
     value = ds.get(keyword)
     if value is None or str(value).strip() == "":

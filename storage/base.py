@@ -58,6 +58,12 @@ class InstanceRecord:
     instance_number: int | None = None
     rows: int | None = None
     columns: int | None = None
+    dataset_sha256: str | None = None  # of the data set without file meta (duplicate detection)
+
+    def same_dataset(self, other: "InstanceRecord") -> bool:
+        """The same bytes, or the same data set under another file meta header."""
+        return self.sha256 == other.sha256 or (
+            self.dataset_sha256 is not None and self.dataset_sha256 == other.dataset_sha256)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def all_files() -> list[Path]:
     return pydicom_files() + pydicom_data_files()
 
 
-def testfile(name: str) -> Path:
+def sample_file(name: str) -> Path:
     for path in all_files():
         if path.name == name:
             return path

@@ -55,6 +55,7 @@ class StagedInstance:
     path: Path | None
     size: int
     sha256: str
+    dataset_sha256: str | None = None
     header: headers.Header | None = None
     frame_index: str | None = None
     error: GatewayError | None = None
@@ -77,6 +78,14 @@ def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterable[bytes]:
             yield chunk
     else:
         yield from source
+
+
+def _sha256_from(fp: BinaryIO, offset: int) -> str:
+    digest = hashlib.sha256()
+    fp.seek(offset)
+    while chunk := fp.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 class IngestService:
@@ -132,6 +141,7 @@ class IngestService:
         with open(staged.path, "rb") as fp:
             ds = headers.read_header(fp)
             staged.header = headers.validate(ds)
+            staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
             fp.seek(0)
             try:
                 frame_index = index_pixel_data(fp, ds)
@@ -153,6 +163,11 @@ class IngestService:
                expected_study: str | None = None) -> InstanceOutcome:
         """Store a staged instance; always consumes the staged file."""
         return self.commit_many([staged], principal=principal, expected_study=expected_study)[0]
+
+    def ingest(self, source: Iterable[bytes] | BinaryIO, *, principal: Principal,
+               expected_study: str | None = None) -> InstanceOutcome:
+        """Stage and commit one instance (C-STORE, zip members, imports)."""
+        return self.commit(self.stage(source), principal=principal, expected_study=expected_study)
 
     def commit_many(self, staged: list[StagedInstance], *, principal: Principal,
                     expected_study: str | None = None) -> list[InstanceOutcome]:
@@ -202,7 +217,8 @@ class IngestService:
                 f"StudyInstanceUID {header.study_uid} differs from the study {expected_study} of the request")
         clinic = principal.clinic_id
         existing = self._call(self.index.find_instance, clinic, header.sop_instance_uid)
-        if existing is not None and existing.sha256 == staged.sha256:
+        if existing is not None and (existing.sha256 == staged.sha256
+                                     or existing.dataset_sha256 == staged.dataset_sha256):
             outcome.status, outcome.record = "duplicate", existing
             return None
         if existing is not None and not self.replace_duplicates:
@@ -217,6 +233,7 @@ class IngestService:
             blob_key=f"dicom/{clinic}/{header.study_uid}/{header.series_uid}/"
                      f"{header.sop_instance_uid}.{staged.sha256[:16]}.dcm",
             size=staged.size, sha256=staged.sha256, frame_index=staged.frame_index,
+            dataset_sha256=staged.dataset_sha256,
         )
         attributes = headers.index_attributes(ds)
         if attributes.get("number_of_frames") is None:  # single-frame IODs omit NumberOfFrames

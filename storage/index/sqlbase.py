@@ -35,7 +35,7 @@ INSTANCE_COLUMNS = (
 RECORD_COLUMNS = (
     "s.clinic_id", "s.study_uid", "se.series_uid", "i.sop_uid", "i.sop_class_uid",
     "i.transfer_syntax", "i.blob_key", "i.size", "i.sha256", "i.frame_index",
-    "i.number_of_frames", "i.instance_number", "i.rows", "i.columns",
+    "i.number_of_frames", "i.instance_number", "i.rows", "i.columns", "i.dataset_sha256",
 )
 _TABLE_ALIAS = {"study": "s", "series": "se", "instance": "i"}
 # Stored times keep their own precision ("101500"), so a low bound is padded to HHMMSS
@@ -161,7 +161,7 @@ class SqlIndexStore:
         row = cur.fetchone()
         existing = _record(row) if row else None
         if existing is not None:
-            if existing.sha256 == rec.sha256:
+            if existing.same_dataset(rec):
                 return AddResult("duplicate", existing)
             if not replace:
                 return AddResult("conflict", existing)
@@ -170,10 +170,10 @@ class SqlIndexStore:
         series_pk = self._upsert_series(cur, new, study_pk)
         attrs = new.attributes
         columns = ("series_pk", "study_pk", "clinic_id", *INSTANCE_COLUMNS, "transfer_syntax",
-                   "blob_key", "size", "sha256", "frame_index", "header_json")
+                   "blob_key", "size", "sha256", "dataset_sha256", "frame_index", "header_json")
         values = (series_pk, study_pk, rec.clinic_id, rec.sop_uid, rec.sop_class_uid,
                   *(attrs.get(c) for c in INSTANCE_COLUMNS[2:]), rec.transfer_syntax,
-                  rec.blob_key, rec.size, rec.sha256, rec.frame_index, new.header_json)
+                  rec.blob_key, rec.size, rec.sha256, rec.dataset_sha256, rec.frame_index, new.header_json)
         cur.execute(self._sql(
             f"INSERT INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"), values)
         cur.execute(self._sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 
 from tests.conftest import ServerProcess, free_port
-from tests.data import testfile
+from tests.data import sample_file
 
 SCP_AE = "GWSCP"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # no Nagle stalls (TOOLING-NOTES)
@@ -76,7 +76,7 @@ class DimseServer(ServerProcess):
 def fresh_copy(name_or_path: str | Path, folder: Path, **attributes) -> Path:
     """A pydicom test file with new Study/Series/SOP Instance UIDs (and ``attributes``), its
     transfer syntax and pixel data unchanged, written as Part 10 into ``folder``."""
-    src = Path(name_or_path) if Path(name_or_path).is_file() else testfile(str(name_or_path))
+    src = Path(name_or_path) if Path(name_or_path).is_file() else sample_file(str(name_or_path))
     ds = pydicom.dcmread(src)
     ds.StudyInstanceUID = attributes.pop("StudyInstanceUID", None) or generate_uid()
     ds.SeriesInstanceUID = attributes.pop("SeriesInstanceUID", None) or generate_uid()

@@ -14,7 +14,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from tests.conftest import ServerProcess
-from tests.data import testfile as data_file
+from tests.data import sample_file as data_file
 from tests.e2e.test_dicomweb_client import INSPECTED
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicomweb.multipart import MultipartReader, parse_boundary
-from tests.data import testfile as data_file
+from tests.data import sample_file as data_file
 
 pytestmark = pytest.mark.e2e
 

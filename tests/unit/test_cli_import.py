@@ -38,7 +38,7 @@ def source(tmp_path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     for name in [*GOOD, TRUNCATED]:
-        shutil.copy(data.testfile(name), src / name)
+        shutil.copy(data.sample_file(name), src / name)
     (src / "notes.txt").write_text("not an image\n")
     (src / "fake.dcm").write_bytes(b"\x00" * 200)  # the extension does not make it DICOM
     tree = src / "cd"
@@ -83,18 +83,18 @@ def test_import_folder_with_dicomdir_tree(tmp_path, env, source):
     blobs = FilesystemBlobStore(tmp_path / "data" / "blobs", fsync=False)
     try:
         assert index.counts(DEFAULT_CLINIC)["instances"] == len(GOOD) + len(in_tree)
-        expected = [pydicom.dcmread(data.testfile(n), stop_before_pixels=True).SOPInstanceUID for n in GOOD] + in_tree
+        expected = [pydicom.dcmread(data.sample_file(n), stop_before_pixels=True).SOPInstanceUID for n in GOOD] + in_tree
         for sop_uid in expected:
             record = index.find_instance(DEFAULT_CLINIC, sop_uid)
             assert record is not None, sop_uid
             assert blobs.exists(record.blob_key)
-        ct = pydicom.dcmread(data.testfile("CT_small.dcm"))
+        ct = pydicom.dcmread(data.sample_file("CT_small.dcm"))
         [record] = index.instances(DEFAULT_CLINIC, ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
         with blobs.open(record.blob_key) as fh:
-            assert fh.read() == data.testfile("CT_small.dcm").read_bytes()  # stored as received
+            assert fh.read() == data.sample_file("CT_small.dcm").read_bytes()  # stored as received
         # MR_truncated.dcm shares its SOP Instance UID with MR_small.dcm: the good file stays.
-        mr = pydicom.dcmread(data.testfile("MR_small.dcm"), stop_before_pixels=True)
-        good_size = data.testfile("MR_small.dcm").stat().st_size
+        mr = pydicom.dcmread(data.sample_file("MR_small.dcm"), stop_before_pixels=True)
+        good_size = data.sample_file("MR_small.dcm").stat().st_size
         assert index.find_instance(DEFAULT_CLINIC, mr.SOPInstanceUID).size == good_size
     finally:
         index.close()

@@ -10,7 +10,7 @@ from gateway.config import load_settings
 from gateway.dimse.forwarding import ForwardWorker, now_ms
 from storage.base import ForwardItem
 from storage.index.sqlite import SqliteIndexStore
-from tests.data import testfile as sample_file
+from tests.data import sample_file as sample_file
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ from auth.base import EMBEDDED_PRINCIPAL
 from gateway.dimse import identifiers
 from gateway.dimse.identifiers import IdentifierMismatch, parse, response, retrieve_records
 from gateway.errors import BadRequest
-from tests.data import testfile as sample_file
+from tests.data import sample_file as sample_file
 
 # Some identifiers here are deliberately invalid; pydicom warns about them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")

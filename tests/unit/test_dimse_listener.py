@@ -18,7 +18,7 @@ from gateway.dimse.handlers import IMPLEMENTATION_CLASS_UID, file_meta_bytes
 from gateway.dimse.listener import Listener
 from gateway.services import Services
 from plugins.manager import create_plugin_manager
-from tests.data import testfile as sample_file
+from tests.data import sample_file as sample_file
 
 
 def _free_port() -> int:

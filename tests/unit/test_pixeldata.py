@@ -32,7 +32,7 @@ from gateway.imaging import (
     read_stored_frame,
 )
 from gateway.imaging import pixeldata
-from tests.data import testfile as find_test_file
+from tests.data import sample_file as find_test_file
 
 # (file, transfer syntax it must have): native in every byte order / VR
 # variant, then every compressed family that pydicom and pydicom-data ship

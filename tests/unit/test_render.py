@@ -19,7 +19,7 @@ from gateway.imaging import (
     parse_window_function,
     render_frame,
 )
-from tests.data import testfile as find_test_file
+from tests.data import sample_file as find_test_file
 
 
 def load(name: str) -> tuple[np.ndarray, Dataset]:
