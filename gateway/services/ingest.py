@@ -254,13 +254,13 @@ class IngestService:
                                  replace=self.replace_duplicates)
         except GatewayError as exc:
             for i, new in pending:
-                self.blobs.delete(new.record.blob_key)
+                self._discard_unreferenced(new.record)
                 self._fail(outcomes[i], exc)
             return
         for (i, new), result in zip(pending, results):
             outcome, record = outcomes[i], new.record
             if isinstance(result, Exception):  # e.g. the series is stored under another study
-                self.blobs.delete(record.blob_key)
+                self._discard_unreferenced(record)
                 self._fail(outcome, DatasetMismatch(str(result)))
             elif result.outcome == "duplicate":  # a concurrent store of the same bytes won the race
                 outcome.status, outcome.record = "duplicate", result.existing
@@ -273,6 +273,21 @@ class IngestService:
                     self.blobs.delete(result.existing.blob_key)
                 outcome.status, outcome.record = result.outcome, record
                 self._emit(outcome)
+
+    def _discard_unreferenced(self, record: InstanceRecord) -> None:
+        """Delete a blob this ingest wrote, unless the index references it.
+
+        Keys derive from the content, so another process may have indexed the very same
+        object meanwhile; when the index cannot tell, the blob stays (an invisible orphan
+        costs space, a deleted referenced blob loses an image).
+        """
+        try:
+            current = self.index.find_instance(record.clinic_id, record.sop_uid)
+        except StorageError:
+            logger.warning("index unreachable: blob %s left in place", record.blob_key)
+            return
+        if current is None or current.blob_key != record.blob_key:
+            self.blobs.delete(record.blob_key)
 
     def _call(self, func, *args, **kwargs):
         try:
