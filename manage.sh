@@ -7,8 +7,8 @@ cd "$(dirname "$0")"
 
 VENV=${GATEWAY_VENV:-.venv}
 RUN_PACKAGES="libopenjp2-7"
-# The tests also drive real clients: dcmtk, and OHIF in headless Chromium (npm fetches OHIF).
-TEST_PACKAGES="dcmtk chromium fonts-liberation"
+# The tests also drive real clients: dcmtk, Orthanc (conformance), OHIF in headless Chromium (npm fetches OHIF).
+TEST_PACKAGES="dcmtk chromium fonts-liberation orthanc orthanc-dicomweb"
 
 say() { printf '[manage] %s\n' "$*" >&2; }
 

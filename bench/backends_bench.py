@@ -136,6 +136,8 @@ def frontdoor(args) -> list[dict[str, Any]]:
                 command = [sys.executable, "-m", "bench.dicomweb_bench", "--url", gw.server.dicomweb,
                            "--pid", str(gw.server.proc.pid), "--label", label, "--json", str(out),
                            "--slices", str(args.slices), "--size", str(args.size), "--workdir", str(root)]
+                if getattr(gw.server, "token", None):
+                    command += ["--token", gw.server.token]
                 print(f"# front door on {label}", flush=True)
                 subprocess.run(command, cwd=ROOT, check=False)
     lines = [json.loads(line) for line in out.read_text().splitlines()[lines_before:] if line.strip()]
@@ -254,9 +256,10 @@ def query_mix(args, rng: random.Random) -> dict[str, Callable[[], tuple[str, dic
     }
 
 
-def measure_http(base: str, mix, reps: int) -> dict[str, dict[str, float]]:
+def measure_http(base: str, mix, reps: int, headers: dict | None = None) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     session = requests.Session()
+    session.headers.update(headers or {})
     for name, make in mix.items():
         for _ in range(5):  # warm-up
             timed_get(session, f"{base}/{make()[0]}", make()[1])
@@ -275,6 +278,7 @@ def measure_http(base: str, mix, reps: int) -> dict[str, dict[str, float]]:
 
     def client(_):
         own = requests.Session()
+        own.headers.update(headers or {})
         for _ in range(max(10, reps // 4)):
             ms, _status = timed_get(own, f"{base}/studies", OHIF_LIST)
             with lock:
@@ -383,7 +387,9 @@ def qido(args) -> dict[str, Any]:
         for label, settings in targets.items():
             print(f"# QIDO on {label}", flush=True)
             with Gateway(root, label, {**dimse_setting(), "storage.fsync": "false", **settings}) as gw:
-                results[label] = measure_http(gw.server.dicomweb, mix, args.reps)
+                token = getattr(gw.server, "token", None)
+                results[label] = measure_http(gw.server.dicomweb, mix, args.reps,
+                                              {"Authorization": f"Bearer {token}"} if token else None)
         print("# PostgreSQL name prefix searches in process, 1 client", flush=True)
         results["postgresql_in_process"] = measure_fence(database.dsn, args, args.reps * 2)
 

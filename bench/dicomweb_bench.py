@@ -45,6 +45,15 @@ ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 TIMEOUT = (10.0, 600.0)  # connect, read
 
+# Extra headers of every request (--token gives "Authorization: Bearer ...").
+AUTH_HEADERS: dict[str, str] = {}
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.headers.update(AUTH_HEADERS)
+    return session
+
 
 class BenchError(RuntimeError):
     pass
@@ -217,7 +226,7 @@ class SessionPool:
     def get(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = _session()
             self._local.session = session
             with self._lock:
                 self._all.append(session)
@@ -326,7 +335,7 @@ def timed_get(session: requests.Session, url: str, accept: str, **params: str) -
 
 
 def qido(url: str, series: SeriesOnDisk, res: Results) -> None:
-    with requests.Session() as s:
+    with _session() as s:
         elapsed, response = timed_get(s, f"{url}/studies", DICOM_JSON, StudyInstanceUID=series.study_uid)
         response.raise_for_status()
         studies = response.json()
@@ -346,7 +355,7 @@ def qido(url: str, series: SeriesOnDisk, res: Results) -> None:
 def metadata(url: str, series: SeriesOnDisk, reps: int, res: Results) -> None:
     target = f"{url}/studies/{series.study_uid}/series/{series.series_uid}/metadata"
     timings: list[float] = []
-    with requests.Session() as s:
+    with _session() as s:
         for i in range(reps + 1):
             elapsed, response = timed_get(s, target, DICOM_JSON)
             response.raise_for_status()
@@ -367,7 +376,7 @@ def retrieve_series(url: str, series: SeriesOnDisk, reps: int, res: Results) -> 
     target = f"{url}/studies/{series.study_uid}/series/{series.series_uid}"
     timings: list[float] = []
     nbytes = parts = 0
-    with requests.Session() as s:
+    with _session() as s:
         for _ in range(reps):
             t0 = time.perf_counter()
             with s.get(target, headers={"Accept": ACCEPT_SERIES}, stream=True, timeout=TIMEOUT) as response:
@@ -420,7 +429,7 @@ def frames(url: str, series: SeriesOnDisk, in_flight: int, res: Results) -> None
 
 
 def delete_study(url: str, series: SeriesOnDisk, res: Results) -> None:
-    response = requests.delete(f"{url}/studies/{series.study_uid}", timeout=TIMEOUT)
+    response = _session().delete(f"{url}/studies/{series.study_uid}", timeout=TIMEOUT)
     if response.status_code in (200, 202, 204):
         res.values["deleted"] = True
     elif response.status_code in (404, 405, 501):
@@ -583,8 +592,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="do not DELETE the study afterwards")
     p.add_argument("--workdir", help="where to write the temporary series (default: system temp)")
     p.add_argument("--compare", type=Path, help="print a side-by-side table of the JSON lines in this file")
+    p.add_argument("--token", help="bearer token sent on every request (the gateway needs one)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.token:
+        AUTH_HEADERS["Authorization"] = f"Bearer {args.token}"
     if not args.compare and not args.url:
         p.error("--url is required (or --compare FILE)")
     return args

@@ -7,8 +7,11 @@ to start it unless the process runs in a network namespace that has only loopbac
     python -m bench.orthanc [--http-port 8043] -- python -m bench.dicomweb_bench \\
         --url {url} --pid {pid} --label orthanc
 
-starts Orthanc, runs the command after `--` with `{pid}` and `{url}` (the DICOMweb
-root) replaced, then stops Orthanc.  Without a command it serves until interrupted.
+starts Orthanc, runs the command after `--` with `{pid}`, `{url}` (the DICOMweb
+root), `{dicom_port}` and `{aet}` replaced, then stops Orthanc.  Without a command it
+serves until interrupted.  `--modality AET@HOST:PORT` declares a DICOM peer (C-MOVE
+destination, allowed calling AE); `--restrict-aets` makes Orthanc refuse associations from
+any other AE title (as a gateway with `dimse.peers` does).
 """
 from __future__ import annotations
 
@@ -49,6 +52,20 @@ def only_loopback() -> bool:
         return False
 
 
+def ensure_loopback_up() -> None:
+    """Bring `lo` up in a fresh network namespace (what `ip link set lo up` does, without
+    needing iproute2): SIOCGIFFLAGS/SIOCSIFFLAGS with IFF_UP. Needs CAP_NET_ADMIN there."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh14s", b"lo", 0, b"")
+        flags = struct.unpack("16sh14s", fcntl.ioctl(sock, siocgifflags, request))[1]
+        if not flags & iff_up:
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sh14s", b"lo", flags | iff_up, b""))
+
+
 def orthanc_config(workdir: Path, http_port: int, dicom_port: int) -> dict[str, object]:
     return {
         "Name": "orthanc-bench",
@@ -67,8 +84,22 @@ def orthanc_config(workdir: Path, http_port: int, dicom_port: int) -> dict[str, 
     }
 
 
+def modalities_config(modalities: list[tuple[str, str, int]]) -> dict[str, object]:
+    """``DicomModalities`` for peers that may do everything (echo, store, find, move, get)."""
+    return {f"peer{i}": {"AET": aet, "Host": host, "Port": port, "AllowEcho": True, "AllowFind": True,
+                         "AllowMove": True, "AllowGet": True, "AllowStore": True}
+            for i, (aet, host, port) in enumerate(modalities, 1)}
+
+
+RESTRICT_AETS = {"DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False,
+                 "DicomAlwaysAllowMove": False, "DicomAlwaysAllowGet": False}
+
+
 class Orthanc:
-    """A temporary Orthanc: config, storage and index live in one temp folder."""
+    """A temporary Orthanc: config, storage and index live in one temp folder.
+
+    ``extra_config`` is merged over :func:`orthanc_config` (e.g. ``DicomModalities``).
+    """
 
     def __init__(
         self,
@@ -78,7 +109,9 @@ class Orthanc:
         *,
         allow_host_network: bool = False,
         keep_workdir: bool = False,
+        extra_config: dict[str, object] | None = None,
     ) -> None:
+        self.extra_config = dict(extra_config or {})
         self.http_port = http_port
         self.dicom_port = dicom_port
         self._given_workdir = Path(workdir) if workdir else None
@@ -108,7 +141,9 @@ class Orthanc:
                 f"Orthanc or its DICOMweb plugin is missing ({ORTHANC_BINARY}, {DICOMWEB_PLUGIN}); "
                 f"install them with: {INSTALL_HINT}"
             )
-        if not self.allow_host_network and not only_loopback():
+        if only_loopback():
+            ensure_loopback_up()
+        elif not self.allow_host_network:
             raise RuntimeError(
                 "Orthanc 1.10 listens on 0.0.0.0: run it in a private network namespace, e.g. "
                 "unshare -n bash -c 'ip link set lo up; python -m bench.orthanc ...' "
@@ -122,7 +157,8 @@ class Orthanc:
         for sub in ("storage", "index"):
             (self.workdir / sub).mkdir(exist_ok=True)
         config_path = self.workdir / "orthanc.json"
-        config_path.write_text(json.dumps(orthanc_config(self.workdir, self.http_port, self.dicom_port), indent=2))
+        config = {**orthanc_config(self.workdir, self.http_port, self.dicom_port), **self.extra_config}
+        config_path.write_text(json.dumps(config, indent=2))
         env = dict(os.environ, TCP_NODELAY="1")
         self._log = open(self.workdir / "orthanc.log", "wb")
         self.process = subprocess.Popen(
@@ -150,6 +186,10 @@ class Orthanc:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"Orthanc did not answer on {self.url} within {timeout:.0f} s")
+
+    @property
+    def ae_title(self) -> str:
+        return str(self.extra_config.get("DicomAet", "ORTHANC_BENCH"))
 
     @property
     def log_path(self) -> Path | None:
@@ -188,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dicom-port", type=int, default=4243)
     parser.add_argument("--workdir", help="keep config, storage and log here (default: a temp folder, removed)")
     parser.add_argument("--allow-host-network", action="store_true", help="start even outside a private netns")
+    parser.add_argument("--aet", default="ORTHANC_BENCH", help="Orthanc's AE title")
+    parser.add_argument("--modality", action="append", default=[], metavar="AET@HOST:PORT",
+                        help="a DICOM peer Orthanc knows (repeatable): C-MOVE destination, allowed calling AE")
+    parser.add_argument("--restrict-aets", action="store_true",
+                        help="refuse associations from AE titles that are not a --modality")
     argv = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
     if "--" in argv:  # everything after "--" is the command to run while Orthanc is up
@@ -199,8 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     if not ORTHANC_BINARY.exists():
         print(f"Orthanc is not installed ({ORTHANC_BINARY} missing). Install it with:\n  {INSTALL_HINT}", file=sys.stderr)
         return 2
+    modalities = []
+    for text in args.modality:
+        aet, _, address = text.partition("@")
+        host, _, port = address.rpartition(":")
+        if not aet or not host or not port.isdigit():
+            parser.error(f"--modality {text!r}: expected AET@HOST:PORT")
+        modalities.append((aet, host, int(port)))
+    extra: dict[str, object] = {"DicomAet": args.aet}
+    if modalities:
+        extra["DicomModalities"] = modalities_config(modalities)
+    if args.restrict_aets:
+        extra.update(RESTRICT_AETS)
     server = Orthanc(
-        args.http_port, args.dicom_port, args.workdir, allow_host_network=args.allow_host_network
+        args.http_port, args.dicom_port, args.workdir, allow_host_network=args.allow_host_network,
+        extra_config=extra,
     )
     try:
         server.start()
@@ -210,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"Orthanc {server.dicomweb_url} pid {server.pid}", flush=True)
         if command:
-            command = [c.replace("{pid}", str(server.pid)).replace("{url}", server.dicomweb_url) for c in command]
+            command = [c.replace("{pid}", str(server.pid)).replace("{url}", server.dicomweb_url)
+                       .replace("{dicom_port}", str(server.dicom_port)).replace("{aet}", server.ae_title)
+                       for c in command]
             return subprocess.call(command)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:

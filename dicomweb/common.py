@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Iterator
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
-from auth.base import EMBEDDED_PRINCIPAL, Principal
+from auth.base import Principal
 from gateway.errors import NotAcceptable
 from dicomweb.media_types import parse_accept
 
@@ -21,7 +21,8 @@ def base_url() -> str:
 
 
 def principal() -> Principal:
-    return EMBEDDED_PRINCIPAL
+    """The principal of the current request, established by :mod:`auth.web` before any view runs."""
+    return g.principal
 
 
 def services():

@@ -6,6 +6,7 @@ import logging
 from flask import request
 from flask_smorest import Blueprint
 
+from auth.web import AUTH_PARAMS
 from dicomweb.common import PREFIX, base_url, json_response, principal, require_json_accept, services
 from gateway.headers import BASE_PLACEHOLDER
 from gateway.errors import BadRequest
@@ -38,6 +39,8 @@ def _parse_args() -> dict:
     include: list[str] = []
     include_all = False
     for name in request.args:
+        if name in AUTH_PARAMS:  # credentials (a link token, a signed URL), not matching keys
+            continue
         values = request.args.getlist(name)
         lower = name.lower()
         if lower == "includefield":
@@ -73,6 +76,20 @@ def _parse_args() -> dict:
     }
 
 
+def _uid(result: dict, tag: str) -> str:
+    return (result.get(tag, {}).get("Value") or [""])[0]
+
+
+def _retrieve_url(root: str, level: str, result: dict) -> str:
+    """RetrieveURL (0008,1190) of a result (PS3.18 Tables 10.6.3-3 to -5)."""
+    url = f"{root}/studies/{_uid(result, '0020000D')}"
+    if level in ("series", "instance"):
+        url += f"/series/{_uid(result, '0020000E')}"
+    if level == "instance":
+        url += f"/instances/{_uid(result, '00080018')}"
+    return url
+
+
 def search(level: str, study: str | None = None, series: str | None = None):
     media_type = require_json_accept()
     args = _parse_args()
@@ -81,9 +98,12 @@ def search(level: str, study: str | None = None, series: str | None = None):
     outcome = services().query.search(principal(), level, args["filters"], include=args["include"],
                                       limit=args["limit"], offset=args["offset"], fuzzy=args["fuzzy"],
                                       study_uid=study, series_uid=series)
+    root = base_url()
+    for result in outcome.results:
+        result["00081190"] = {"vr": "UR", "Value": [_retrieve_url(root, level, result)]}
     response = json_response(outcome.results, 200, media_type)
     if outcome.results and "includefield" in request.args:  # headers may hold BulkDataURIs
-        response.set_data(response.get_data().replace(BASE_PLACEHOLDER.encode(), base_url().encode()))
+        response.set_data(response.get_data().replace(BASE_PLACEHOLDER.encode(), root.encode()))
     host = request.host
     if outcome.truncated:
         response.headers.add("Warning", _TRUNCATED.format(host=host))

@@ -6,6 +6,7 @@ import logging
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
 
+from auth.web import AUTH_PARAMS
 from dicomweb.common import PREFIX, principal, services
 from dicomweb.negotiation import choose_rendered
 from dicomweb.wado import parse_frame_list
@@ -23,7 +24,7 @@ _RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "icc
 def _params(thumbnail: bool) -> dict:
     from gateway.imaging import parse_viewport, parse_window, parse_window_function
 
-    unknown = sorted(set(request.args) - _RENDER_PARAMS)
+    unknown = sorted(set(request.args) - _RENDER_PARAMS - AUTH_PARAMS)
     if unknown:
         raise BadRequest(f"unknown query parameter(s) for a rendered resource: {', '.join(unknown)}")
     params: dict = {}

@@ -96,9 +96,10 @@ def _failure_item(outcome: InstanceOutcome) -> dict:
 
 
 def store(study: str | None = None):
-    staged = _stage_body()
     ingest = services().ingest
     who = principal()
+    ingest.authorize(who)  # 403 before reading the body
+    staged = _stage_body()
     outcomes = ingest.commit_many(staged, principal=who, expected_study=study)
 
     root = base_url()

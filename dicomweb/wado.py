@@ -11,6 +11,7 @@ import pydicom
 from flask import Response, request
 from flask_smorest import Blueprint
 
+from auth.access import DOWNLOAD
 from dicomweb.common import PREFIX, base_url, json_array_stream, principal, require_json_accept, services
 from dicomweb.multipart import iter_multipart, new_boundary
 from dicomweb.negotiation import IMPLICIT_LE, Choice, choose_dicom, choose_frames
@@ -82,7 +83,7 @@ def _instance_parts(retrieve, records: list[InstanceRecord], choice: Choice):
 
 def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
     retrieve_service = services().retrieve
-    records = retrieve_service.instances(principal(), study, series, sop)
+    records = retrieve_service.instances(principal(), study, series, sop, need=DOWNLOAD)
     choice = choose_dicom({r.transfer_syntax for r in records}, single_allowed=sop is not None)
     if choice.multipart:
         return multipart_response(_instance_parts(retrieve_service, records, choice), "application/dicom")

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, NotAuthenticated
 from gateway.logs import configure_logging, request_id_var
 from gateway.services import Services
 from plugins.manager import create_plugin_manager
@@ -20,7 +20,7 @@ from plugins.manager import create_plugin_manager
 logger = logging.getLogger(__name__)
 
 CORS_ALLOW_HEADERS = "accept, authorization, content-type, x-request-id"
-CORS_EXPOSE_HEADERS = "Warning, Content-Location, Location, X-Request-ID, Retry-After"
+CORS_EXPOSE_HEADERS = "Warning, Content-Location, Location, X-Request-ID, Retry-After, WWW-Authenticate"
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
 
 
@@ -32,6 +32,15 @@ def error_body(status: int, message: str, **errors: Any) -> dict[str, Any]:
     if errors:
         body["errors"] = errors
     return body
+
+
+def www_authenticate(exc: NotAuthenticated) -> str:
+    """RFC 6750 challenge: the error code only when credentials were sent."""
+    value = 'Bearer realm="dental-pacs-gateway"'
+    if exc.error:
+        description = exc.message.replace("\\", "").replace('"', "'")[:200]
+        value += f', error="{exc.error}", error_description="{description}"'
+    return value
 
 
 def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services: Services | None = None) -> Flask:
@@ -60,9 +69,11 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
     _install_request_context(app, settings)
     _install_error_handlers(app)
 
+    from auth.web import init_app as init_auth
     from dicomweb import init_app as init_dicomweb
     from gateway import admin, health
 
+    init_auth(app, api)  # every request but the probes and the API docs is authenticated
     api.register_blueprint(health.blp)
     admin.init_app(app, api)
     init_dicomweb(app, api)
@@ -106,7 +117,9 @@ def _install_request_context(app: Flask, settings: Settings) -> None:
                     response.headers["Access-Control-Max-Age"] = "600"
         started = g.get("started")
         if started is not None:
-            logger.info("%s %s -> %s in %.1f ms", request.method, request.full_path.rstrip("?"),
+            from auth.web import redact
+
+            logger.info("%s %s -> %s in %.1f ms", request.method, redact(request.full_path.rstrip("?")),
                         response.status_code, (time.perf_counter() - started) * 1000)
         return response
 
@@ -118,6 +131,8 @@ def _install_error_handlers(app: Flask) -> None:
         response.status_code = exc.http_status
         if exc.http_status == 503:
             response.headers["Retry-After"] = "5"
+        if isinstance(exc, NotAuthenticated):
+            response.headers["WWW-Authenticate"] = www_authenticate(exc)
         return response
 
     @app.errorhandler(HTTPException)

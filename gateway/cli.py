@@ -80,12 +80,24 @@ def serve(host, port, workers, threads) -> None:
 
     click.echo(f"DICOMweb at http://{settings['server.host']}:{settings['server.port']}/dicom-web "
                f"(API docs: /api/docs); data in {settings.data_dir}", err=True)
+    click.echo(_token_hint(settings), err=True)
     child = _dimse_child(settings)
     try:
         GatewayApplication().run()
     finally:
         if child is not None:
             child.stop()
+
+
+def _token_hint(settings) -> str:
+    """How to get a token, printed when the server starts (every request needs one)."""
+    if settings["auth.provider"] == "local":
+        return ("Every request needs a bearer token. Get one with:\n"
+                "  TOKEN=$(gateway token --clinic default --user me --role doctor --ttl 8h)\n"
+                "  curl -H \"Authorization: Bearer $TOKEN\" "
+                f"http://{settings['server.host']}:{settings['server.port']}/dicom-web/studies")
+    return (f"Every request needs a bearer token of {settings['auth.provider']} "
+            f"(issuer {settings['auth.oidc_issuer'] or '-'}, audience {', '.join(settings['auth.oidc_audience']) or '-'})")
 
 
 def _dimse_child(settings):
@@ -171,14 +183,17 @@ def _is_dicomdir(path: Path) -> bool:
 
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True)
+@click.option("--clinic", default="default", show_default=True, help="the clinic the instances are stored for")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def import_(paths: tuple[str, ...], quiet: bool) -> None:
+def import_(paths: tuple[str, ...], clinic: str, quiet: bool) -> None:
     """Store every DICOM file under PATHS (files, folders, DICOMDIR trees) through the ingest path.
 
     Re-running it is harmless: identical instances count as duplicates.
     """
-    from auth.base import EMBEDDED_PRINCIPAL
+    from auth.audit import audit_context
+    from auth.base import Principal
 
+    principal = Principal.system(clinic, "cli-import")
     settings = _settings()
     services = _services(settings)
     files = list(_walk(paths))
@@ -188,7 +203,8 @@ def import_(paths: tuple[str, ...], quiet: bool) -> None:
 
     def flush() -> None:
         # One index transaction per batch, as for a STOW request.
-        outcomes = services.ingest.commit_many([s for _, s in batch], principal=EMBEDDED_PRINCIPAL)
+        with audit_context(client=f"cli:{os.getuid()}", door="cli"):
+            outcomes = services.ingest.commit_many([s for _, s in batch], principal=principal)
         for (path, _), outcome in zip(batch, outcomes):
             if outcome.ok:
                 counts[outcome.status] += 1
@@ -326,6 +342,117 @@ def forwards_run(parent_pid) -> None:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
+
+
+@main.command()
+@click.option("--clinic", required=True, help="the clinic the token acts for (clinicId claim)")
+@click.option("--user", required=True, help="the user it names (sub claim)")
+@click.option("--role", "roles", multiple=True, required=True,
+              help="doctor, staff, lab, admin, support or patient (repeatable)")
+@click.option("--ttl", default="8h", show_default=True, help="lifetime: 8h, 30m, 2d, or seconds")
+def token(clinic: str, user: str, roles: tuple[str, ...], ttl: str) -> None:
+    """Print a bearer token of the local issuer (auth.provider = local).
+
+    Use it as `Authorization: Bearer <token>`. The signing key is created on first use in
+    auth.key_dir (default <data_dir>/auth).
+    """
+    from auth.local import LocalIssuer, parse_ttl
+
+    settings = _settings()
+    if settings["auth.provider"] != "local":
+        click.echo(f"warning: auth.provider is {settings['auth.provider']!r}: this gateway does not accept "
+                   "local tokens", err=True)
+    try:
+        issuer = LocalIssuer.from_settings(settings)
+        click.echo(issuer.issue(user=user, clinic=clinic, roles=list(roles), ttl=parse_ttl(ttl)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("auth-keys", invoke_without_command=True)
+@click.pass_context
+def auth_keys(ctx) -> None:
+    """List the local issuer's signing keys (first = signing). Subcommands: rotate, retire."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from auth.local import LocalKeyStore, key_dir
+
+    settings = _settings()
+    store = LocalKeyStore(key_dir(settings), algorithm=settings["auth.local_algorithm"])
+    for i, key in enumerate(store.load()):
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created_at))
+        click.echo(f"{key.kid}  {key.alg}  created {created}" + ("  (signing)" if i == 0 else ""))
+
+
+@auth_keys.command("rotate")
+@click.option("--url-signing", is_flag=True, help="rotate the generated URL-signing key instead")
+def auth_keys_rotate(url_signing: bool) -> None:
+    """Make a new key the signing key; the old ones still verify until retired. Running
+    gateways pick the new key up by themselves (tokens: on the first unknown kid)."""
+    from auth.local import LocalKeyStore, key_dir
+
+    settings = _settings()
+    if url_signing:
+        from auth.signing import rotate_generated_keys
+
+        if settings["auth.url_signing_keys"]:
+            raise click.ClickException("auth.url_signing_keys is set: rotate by editing it (new key first)")
+        click.echo(f"new URL-signing key {rotate_generated_keys(key_dir(settings))}; restart the gateway to sign "
+                   "with it")
+        return
+    key = LocalKeyStore(key_dir(settings), algorithm=settings["auth.local_algorithm"]).rotate()
+    click.echo(f"new signing key {key.kid} ({key.alg})")
+
+
+@auth_keys.command("retire")
+@click.argument("kid")
+def auth_keys_retire(kid: str) -> None:
+    """Stop accepting tokens signed with KID."""
+    from auth.local import LocalKeyStore, key_dir
+
+    settings = _settings()
+    try:
+        LocalKeyStore(key_dir(settings), algorithm=settings["auth.local_algorithm"]).retire(kid)
+    except KeyError:
+        raise click.ClickException(f"no key {kid}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"retired {kid}")
+
+
+@main.command("audit")
+@click.option("--clinic", help="records of this clinic (as actor or resource owner)")
+@click.option("--user", help="records of this user")
+@click.option("--action", help="login, search, read, store, delete, share, revoke, sign, admin")
+@click.option("--outcome", help="ok, denied, not_found")
+@click.option("--since", help="ISO 8601 time or ms since the epoch")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--jsonl", is_flag=True, help="print JSON lines, oldest first")
+def audit(clinic, user, action, outcome, since, limit, jsonl) -> None:
+    """Read the audit log (every clinic: this is the operator's view)."""
+    from auth.audit import record_json
+    from auth.views import parse_time
+    from gateway.errors import BadRequest
+    from storage.base import AuditQuery
+
+    try:
+        since_ms = parse_time(since, "since")
+    except BadRequest as exc:
+        raise click.ClickException(exc.message) from None
+    index = _index(_settings())
+    query = AuditQuery(clinic_id=clinic, user_id=user, action=action, outcome=outcome, since_ms=since_ms,
+                       limit=limit, newest_first=not jsonl)
+    for record in index.search_audit(query):
+        body = record_json(record)
+        if jsonl:
+            click.echo(json.dumps(body, ensure_ascii=False))
+        else:
+            click.echo(f"{body['time']} {record.outcome:<9} {record.action:<7} {record.user_id or '-'}"
+                       f"@{record.clinic_id or '-'} {record.resource} {record.client or ''} "
+                       f"{record.detail or ''}".rstrip())
+    index.close()
 
 
 @main.command("migrate-backends")

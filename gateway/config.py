@@ -249,6 +249,23 @@ def _s3_part_size(value: Any) -> int:
     return number
 
 
+# --- authentication (auth.*) ---------------------------------------------------------------
+
+# Asymmetric JWS algorithms only: HMAC ("HS256") would let anyone holding the public key sign.
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def _jwt_algorithms(value: Any) -> list[str]:
+    names = _str_list(value)
+    by_upper = {a.upper(): a for a in JWT_ALGORITHMS}
+    bad = [n for n in names if n.upper() not in by_upper]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not allowed: use asymmetric algorithms only ({', '.join(JWT_ALGORITHMS)})")
+    if not names:
+        raise ValueError("at least one algorithm is needed")
+    return [by_upper[n.upper()] for n in names]
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("server.host", "127.0.0.1", str, "address the HTTP server binds"),
     Setting("server.port", 8042, _int, "HTTP port"),
@@ -318,6 +335,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage.s3_max_pool_connections", 32, _positive(_int), "HTTP connections to S3 per process"),
     Setting("storage.s3_read_ahead", 1024 * 1024, _positive(_int), "bytes fetched by one ranged GET when an object is read (header parsing, frames)"),
     Setting("storage.s3_presign_expiry", 3600, _positive(_int), "default lifetime of presigned URLs, in seconds (at most 604800)"),
+    Setting("auth.provider", "local", str, "authentication provider: entry point in group gateway.auth_providers (local, oidc)"),
+    Setting("auth.key_dir", "", str, "folder of the local issuer's signing keys and the URL-signing keys; empty: <data_dir>/auth"),
+    Setting("auth.local_issuer", "dental-pacs-gateway", str, "iss of the tokens the local issuer signs ('gateway token')"),
+    Setting("auth.local_audience", "dental-pacs-gateway", str, "aud of the tokens the local issuer signs"),
+    Setting("auth.local_algorithm", "ES256", lambda v: _choice("es256", "rs256")(v).upper(), "algorithm of the local issuer's keys (ES256 or RS256), used when a key is created"),
+    Setting("auth.token_max_ttl", 30 * 86400, _positive(_int), "longest lifetime 'gateway token --ttl' may give, in seconds"),
+    Setting("auth.leeway", 30, _non_negative(_int), "seconds of clock skew allowed on exp, nbf and iat"),
+    Setting("auth.oidc_issuer", "", str, "OIDC issuer URL (Keycloak: https://host/realms/REALM); its tokens' iss must equal it"),
+    Setting("auth.oidc_jwks_url", "", str, "JWKS URL; empty: jwks_uri of the issuer's /.well-known/openid-configuration"),
+    Setting("auth.oidc_audience", [], _str_list, "accepted aud values (comma separated); a token must name one of them"),
+    Setting("auth.oidc_algorithms", ["RS256", "ES256"], _jwt_algorithms, "accepted JWS algorithms (asymmetric only)"),
+    Setting("auth.oidc_client_id", "", str, "client id whose resource_access.<client>.roles are roles too"),
+    Setting("auth.oidc_clinic_claim", "clinicId", str, "claim (dotted path) holding the clinic"),
+    Setting("auth.oidc_user_claim", "sub", str, "claim (dotted path) naming the user"),
+    Setting("auth.oidc_roles_claims", ["realm_access.roles", "resource_access.{client_id}.roles"], _str_list, "claims (dotted paths, {client_id} = auth.oidc_client_id) holding role lists"),
+    Setting("auth.oidc_jwks_min_refresh", 30.0, _non_negative(_float), "a token with an unknown kid refetches the JWKS at most once per this many seconds"),
+    Setting("auth.oidc_jwks_max_age", 3600.0, _positive(_float), "seconds after which the JWKS is fetched again"),
+    Setting("auth.oidc_http_timeout", 5.0, _positive(_float), "seconds to wait for the discovery document and the JWKS"),
+    Setting("auth.patient_role", False, _bool, "honour the patient role (read what is shared with the patient); off: the role is ignored"),
+    Setting("auth.operator_clinics", [], _str_list, "clinics whose admins administer every clinic (audit of all clinics, failed logins, all forwards)"),
+    Setting("auth.share_default_ttl", 7 * 86400, _positive(_int), "lifetime of a share created without expires_at or ttl, in seconds"),
+    Setting("auth.share_max_ttl", 365 * 86400, _positive(_int), "longest lifetime of a share, in seconds"),
+    Setting("auth.url_signing_keys", "", str, "HMAC keys of signed URLs: 'kid:base64key,kid2:base64key' (first signs, all verify); empty: generated in auth.key_dir", secret=True),
+    Setting("auth.signed_url_ttl", 600, _positive(_int), "default lifetime of signed URLs, in seconds"),
+    Setting("auth.signed_url_max_ttl", 3600, _positive(_int), "longest lifetime of signed URLs, in seconds"),
+    Setting("audit.read_window", 300, _non_negative(_int), "a principal's successful reads (and stores) of one study are logged once per this many seconds per process; 0: every request"),
+    Setting("auth.share_link_url", "", str, "the URL a link share answers, with {study}, {series} and {token}, e.g. https://viewer.example/viewer?StudyInstanceUIDs={study}&token={token} (OHIF); empty: the study's DICOMweb metadata URL with ?share="),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

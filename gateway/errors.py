@@ -57,6 +57,21 @@ class NotFound(GatewayError):
     failure_reason = 0xC000
 
 
+class NotAuthenticated(GatewayError):
+    """No credentials, or credentials that cannot be verified (bad signature, expired, wrong
+    issuer or audience, unknown key). Answered 401 with ``WWW-Authenticate: Bearer``; ``error``
+    is the RFC 6750 error code (``invalid_token``, ``invalid_request``; None when no
+    credentials were sent)."""
+
+    http_status = 401
+    dimse_status = 0x0124
+    failure_reason = 0x0124
+
+    def __init__(self, message: str, *, error: str | None = "invalid_token", **details):
+        super().__init__(message, **details)
+        self.error = error
+
+
 class NotAuthorized(GatewayError):
     http_status = 403
     dimse_status = 0x0124

@@ -107,6 +107,68 @@ class ForwardItem:
     lease_owner: str | None = None
 
 
+@dataclass
+class ShareRecord:
+    """A study (or one series of it) of clinic ``clinic_id`` shared with a user, a clinic or a link."""
+
+    id: str
+    clinic_id: str  # the owner
+    study_uid: str
+    series_uid: str | None
+    target_type: Literal["user", "clinic", "link"]
+    target_id: str | None  # user id, clinic id; None for a link
+    permissions: tuple[str, ...]  # "view", "download"
+    created_by: str
+    created_at: int  # milliseconds since the epoch
+    expires_at: int
+    target_clinic: str | None = None  # a user target: only when the user acts for this clinic
+    token_hash: str | None = None  # sha256 hex of a link's token
+    revoked_at: int | None = None
+    revoked_by: str | None = None
+
+    def active(self, now_ms: int) -> bool:
+        return self.revoked_at is None and self.expires_at > now_ms
+
+    def allows(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+@dataclass
+class AuditRecord:
+    """One line of the append-only audit log."""
+
+    at: int  # milliseconds since the epoch
+    action: str  # login, search, read, store, delete, share, revoke, sign, admin
+    outcome: str  # ok, denied, not_found, failed
+    user_id: str | None = None
+    clinic_id: str | None = None  # the actor's clinic (None: unauthenticated)
+    resource: str = ""  # e.g. "study:1.2.3/series:1.2.3.4"
+    resource_clinic: str | None = None  # the clinic owning the resource
+    client: str | None = None  # IP address, or AE title@address
+    request_id: str | None = None
+    door: str | None = None  # dicomweb, dimse, api, cli
+    detail: str | None = None
+    id: int | None = None
+
+
+@dataclass
+class AuditQuery:
+    """Filters of :meth:`IndexStore.search_audit`; ``clinic_id`` matches the actor's clinic or the
+    resource's (None: every clinic, and rows without one)."""
+
+    clinic_id: str | None = None
+    user_id: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    resource: str | None = None  # prefix, e.g. "study:1.2.3"
+    since_ms: int | None = None
+    until_ms: int | None = None
+    after_id: int | None = None  # rows with a greater id (export paging)
+    newest_first: bool = True
+    limit: int = 100
+    offset: int = 0
+
+
 @runtime_checkable
 class IndexStore(Protocol):
     def migrate(self) -> list[str]:
@@ -182,3 +244,35 @@ class IndexStore(Protocol):
 
     def forward_counts(self, clinic_id: str | None = None) -> dict[str, int]:
         """Numbers of pending and failed items."""
+
+    # --- shares (auth.shares) -------------------------------------------------------
+    def add_share(self, share: ShareRecord) -> None:
+        """Record a new share (its ``id`` and ``token_hash`` are unique)."""
+
+    def get_share(self, share_id: str) -> ShareRecord | None: ...
+
+    def share_by_token(self, token_hash: str) -> ShareRecord | None:
+        """The link share whose token has this sha256 (active or not)."""
+
+    def list_shares(self, *, clinic_id: str | None = None, target_type: str | None = None,
+                    target_id: str | None = None, active_at: int | None = None, limit: int = 100,
+                    offset: int = 0) -> list[ShareRecord]:
+        """Shares owned by ``clinic_id`` and/or with that target, newest first; ``active_at``:
+        only those neither revoked nor expired at that time."""
+
+    def active_shares(self, *, user_id: str | None, clinic_id: str | None, now_ms: int) -> list[ShareRecord]:
+        """Shares targeting this user (acting for ``clinic_id`` when the share names a
+        ``target_clinic``) or this clinic, neither revoked nor expired at ``now_ms``."""
+
+    def revoke_share(self, share_id: str, *, by: str, now_ms: int) -> bool:
+        """Mark a share revoked; False when it does not exist or was revoked already."""
+
+    def clinics_with_study(self, study_uid: str) -> list[str]:
+        """The clinics holding a study with this UID (for the audit of refused accesses only)."""
+
+    # --- the audit log (auth.audit) ---------------------------------------------------
+    def append_audit(self, records: list[AuditRecord]) -> None:
+        """Append records in one transaction; the log is never updated or deleted from."""
+
+    def search_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Records matching every filter of ``query``, by id (newest first unless told)."""

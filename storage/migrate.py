@@ -160,7 +160,7 @@ class StoreMigration:
                 staged.discard()
                 self._fail(record, f"source blob sha256 {staged.sha256} differs from the indexed {record.sha256}")
                 return record
-            outcome = self.ingest.commit(staged, principal=Principal("migration", record.clinic_id))
+            outcome = self.ingest.commit(staged, principal=Principal.system(record.clinic_id, "migration"))
             if not outcome.ok:
                 self._fail(record, f"target refused it: {outcome.error.message}")
                 return record

@@ -20,13 +20,27 @@ class Match:
     value: str | tuple[str, ...] | tuple[str | None, str | None]
 
 
+@dataclass(frozen=True)
+class SharedScope:
+    """A study (or one series of it) of another clinic that the asker may see through a share."""
+
+    clinic_id: str
+    study_uid: str
+    series_uid: str | None = None
+
+
 @dataclass
 class Query:
+    """What to search. The tenant scope is ``clinic_id`` (the asker's own clinic; None: none of
+    it) plus ``shared``: the studies/series of other clinics shared with the asker. A shared
+    study whose UID the asker's own clinic also holds is hidden behind the own one."""
+
     level: Literal["study", "series", "instance"]
-    clinic_id: str
+    clinic_id: str | None
     matches: list[Match] = field(default_factory=list)
     study_uid: str | None = None  # path scope: /studies/{study}/...
     series_uid: str | None = None  # path scope: .../series/{series}/instances
     limit: int = 1000
     offset: int = 0
     with_headers: bool = False  # instance level: also return each instance's DICOM JSON
+    shared: tuple[SharedScope, ...] = ()

@@ -44,11 +44,39 @@ def client(app):
     return app.test_client()
 
 
+class AuthActions:
+    """Bearer tokens of an in-process app's local issuer (flaskr's ``auth`` helper)."""
+
+    def __init__(self, app):
+        from auth.local import LocalIssuer
+
+        self.issuer = LocalIssuer.from_settings(app.config["GATEWAY_SETTINGS"])
+
+    def token(self, clinic: str = "default", user: str = "tester", roles=("admin",), ttl: int = 3600) -> str:
+        return self.issuer.issue(user=user, clinic=clinic, roles=list(roles), ttl=ttl)
+
+    def headers(self, clinic: str = "default", user: str = "tester", roles=("admin",)) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(clinic, user, roles)}"}
+
+
+@pytest.fixture
+def auth(app):
+    return AuthActions(app)
+
+
 class ServerProcess:
-    """``gateway serve`` in a subprocess on a loopback port, as a user runs it."""
+    """``gateway serve`` in a subprocess on a loopback port, as a user runs it.
+
+    Every request needs credentials: :attr:`token` is a bearer token of the server's local
+    issuer (clinic ``default``, role ``admin``, made in process with the server's settings and
+    signing key), :attr:`auth_headers` the header that carries it, :attr:`http` a
+    ``requests.Session`` sending it, and :meth:`token_for` / :meth:`session` make others.
+    """
 
     def __init__(self, data_dir: Path, port: int | None = None, env: dict | None = None):
         self.data_dir = Path(data_dir)
+        self._token: str | None = None
+        self._http: requests.Session | None = None
         self.port = port or free_port()
         self.env = {**os.environ, "GATEWAY_STORAGE__DATA_DIR": str(self.data_dir),
                     "GATEWAY_SERVER__PORT": str(self.port), "GATEWAY_SERVER__WORKERS": "2",
@@ -57,6 +85,37 @@ class ServerProcess:
                     "GATEWAY_DIMSE__ENABLED": "false", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+
+    # --- credentials -------------------------------------------------------------------
+    def token_for(self, clinic: str = "default", user: str = "e2e", roles=("admin",), ttl: int = 8 * 3600) -> str:
+        """A token of this server's local issuer (its signing key is created if needed)."""
+        from auth.local import LocalIssuer
+
+        settings = load_settings(environ={k: v for k, v in self.env.items() if k != "GATEWAY_CONFIG"})
+        return LocalIssuer.from_settings(settings).issue(user=user, clinic=clinic, roles=list(roles), ttl=ttl)
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self.token_for()
+        return self._token
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def session(self, token: str | None = None) -> requests.Session:
+        """A new ``requests.Session`` that sends ``token`` (default: :attr:`token`)."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token or self.token}"
+        return session
+
+    @property
+    def http(self) -> requests.Session:
+        """The server's shared authenticated session (admin of clinic ``default``)."""
+        if self._http is None:
+            self._http = self.session()
+        return self._http
 
     @property
     def url(self) -> str:
@@ -68,6 +127,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 60) -> "ServerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.env.get("GATEWAY_AUTH__PROVIDER", "local") == "local":
+            self.token  # creates the signing key before the server's workers read it
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

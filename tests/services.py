@@ -319,8 +319,9 @@ def dicom_instance(study: str, series: str | None = None, sop: str | None = None
     return out.getvalue()
 
 
-def stow(base_url: str, instances: list[bytes], timeout: float = 120):
-    """POST instances to ``{base_url}/dicom-web/studies`` as one multipart/related body."""
+def stow(base_url: str, instances: list[bytes], timeout: float = 120, *, headers: dict | None = None):
+    """POST instances to ``{base_url}/dicom-web/studies`` as one multipart/related body
+    (``headers``: the credentials, e.g. ``ServerProcess.auth_headers``)."""
     import requests
 
     boundary = "shared-store-boundary"
@@ -328,10 +329,11 @@ def stow(base_url: str, instances: list[bytes], timeout: float = 120):
                     for data in instances) + b"--" + boundary.encode() + b"--\r\n"
     return requests.post(f"{base_url}/dicom-web/studies", data=body, timeout=timeout,
                          headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                                  "Accept": "application/dicom+json"})
+                                  "Accept": "application/dicom+json", **(headers or {})})
 
 
-def retrieve_parts(url: str, accept: str = DICOM_ANY, timeout: float = 120) -> list[bytes]:
+def retrieve_parts(url: str, accept: str = DICOM_ANY, timeout: float = 120, *,
+                   headers: dict | None = None) -> list[bytes]:
     """The parts of a WADO-RS multipart/related response."""
     import io
 
@@ -339,7 +341,7 @@ def retrieve_parts(url: str, accept: str = DICOM_ANY, timeout: float = 120) -> l
 
     from dicomweb.multipart import MultipartReader, parse_boundary
 
-    response = requests.get(url, headers={"Accept": accept}, timeout=timeout)
+    response = requests.get(url, headers={"Accept": accept, **(headers or {})}, timeout=timeout)
     assert response.status_code == 200, (response.status_code, response.text[:500])
     reader = MultipartReader(io.BytesIO(response.content), parse_boundary(response.headers["Content-Type"]))
     return [part.read() for part in reader]

@@ -105,7 +105,7 @@ class ForwardingPlugin:
 
         def modality() -> str | None:
             if not modality_cache:
-                found = services.query.search(Principal("forwarding", record.clinic_id), "series",
+                found = services.query.search(Principal.system(record.clinic_id, "forwarding"), "series",
                                               {"SeriesInstanceUID": record.series_uid}, limit=1)
                 values = found.results[0].get("00080060", {}).get("Value") if found.results else None
                 modality_cache.append(values[0] if values else None)

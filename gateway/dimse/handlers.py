@@ -13,6 +13,8 @@ bounded number of them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import itertools
 import logging
 import os
 import time
@@ -29,6 +31,7 @@ from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import build_context
 
+from auth.audit import DENIED, audit_context
 from auth.base import Principal
 from gateway.dimse import identifiers
 from gateway.dimse.peers import Peer, PeerTable
@@ -45,6 +48,9 @@ MOVE_MODELS = (sc.PatientRootQueryRetrieveInformationModelMove, sc.StudyRootQuer
 _ERROR_COMMENT_MAX = 64  # LO
 
 
+_ASSOCIATION_IDS = itertools.count(1)
+
+
 @dataclass
 class AssociationState:
     peer: Peer
@@ -52,10 +58,16 @@ class AssociationState:
     address: str
     started: float = field(default_factory=time.monotonic)
     counts: dict[str, int] = field(default_factory=dict)
+    # The audit log's request id of everything this association does.
+    request_id: str = field(default_factory=lambda: f"dimse-{os.getpid()}-{next(_ASSOCIATION_IDS)}")
 
     @property
     def principal(self) -> Principal:
         return self.peer.principal(self.calling_ae)
+
+    @property
+    def client(self) -> str:
+        return f"{self.calling_ae}@{self.address}"
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -76,7 +88,26 @@ class DimseContext:
 
     def run(self, func, *args, **kwargs):
         """Run a core call on the pool and wait for it (exceptions propagate)."""
-        return self.pool.submit(func, *args, **kwargs).result()
+        return self.pool.submit(contextvars.copy_context().run, func, *args, **kwargs).result()
+
+    def run_for(self, state: "AssociationState", func, *args, **kwargs):
+        """:meth:`run` with the association's audit context (client, door, request id)."""
+        def call():
+            with audit_context(client=state.client, door="dimse", request_id=state.request_id):
+                return func(*args, **kwargs)
+
+        return self.run(call)
+
+    def audit(self, state: "AssociationState | None", action: str, outcome: str, *, detail: str,
+              calling_ae: str = "", address: str = "") -> None:
+        """Record a refusal at the DIMSE door (no core call was made)."""
+        audit = getattr(self.services, "audit", None)
+        if audit is None:
+            return
+        client = state.client if state else f"{calling_ae}@{address}"
+        with audit_context(client=client, door="dimse", request_id=state.request_id if state else None):
+            audit.record(action, outcome, principal=state.principal if state else None, resource=action,
+                         detail=detail)
 
     def bind(self, assoc, state: AssociationState) -> None:
         self._states[assoc] = state
@@ -104,10 +135,12 @@ def _failure(exc: GatewayError, *, retrieve: bool = False) -> Dataset:
     return status(code, exc.message)
 
 
-def _refused(state: AssociationState | None, service: str) -> Dataset:
+def _refused(state: AssociationState | None, service: str, ctx: "DimseContext | None" = None) -> Dataset:
     who = state.calling_ae if state else "?"
     logger.warning("calling AE %s may not %s (dimse.peers allow = %s)", who, service,
                    ", ".join(sorted(state.peer.allow)) if state else "-")
+    if ctx is not None:
+        ctx.audit(state, service, DENIED, detail=f"C-{service.upper()} not in the peer's allow list")
     return status(0x0124, f"{who} is not allowed to {service}")
 
 
@@ -120,7 +153,9 @@ def handle_requested(event: evt.Event, ctx: DimseContext) -> None:
     address = str(assoc.requestor.address)
     peer = ctx.peers.match(calling, address)
     if peer is None:
-        logger.warning("association rejected: %s", ctx.peers.why_rejected(calling, address))
+        why = ctx.peers.why_rejected(calling, address)
+        logger.warning("association rejected: %s", why)
+        ctx.audit(None, "login", DENIED, detail=f"association rejected: {why}", calling_ae=calling, address=address)
         assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
@@ -178,7 +213,7 @@ def handle_conn_close(event: evt.Event, ctx: DimseContext) -> None:
 def handle_echo(event: evt.Event, ctx: DimseContext) -> Dataset | int:
     state = ctx.state(event.assoc)
     if state is None or not state.peer.allows("echo"):
-        return _refused(state, "echo")
+        return _refused(state, "echo", ctx)
     return 0x0000
 
 
@@ -234,10 +269,10 @@ def _ingest(services, source, principal: Principal):
 def handle_store(event: evt.Event, ctx: DimseContext) -> Dataset | int:
     state = ctx.state(event.assoc)
     if state is None or not state.peer.allows("store"):
-        return _refused(state, "store")
+        return _refused(state, "store", ctx)
     sop_uid = str(event.request.AffectedSOPInstanceUID)
     try:
-        outcome = ctx.run(_ingest, ctx.services, received_part10(event), state.principal)
+        outcome = ctx.run_for(state, _ingest, ctx.services, received_part10(event), state.principal)
     except GatewayError as exc:
         state.count("failed")
         return _failure(exc)
@@ -267,7 +302,7 @@ def _model(event: evt.Event) -> str:
 def handle_find(event: evt.Event, ctx: DimseContext) -> Iterator[tuple[Any, Dataset | None]]:
     state = ctx.state(event.assoc)
     if state is None or not state.peer.allows("find"):
-        yield _refused(state, "find"), None
+        yield _refused(state, "find", ctx), None
         return
     try:
         request = identifiers.parse(event.identifier, _model(event))
@@ -279,7 +314,7 @@ def handle_find(event: evt.Event, ctx: DimseContext) -> Iterator[tuple[Any, Data
         return
 
     def search(*args, **kwargs):
-        return ctx.run(ctx.services.query.search, *args, **kwargs)
+        return ctx.run_for(state, ctx.services.query.search, *args, **kwargs)
 
     sent = 0
     limit = ctx.find_max_results
@@ -309,7 +344,7 @@ def handle_find(event: evt.Event, ctx: DimseContext) -> Iterator[tuple[Any, Data
 # --- C-MOVE and C-GET ------------------------------------------------------------------
 def _records(event: evt.Event, ctx: DimseContext, state: AssociationState):
     request = identifiers.parse(event.identifier, _model(event))
-    return ctx.run(identifiers.retrieve_records, ctx.services, state.principal, request)
+    return ctx.run_for(state, identifiers.retrieve_records, ctx.services, state.principal, request)
 
 
 def _sub_operations(event: evt.Event, ctx: DimseContext, state: AssociationState, records: list,
@@ -361,7 +396,7 @@ def handle_get(event: evt.Event, ctx: DimseContext):
     state = ctx.state(event.assoc)
     if state is None or not state.peer.allows("get"):
         yield 1
-        yield _refused(state, "get"), None
+        yield _refused(state, "get", ctx), None
         return
     try:
         records = _records(event, ctx, state)

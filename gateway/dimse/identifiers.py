@@ -211,7 +211,8 @@ def retrieve_records(services, principal: Principal, request: QueryRequest) -> l
 
 
 def _instances(retrieve, principal: Principal, study: str, series: str | None = None) -> list:
+    """What C-MOVE/C-GET send: the original instances, so a share must allow ``download``."""
     try:
-        return retrieve.instances(principal, study, series)
+        return retrieve.instances(principal, study, series, need="download")
     except NotFound:
         return []

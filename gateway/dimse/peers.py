@@ -44,8 +44,9 @@ class Peer:
         return service in self.allow
 
     def principal(self, calling_ae: str) -> Principal:
-        """The principal a peer's operations act as (``dimse:<AE>``, the peer's clinic)."""
-        return Principal(f"dimse:{calling_ae}", self.clinic, frozenset({"dimse"}))
+        """The principal a peer's operations act as (``dimse:<AE>``, the peer's clinic, role
+        ``dimse``): it reads and writes its clinic and reads what is shared with that clinic."""
+        return Principal(f"dimse:{calling_ae}", self.clinic, frozenset({"dimse"}), kind="dimse")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from auth.access import AccessControl
+from auth.audit import AuditService
+from auth.shares import ShareService
 from gateway.services.delete import DeleteService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.query import QueryService, SearchOutcome
@@ -20,16 +23,22 @@ class Services:
     query: QueryService
     retrieve: RetrieveService
     deleter: DeleteService
+    audit: AuditService
+    access: AccessControl
+    shares: ShareService
 
     @classmethod
     def build(cls, settings, plugin_manager) -> "Services":
         blobs = registry.create("blob", settings["storage.blob_backend"], settings)
         index = registry.create("index", settings["storage.index_backend"], settings)
         index.migrate()
+        audit = AuditService.from_settings(index, settings)
+        access = AccessControl(index, audit)
         services = cls(settings, blobs, index, plugin_manager,
-                       IngestService(blobs, index, settings, plugin_manager),
-                       QueryService(index, settings), RetrieveService(blobs, index),
-                       DeleteService(blobs, index, plugin_manager))
+                       IngestService(blobs, index, settings, plugin_manager, access=access),
+                       QueryService(index, settings, access=access), RetrieveService(blobs, index, access=access),
+                       DeleteService(blobs, index, plugin_manager, access=access),
+                       audit, access, ShareService.from_settings(index, access, audit, settings))
         services.ingest.services = services
         services.deleter.services = services
         return services

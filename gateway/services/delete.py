@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from auth import policy
+from auth.audit import OK, resource_name
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, NotFound
 from storage.base import BlobStore, IndexStore, InstanceRecord
@@ -12,23 +14,35 @@ logger = logging.getLogger(__name__)
 
 
 class DeleteService:
-    def __init__(self, blobs: BlobStore, index: IndexStore, plugin_manager, services=None):
+    def __init__(self, blobs: BlobStore, index: IndexStore, plugin_manager, services=None, *, access=None):
         self.blobs = blobs
         self.index = index
         self.pm = plugin_manager
         self.services = services
+        self.access = access  # auth.access.AccessControl; None: the policy only, no audit
 
     def delete(self, principal: Principal, study: str, series: str | None = None,
                sop: str | None = None) -> list[InstanceRecord]:
+        # Only the principal's own clinic: a study of another clinic (shared or not) is a 404.
+        resource = resource_name(study, series, sop)
+        scope = self.access.require(principal, policy.DELETE, resource=resource) if self.access \
+            else policy.require(principal, policy.DELETE)
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         # Rows go first so nothing visible points at a missing blob; a crash between
         # the two steps leaves only unreferenced blobs.
-        try:
-            removed = self.index.delete(principal.clinic_id, study, series, sop)
-        except StorageError as exc:
-            raise BackendUnavailable(f"index delete failed: {exc}") from exc
+        removed = []
+        if scope == policy.CLINIC:
+            try:
+                removed = self.index.delete(principal.clinic_id, study, series, sop)
+            except StorageError as exc:
+                raise BackendUnavailable(f"index delete failed: {exc}") from exc
         if not removed:
-            what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+            if self.access is not None:
+                raise self.access.not_found(principal, "delete", what, study, series, sop)
             raise NotFound(f"{what} not found")
+        if self.access is not None:
+            self.access.audit.record("delete", OK, principal=principal, resource=resource,
+                                     resource_clinic=principal.clinic_id, detail=f"{len(removed)} instance(s)")
         for record in removed:
             try:
                 self.blobs.delete(record.blob_key)

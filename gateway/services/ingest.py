@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from auth import policy
+from auth.audit import OK, resource_name
 from auth.base import Principal
 from gateway import headers
 from gateway.errors import (BackendUnavailable, DatasetMismatch, GatewayError, InstanceExists,
-                            InvalidDicom, PayloadTooLarge, StudyMismatch)
+                            InvalidDicom, NotAuthorized, PayloadTooLarge, StudyMismatch)
 from storage.base import BlobStore, IndexStore, InstanceRecord, NewInstance
 from storage.errors import Conflict, StorageError, Unavailable
 
@@ -89,7 +91,9 @@ def _sha256_from(fp: BinaryIO, offset: int) -> str:
 
 
 class IngestService:
-    def __init__(self, blobs: BlobStore, index: IndexStore, settings, plugin_manager, services=None):
+    def __init__(self, blobs: BlobStore, index: IndexStore, settings, plugin_manager, services=None, *,
+                 access=None):
+        self.access = access  # auth.access.AccessControl; None: the policy only, no audit
         self.blobs = blobs
         self.index = index
         self.settings = settings
@@ -178,6 +182,7 @@ class IngestService:
         outcomes = [self._outcome(s) for s in staged]
         pending: list[tuple[int, NewInstance]] = []
         try:
+            self.authorize(principal)
             for i, item in enumerate(staged):
                 try:
                     new = self._prepare(item, principal, expected_study, outcomes[i])
@@ -187,11 +192,19 @@ class IngestService:
                 except GatewayError as exc:
                     self._fail(outcomes[i], exc)
             if pending:
-                self._index(pending, outcomes)
+                self._index(pending, outcomes, principal)
         finally:
             for item in staged:
                 item.discard()
         return outcomes
+
+    def authorize(self, principal: Principal) -> None:
+        """403 unless the principal may store into its own clinic (what it stores lands there,
+        whatever clinic holds the same UIDs)."""
+        scope = self.access.require(principal, policy.WRITE, resource="store") if self.access \
+            else policy.require(principal, policy.WRITE)
+        if scope != policy.CLINIC:
+            raise NotAuthorized("storing needs a role that writes into its own clinic", action="write")
 
     @staticmethod
     def _outcome(staged: StagedInstance) -> InstanceOutcome:
@@ -248,7 +261,8 @@ class IngestService:
                            headers.dumps(headers.level_subset(body, "study")),
                            headers.dumps(headers.level_subset(body, "series")))
 
-    def _index(self, pending: list[tuple[int, NewInstance]], outcomes: list[InstanceOutcome]) -> None:
+    def _index(self, pending: list[tuple[int, NewInstance]], outcomes: list[InstanceOutcome],
+               principal: Principal) -> None:
         try:
             results = self._call(self.index.add_instances, [new for _, new in pending],
                                  replace=self.replace_duplicates)
@@ -272,6 +286,9 @@ class IngestService:
                 if result.outcome == "replaced" and result.existing.blob_key != record.blob_key:
                     self.blobs.delete(result.existing.blob_key)
                 outcome.status, outcome.record = result.outcome, record
+                if self.access is not None:
+                    self.access.audit.record("store", OK, principal=principal, resource=resource_name(record.study_uid),
+                                             resource_clinic=record.clinic_id)
                 self._emit(outcome)
 
     def _discard_unreferenced(self, record: InstanceRecord) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from auth import policy
+from auth.audit import OK
 from auth.base import Principal
 from gateway.attributes import BY_KEYWORD, DEFAULT_RETURN, INDEXED, PARENT_RETURN
 from gateway.errors import BackendUnavailable, BadRequest
@@ -137,11 +139,37 @@ def _element(attr_vr: str, value: Any) -> dict[str, Any]:
     return {"vr": attr_vr, "Value": [value]}
 
 
+def _upper_level_keys(level: str, study_uid: str | None, series_uid: str | None) -> set[str]:
+    """Upper-level attributes a search across studies (or series) returns (PS3.18 10.6.3.3.2-3):
+    all series → study attributes; all instances → study and series ones; a study's
+    instances → series ones."""
+    keys: set[str] = set()
+    if level in ("series", "instance") and study_uid is None:
+        keys |= set(DEFAULT_RETURN["study"])
+    if level == "instance" and series_uid is None:
+        keys |= set(DEFAULT_RETURN["series"])
+    return keys
+
+
 class QueryService:
-    def __init__(self, index: IndexStore, settings):
+    def __init__(self, index: IndexStore, settings, *, access=None):
         self.index = index
+        self.access = access  # auth.access.AccessControl; None: own clinic only, no audit
         self.max_limit = settings["dicomweb.qido_max_limit"]
         self.default_limit = settings["dicomweb.qido_default_limit"]
+
+    def _scope(self, principal: Principal, level: str, filters: Mapping[str, str],
+               study_uid: str | None) -> tuple[str | None, tuple]:
+        """The tenant scope of a search (own clinic, shares), audited."""
+        if self.access is None:
+            policy.require(principal, policy.READ)
+            return principal.clinic_id, ()
+        own, shared = self.access.query_scope(principal)
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(filters.items()) if v.strip())[:500] or None
+        self.access.audit.record("search", OK, principal=principal,
+                                 resource=f"search:{level}" + (f"/study:{study_uid}" if study_uid else ""),
+                                 detail=detail)
+        return own, shared
 
     def search(self, principal: Principal, level: str, filters: Mapping[str, str], *,
                include: Iterable[str] | str = (), limit: int | None = None, offset: int = 0,
@@ -166,9 +194,10 @@ class QueryService:
             match = build_match(keyword, value, fuzzy=fuzzy)
             if match is not None:
                 matches.append(match)
-        query = Query(level=level, clinic_id=principal.clinic_id, matches=matches,
+        own, shared = self._scope(principal, level, filters, study_uid)
+        query = Query(level=level, clinic_id=own, matches=matches,
                       study_uid=study_uid, series_uid=series_uid,
-                      limit=min(limit or self.default_limit, self.max_limit), offset=offset)
+                      limit=min(limit or self.default_limit, self.max_limit), offset=offset, shared=shared)
         include_all = include == "all"
         extra = set() if include_all else {resolve_attribute(k)[1] for k in (*include, *universal)}
         query.with_headers = level == "instance" and (include_all or any(
@@ -179,6 +208,7 @@ class QueryService:
             raise BackendUnavailable(f"index search failed: {exc}") from exc
         truncated = found.truncated or (limit is not None and limit > self.max_limit)
         requested = {k for k in filters} | {keyword_for_tag(int(t, 16)) or t for t in extra}
+        requested |= _upper_level_keys(level, study_uid, series_uid)
         results = [self._result(row, level, requested, extra, include_all) for row in found.rows]
         return SearchOutcome(results, truncated, ignored)
 
@@ -205,7 +235,8 @@ class QueryService:
         include_all = include == "all"
         if not include_all:
             extra |= {resolve_attribute(k)[1] for k in include}
-        query = Query(level="patient", clinic_id=principal.clinic_id, matches=matches,  # type: ignore[arg-type]
+        own, _shared = self._scope(principal, "patient", filters, None)  # patients: own clinic only
+        query = Query(level="patient", clinic_id=own, matches=matches,  # type: ignore[arg-type]
                       limit=min(limit or self.default_limit, self.max_limit), offset=offset)
         try:
             found = self.index.search(query)

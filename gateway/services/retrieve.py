@@ -4,10 +4,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import pydicom
 
+from auth import policy
+from auth.access import VIEW, Source
+from auth.audit import OK, resource_name
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, BadRequest, NotFound
 from storage.base import BlobStore, IndexStore, InstanceRecord
@@ -34,36 +37,71 @@ def _what(study: str, series: str | None, sop: str | None) -> str:
 
 
 class RetrieveService:
-    def __init__(self, blobs: BlobStore, index: IndexStore):
+    """Reads of stored instances, from the principal's own clinic or through a share.
+
+    ``need`` is the share permission a read takes: ``view`` (metadata, frames, rendered,
+    thumbnails, bulk data) or ``download`` (the original instances: WADO-RS retrieve,
+    C-MOVE, C-GET).
+    """
+
+    def __init__(self, blobs: BlobStore, index: IndexStore, *, access=None):
         self.blobs = blobs
         self.index = index
+        self.access = access  # auth.access.AccessControl; None: own clinic only, no audit
+
+    def _sources(self, principal: Principal, study: str, series: str | None, need: str) -> Iterable[Source]:
+        if self.access is None:
+            policy.require(principal, policy.READ)
+            return [Source(principal.clinic_id)]
+        return self.access.sources(principal, study, series, need)
+
+    def _found(self, principal: Principal, source: Source, study: str, need: str) -> None:
+        if self.access is not None:
+            self.access.audit.record("read", OK, principal=principal, resource=resource_name(study),
+                                     resource_clinic=source.clinic_id,
+                                     detail=need + (f" via share {', '.join(source.shares)}" if source.shares else ""))
+
+    def _not_found(self, principal: Principal, study: str, series: str | None, sop: str | None) -> NotFound:
+        if self.access is None:
+            return NotFound(f"{_what(study, series, sop)} not found")
+        return self.access.not_found(principal, "read", _what(study, series, sop), study, series, sop)
 
     def instances(self, principal: Principal, study: str, series: str | None = None,
-                  sop: str | None = None) -> list[InstanceRecord]:
-        try:
-            records = self.index.instances(principal.clinic_id, study, series, sop)
-        except StorageError as exc:
-            raise BackendUnavailable(f"index read failed: {exc}") from exc
-        if not records:
-            raise NotFound(f"{_what(study, series, sop)} not found")
-        return records
+                  sop: str | None = None, *, need: str = VIEW) -> list[InstanceRecord]:
+        for source in self._sources(principal, study, series, need):
+            try:
+                records = self.index.instances(source.clinic_id, study, series, sop)
+            except StorageError as exc:
+                raise BackendUnavailable(f"index read failed: {exc}") from exc
+            records = [r for r in records if source.allows_series(r.series_uid)]
+            if records:
+                self._found(principal, source, study, need)
+                return records
+        raise self._not_found(principal, study, series, sop)
 
     def metadata(self, principal: Principal, study: str, series: str | None = None,
                  sop: str | None = None) -> Iterator[str]:
         """Each instance's DICOM JSON text, from the index only (no blob is read)."""
-        try:
-            headers = self.index.instance_headers(principal.clinic_id, study, series, sop)
-            first = next(headers, None)
-        except StorageError as exc:
-            raise BackendUnavailable(f"index read failed: {exc}") from exc
-        if first is None:
-            raise NotFound(f"{_what(study, series, sop)} not found")
+        for source in self._sources(principal, study, series, VIEW):
+            wanted = [series] if source.series is None or series is not None else sorted(source.series)
+            if series is not None and not source.allows_series(series):
+                continue
+            try:
+                parts = [self.index.instance_headers(source.clinic_id, study, s, sop) for s in wanted]
+                headers = (h for part in parts for h in part)
+                first = next(headers, None)
+            except StorageError as exc:
+                raise BackendUnavailable(f"index read failed: {exc}") from exc
+            if first is None:
+                continue
+            self._found(principal, source, study, VIEW)
 
-        def all_headers() -> Iterator[str]:
-            yield first
-            yield from headers
+            def all_headers(first=first, headers=headers) -> Iterator[str]:
+                yield first
+                yield from headers
 
-        return all_headers()
+            return all_headers()
+        raise self._not_found(principal, study, series, sop)
 
     def open(self, record: InstanceRecord) -> BinaryIO:
         try:

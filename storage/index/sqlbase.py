@@ -11,7 +11,8 @@ from importlib import resources
 from typing import Any, Iterator
 
 from gateway.attributes import BY_KEYWORD
-from storage.base import AddResult, ForwardItem, InstanceRecord, NewInstance, SearchResult
+from storage.base import (AddResult, AuditQuery, AuditRecord, ForwardItem, InstanceRecord, NewInstance,
+                          SearchResult, ShareRecord)
 from storage.errors import Conflict
 from storage.query import Match, Query
 
@@ -57,6 +58,22 @@ _SAME_PATIENT = "(s.patient_id = p.patient_id OR (s.patient_id IS NULL AND p.pat
 
 def _forward(row) -> ForwardItem:
     return ForwardItem(**dict(zip(FORWARD_COLUMNS, row)))
+
+
+SHARE_COLUMNS = ("id", "clinic_id", "study_uid", "series_uid", "target_type", "target_id", "permissions",
+                 "created_by", "created_at", "expires_at", "target_clinic", "token_hash", "revoked_at", "revoked_by")
+AUDIT_COLUMNS = ("at", "action", "outcome", "user_id", "clinic_id", "resource", "resource_clinic", "client",
+                 "request_id", "door", "detail", "id")
+
+
+def _share(row) -> ShareRecord:
+    values = dict(zip(SHARE_COLUMNS, row))
+    values["permissions"] = tuple(p for p in values["permissions"].split(",") if p)
+    return ShareRecord(**values)
+
+
+def _audit(row) -> AuditRecord:
+    return AuditRecord(**dict(zip(AUDIT_COLUMNS, row)))
 
 
 class SqlIndexStore:
@@ -316,8 +333,12 @@ class SqlIndexStore:
                           ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS))
             from_ += " JOIN instances i ON i.series_pk = se.id"
             order += ", i.instance_number NULLS LAST, i.id"
-        where, params = self._scope(query.clinic_id, query.study_uid, query.series_uid, None)
+        where, params = self._tenant(query)
         conditions = [where]
+        for column, value in (("s.study_uid", query.study_uid), ("se.series_uid", query.series_uid)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
         for match in query.matches:
             sql, values = self._condition(match)
             conditions.append(sql)
@@ -335,9 +356,45 @@ class SqlIndexStore:
         del alias
         return SearchResult([dict(zip(names, r)) for r in rows[: query.limit]], truncated)
 
+    def _tenant(self, query: Query) -> tuple[str, list[Any]]:
+        """The rows the asker may see: its own clinic's, and the shared studies (or series) of
+        other clinics, unless its own clinic holds a study with the same UID."""
+        parts: list[str] = []
+        params: list[Any] = []
+        if query.clinic_id is not None:
+            parts.append("s.clinic_id = ?")
+            params.append(query.clinic_id)
+        whole: dict[str, list[str]] = {}
+        for scope in query.shared:
+            if scope.series_uid is None or query.level == "study":
+                whole.setdefault(scope.clinic_id, []).append(scope.study_uid)
+        for clinic, studies in whole.items():
+            studies = sorted(set(studies))
+            parts.append(f"(s.clinic_id = ? AND s.study_uid IN ({', '.join('?' * len(studies))})"
+                         + self._not_own(query) + ")")
+            params.extend([clinic, *studies] + ([query.clinic_id] if query.clinic_id is not None else []))
+        if query.level != "study":
+            for scope in query.shared:
+                if scope.series_uid is not None and scope.study_uid not in whole.get(scope.clinic_id, ()):
+                    parts.append("(s.clinic_id = ? AND s.study_uid = ? AND se.series_uid = ?"
+                                 + self._not_own(query) + ")")
+                    params.extend([scope.clinic_id, scope.study_uid, scope.series_uid]
+                                  + ([query.clinic_id] if query.clinic_id is not None else []))
+        if not parts:
+            return "1 = 0", []
+        return "(" + " OR ".join(parts) + ")", params
+
+    @staticmethod
+    def _not_own(query: Query) -> str:
+        if query.clinic_id is None:
+            return ""
+        return " AND NOT EXISTS (SELECT 1 FROM studies o WHERE o.clinic_id = ? AND o.study_uid = s.study_uid)"
+
     def _search_patients(self, query: Query) -> SearchResult:
         """Patient level (Patient Root C-FIND): rows of the ``patients`` view that have a
         matching study, with the newest study's patient attributes as ``study_json``."""
+        if query.clinic_id is None:  # patients are listed of the asker's own clinic only
+            return SearchResult()
         conditions = ["s.clinic_id = p.clinic_id", _SAME_PATIENT]
         params: list[Any] = [query.clinic_id]
         for match in query.matches:
@@ -515,3 +572,97 @@ class SqlIndexStore:
             where.append("clinic_id = ?")
             params.append(clinic_id)
         return ("WHERE " + " AND ".join(where)) if where else "", params
+
+    # --- shares --------------------------------------------------------------------
+    def add_share(self, share: ShareRecord) -> None:
+        values = [getattr(share, c) for c in SHARE_COLUMNS]
+        values[SHARE_COLUMNS.index("permissions")] = ",".join(share.permissions)
+        with self._transaction() as cur:
+            cur.execute(self._sql(f"INSERT INTO shares ({', '.join(SHARE_COLUMNS)}) "
+                                  f"VALUES ({', '.join('?' * len(SHARE_COLUMNS))})"), values)
+
+    def _shares(self, where: str, params: list[Any], suffix: str = "") -> list[ShareRecord]:
+        with self._read() as cur:
+            cur.execute(self._sql(f"SELECT {', '.join(SHARE_COLUMNS)} FROM shares {where} {suffix}"), params)
+            return [_share(r) for r in cur.fetchall()]
+
+    def get_share(self, share_id: str) -> ShareRecord | None:
+        found = self._shares("WHERE id = ?", [share_id])
+        return found[0] if found else None
+
+    def share_by_token(self, token_hash: str) -> ShareRecord | None:
+        found = self._shares("WHERE token_hash = ?", [token_hash])
+        return found[0] if found else None
+
+    def list_shares(self, *, clinic_id: str | None = None, target_type: str | None = None,
+                    target_id: str | None = None, active_at: int | None = None, limit: int = 100,
+                    offset: int = 0) -> list[ShareRecord]:
+        where, params = [], []
+        for column, value in (("clinic_id", clinic_id), ("target_type", target_type), ("target_id", target_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if active_at is not None:
+            where.append("revoked_at IS NULL AND expires_at > ?")
+            params.append(active_at)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self._shares(clause, [*params, limit, offset], "ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
+
+    def active_shares(self, *, user_id: str | None, clinic_id: str | None, now_ms: int) -> list[ShareRecord]:
+        targets, params = [], []
+        if user_id is not None:
+            targets.append("(target_type = 'user' AND target_id = ? AND (target_clinic IS NULL OR target_clinic = ?))")
+            params.extend([user_id, clinic_id])
+        if clinic_id is not None:
+            targets.append("(target_type = 'clinic' AND target_id = ?)")
+            params.append(clinic_id)
+        if not targets:
+            return []
+        return self._shares(f"WHERE ({' OR '.join(targets)}) AND revoked_at IS NULL AND expires_at > ?",
+                            [*params, now_ms], "ORDER BY created_at, id")
+
+    def revoke_share(self, share_id: str, *, by: str, now_ms: int) -> bool:
+        with self._transaction() as cur:
+            cur.execute(self._sql("UPDATE shares SET revoked_at = ?, revoked_by = ? "
+                                  "WHERE id = ? AND revoked_at IS NULL"), (now_ms, by, share_id))
+            return cur.rowcount > 0
+
+    def clinics_with_study(self, study_uid: str) -> list[str]:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT clinic_id FROM studies WHERE study_uid = ? ORDER BY clinic_id"), (study_uid,))
+            return [r[0] for r in cur.fetchall()]
+
+    # --- the audit log ---------------------------------------------------------------
+    def append_audit(self, records: list[AuditRecord]) -> None:
+        if not records:
+            return
+        columns = AUDIT_COLUMNS[:-1]  # id is the database's
+        with self._transaction() as cur:
+            for record in records:
+                cur.execute(self._sql(f"INSERT INTO audit_log ({', '.join(columns)}) "
+                                      f"VALUES ({', '.join('?' * len(columns))})"),
+                            [getattr(record, c) for c in columns])
+
+    def search_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        where, params = [], []
+        if query.clinic_id is not None:
+            where.append("(clinic_id = ? OR resource_clinic = ?)")
+            params.extend([query.clinic_id, query.clinic_id])
+        for column, value in (("user_id", query.user_id), ("action", query.action), ("outcome", query.outcome)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.resource:
+            where.append("substr(resource, 1, ?) = ?")
+            params.extend([len(query.resource), query.resource])
+        for condition, value in (("at >= ?", query.since_ms), ("at < ?", query.until_ms),
+                                 ("id > ?", query.after_id)):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        order = "id DESC" if query.newest_first else "id"
+        with self._read() as cur:
+            cur.execute(self._sql(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_log {clause} "
+                                  f"ORDER BY {order} LIMIT ? OFFSET ?"), [*params, query.limit, query.offset])
+            return [_audit(r) for r in cur.fetchall()]

@@ -56,9 +56,19 @@ class TestPostgresIndex(IndexStoreContract):
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
             indexes = {r[0] for r in conn.execute(
                 "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
-        assert {"studies", "series", "instances", "patients", "schema_migrations"} <= tables
+        assert {"studies", "series", "instances", "patients", "schema_migrations", "shares", "audit_log"} <= tables
         assert {"studies_by_date", "studies_by_name", "studies_name_alpha_words_trgm",
                 "studies_patient_id_trgm", "instances_by_series"} <= indexes
+
+    def test_audit_log_is_append_only(self, store):
+        from storage.base import AuditQuery, AuditRecord
+
+        store.append_audit([AuditRecord(at=1, action="read", outcome="ok")])
+        for statement in ("UPDATE audit_log SET outcome = 'denied'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+            with pytest.raises(Exception, match="append-only"):
+                with store._transaction() as cur:
+                    cur.execute(statement)
+        assert [r.outcome for r in store.search_audit(AuditQuery())] == ["ok"]
 
     def test_concurrent_migrations_apply_once(self, postgres_dsn):
         stores = [_store(postgres_dsn, pool_max=1) for _ in range(6)]

@@ -182,11 +182,30 @@ def data_source(dicomweb_root: str, **overrides) -> dict:
             "sourceName": "gateway", "configuration": configuration}
 
 
-def app_config(dist: Path, dicomweb_root: str, **overrides) -> str:
-    """OHIF's shipped ``app-config.js`` followed by an override of its data sources."""
+# How an OHIF deployment sends the gateway's bearer token without an OIDC login: a small
+# extension, inline in app-config.js, gives OHIF's userAuthenticationService the header that
+# every DICOMweb request (QIDO, WADO metadata, frames, thumbnails) then carries. (With
+# Keycloak, OHIF's own `oidc` configuration does the same with the user's access token; a
+# viewer URL may also carry one, `/viewer?StudyInstanceUIDs=...&token=...`.)
+BEARER_EXTENSION_JS = """
+window.config.extensions = [...(window.config.extensions || []), {
+  id: 'gateway-bearer-token',
+  preRegistration({ servicesManager }) {
+    servicesManager.services.userAuthenticationService.setServiceImplementation({
+      getAuthorizationHeader: () => ({ Authorization: 'Bearer ' + %s }),
+    });
+  },
+}];
+"""
+
+
+def app_config(dist: Path, dicomweb_root: str, *, token: str | None = None, **overrides) -> str:
+    """OHIF's shipped ``app-config.js`` followed by an override of its data sources (and,
+    with ``token``, the extension that sends it)."""
     shipped = (dist / "app-config.js").read_text()
     source = json.dumps([data_source(dicomweb_root, **overrides)], indent=2)
-    return shipped + f"""
+    auth = BEARER_EXTENSION_JS % json.dumps(token) if token else ""
+    return shipped + auth + f"""
 // --- gateway e2e override: the gateway is the only data source -----------------------
 window.config.dataSources = {source};
 window.config.defaultDataSourceName = 'gateway';
@@ -230,8 +249,8 @@ class _SiteHandler(http.server.SimpleHTTPRequestHandler):
 class OhifSite:
     """The built OHIF served on a loopback port, its data source being ``dicomweb_root``."""
 
-    def __init__(self, dist: Path, dicomweb_root: str, **overrides):
-        config = app_config(dist, dicomweb_root, **overrides).encode()
+    def __init__(self, dist: Path, dicomweb_root: str, *, token: str | None = None, **overrides):
+        config = app_config(dist, dicomweb_root, token=token, **overrides).encode()
         handler = type("Handler", (_SiteHandler,), {"config_js": config})
         self._httpd = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(handler, directory=str(dist)))
@@ -659,7 +678,7 @@ def _plain_ct_series(*, study_uid, series_uid, patient_name, patient_id, slices,
     return out
 
 
-def stow(dicomweb_root: str, instances: list[bytes], timeout: float = 60):
+def stow(dicomweb_root: str, instances: list[bytes], timeout: float = 60, *, headers: dict | None = None):
     """Store Part 10 instances with one STOW-RS request; return the ``requests`` response."""
     import requests
 
@@ -668,7 +687,7 @@ def stow(dicomweb_root: str, instances: list[bytes], timeout: float = 60):
                     for part in instances) + f"--{boundary}--\r\n".encode()
     return requests.post(f"{dicomweb_root}/studies", data=body, timeout=timeout, headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": "application/dicom+json"})
+        "Accept": "application/dicom+json", **(headers or {})})
 
 
 def replay(request: Request, origin: str, timeout: float = 30) -> str:

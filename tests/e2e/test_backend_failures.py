@@ -21,7 +21,7 @@ OUT_OF_RESOURCES = 0xA700
 
 
 def studies(server, study: str) -> requests.Response:
-    return requests.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30)
+    return server.http.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30)
 
 
 def found(server, study: str) -> bool:
@@ -56,11 +56,11 @@ def test_s3_down_then_back(postgres_dsn, tmp_path):
     server = ServerProcess(tmp_path / "data", env=env).start()
     try:
         before, during = generate_uid(), generate_uid()
-        assert stow(server.url, [dicom_instance(before, seed=1)]).status_code == 200
+        assert stow(server.url, [dicom_instance(before, seed=1)], headers=server.auth_headers).status_code == 200
 
         moto.stop()
         data = dicom_instance(during, seed=2)
-        response = stow(server.url, [data])
+        response = stow(server.url, [data], headers=server.auth_headers)
         assert_unavailable(response)
         [failure] = response.json()[FAILED_SEQ]["Value"]
         assert failure[FAILURE_REASON]["Value"] == [OUT_OF_RESOURCES]
@@ -72,10 +72,11 @@ def test_s3_down_then_back(postgres_dsn, tmp_path):
         moto.create_bucket(bucket)
         wait_until(lambda: all(requests.get(server.url + "/readyz", timeout=10).status_code == 200
                                for _ in range(4)))
-        assert stow(server.url, [data]).status_code == 200
-        [instance] = requests.get(f"{server.dicomweb}/studies/{during}/instances", timeout=30).json()
+        assert stow(server.url, [data], headers=server.auth_headers).status_code == 200
+        [instance] = server.http.get(f"{server.dicomweb}/studies/{during}/instances", timeout=30).json()
         series, sop = instance["0020000E"]["Value"][0], instance["00080018"]["Value"][0]
-        assert retrieve_parts(f"{server.dicomweb}/studies/{during}/series/{series}/instances/{sop}") == [data]
+        assert retrieve_parts(f"{server.dicomweb}/studies/{during}/series/{series}/instances/{sop}",
+                              headers=server.auth_headers) == [data]
         assert server.proc.poll() is None  # the same process throughout
     finally:
         server.stop()
@@ -92,14 +93,14 @@ def test_postgres_down_then_back(moto_server, s3_bucket, tmp_path):
     server = ServerProcess(tmp_path / "data", env=env).start()
     try:
         before, during = generate_uid(), generate_uid()
-        assert stow(server.url, [dicom_instance(before, seed=3)]).status_code == 200
+        assert stow(server.url, [dicom_instance(before, seed=3)], headers=server.auth_headers).status_code == 200
 
         pg.stop()
         assert_unavailable(studies(server, before))
         body = studies(server, before).json()
         assert body["code"] == 503 and "PostgreSQL" in body["message"]
         data = dicom_instance(during, seed=4)
-        response = stow(server.url, [data])
+        response = stow(server.url, [data], headers=server.auth_headers)
         assert_unavailable(response)
         [failure] = response.json()[FAILED_SEQ]["Value"]
         assert failure[FAILURE_REASON]["Value"] == [OUT_OF_RESOURCES]
@@ -112,7 +113,7 @@ def test_postgres_down_then_back(moto_server, s3_bucket, tmp_path):
         wait_until(lambda: all(studies(server, before).status_code == 200 for _ in range(4)))
         assert found(server, before)  # what was stored before the outage is still there
         assert not found(server, during)
-        assert stow(server.url, [data]).status_code == 200
+        assert stow(server.url, [data], headers=server.auth_headers).status_code == 200
         assert found(server, during)
         assert requests.get(server.url + "/readyz", timeout=30).status_code == 200
         assert server.proc.poll() is None  # the same process throughout

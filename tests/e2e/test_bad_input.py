@@ -38,14 +38,14 @@ def seeded(bad_server):
     """A few good instances, stored before any bad request."""
     files = [data_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "emri_small_RLE.dcm")]
     for path in files:
-        r = requests.post(bad_server.dicomweb + "/studies", data=path.read_bytes(),
+        r = bad_server.http.post(bad_server.dicomweb + "/studies", data=path.read_bytes(),
                           headers={"Content-Type": "application/dicom"}, timeout=60)
         assert r.status_code == 200, r.text
     return {path.name: pydicom.dcmread(path, stop_before_pixels=True) for path in files}
 
 
 def snapshot(server) -> tuple[frozenset, frozenset]:
-    r = requests.get(server.dicomweb + "/instances", params={"limit": 10000}, timeout=30)
+    r = server.http.get(server.dicomweb + "/instances", params={"limit": 10000}, timeout=30)
     assert r.status_code == 200, r.text
     sops = frozenset(row["00080018"]["Value"][0] for row in r.json())
     blobs = server.data_dir / "blobs"
@@ -75,7 +75,7 @@ def problem(response: requests.Response) -> str:
 
 
 def post(server, body, content_type: str = "application/dicom", path: str = "/studies"):
-    return requests.post(server.dicomweb + path, data=body, headers={"Content-Type": content_type}, timeout=60)
+    return server.http.post(server.dicomweb + path, data=body, headers={"Content-Type": content_type}, timeout=60)
 
 
 def multipart(*parts: bytes, boundary: str = "bad-input", part_type: str = "application/dicom") -> bytes:
@@ -161,7 +161,7 @@ def test_bad_stow_body(unchanged, case):
     body, content_type, words = STOW_CASES[case]
     headers = {"Content-Type": content_type} if content_type else {}
     if not content_type:
-        r = requests.post(unchanged.dicomweb + "/studies", data=body, headers=headers, timeout=60)
+        r = unchanged.http.post(unchanged.dicomweb + "/studies", data=body, headers=headers, timeout=60)
     else:
         r = post(unchanged, body, content_type)
     text = problem(r)
@@ -212,6 +212,7 @@ def test_body_cut_off_by_the_client(unchanged):
     """The client announces more bytes than it sends, then stops sending."""
     body = multipart(CT)
     head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:{unchanged.port}\r\n"
+            f"Authorization: Bearer {unchanged.token}\r\n"
             f"Content-Type: {MULTIPART}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", unchanged.port), timeout=30) as sock:
         sock.sendall(head + body[: len(body) // 2])
@@ -235,7 +236,7 @@ def test_chunked_body_cut_off(unchanged):
         raise OSError("client went away")
 
     with pytest.raises((OSError, requests.RequestException)):
-        requests.post(unchanged.dicomweb + "/studies", data=chunks(), headers={"Content-Type": MULTIPART},
+        unchanged.http.post(unchanged.dicomweb + "/studies", data=chunks(), headers={"Content-Type": MULTIPART},
                       timeout=30)
     assert requests.get(unchanged.url + "/readyz", timeout=10).status_code == 200
 
@@ -262,7 +263,7 @@ def test_chunked_body_cut_off(unchanged):
     ({"fuzzymatching": "maybe"}, ("fuzzymatching",)),
 ], ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
 def test_bad_qido_parameters_are_400(unchanged, query, words):
-    r = requests.get(unchanged.dicomweb + "/studies", params=query, timeout=30)
+    r = unchanged.http.get(unchanged.dicomweb + "/studies", params=query, timeout=30)
     assert r.status_code == 400, r.text
     text = problem(r)
     assert any(w in text for w in words), text
@@ -270,7 +271,7 @@ def test_bad_qido_parameters_are_400(unchanged, query, words):
 
 @pytest.mark.parametrize("level", ["/series", "/instances"])
 def test_bad_dates_at_lower_levels(unchanged, level):
-    r = requests.get(unchanged.dicomweb + level, params={"SeriesDate": "2020130"}, timeout=30)
+    r = unchanged.http.get(unchanged.dicomweb + level, params={"SeriesDate": "2020130"}, timeout=30)
     assert r.status_code == 400, r.text
     assert "SeriesDate" in problem(r)
 
@@ -283,13 +284,13 @@ def _instance_url(server, seeded, name: str = "CT_small.dcm") -> str:
 @pytest.mark.parametrize("frames", ["0", "abc", "-1", "1-3", "1.5", "1,x", "%20", "0,1"])
 def test_bad_frame_lists_are_400(unchanged, seeded, frames):
     for suffix in ("", "/rendered"):
-        r = requests.get(f"{_instance_url(unchanged, seeded)}/frames/{frames}{suffix}", timeout=30)
+        r = unchanged.http.get(f"{_instance_url(unchanged, seeded)}/frames/{frames}{suffix}", timeout=30)
         assert r.status_code == 400, r.text
         assert "frame" in problem(r)
 
 
 def test_frame_beyond_the_last_is_404(unchanged, seeded):
-    r = requests.get(f"{_instance_url(unchanged, seeded, 'emri_small_RLE.dcm')}/frames/3,11", timeout=30)
+    r = unchanged.http.get(f"{_instance_url(unchanged, seeded, 'emri_small_RLE.dcm')}/frames/3,11", timeout=30)
     assert r.status_code == 404, r.text
     assert "11" in problem(r)
 
@@ -306,13 +307,13 @@ def test_frame_beyond_the_last_is_404(unchanged, seeded):
     ("/thumbnail", "application/pdf"),
 ])
 def test_unservable_accept_is_406(unchanged, seeded, suffix, accept):
-    r = requests.get(_instance_url(unchanged, seeded) + suffix, headers={"Accept": accept}, timeout=30)
+    r = unchanged.http.get(_instance_url(unchanged, seeded) + suffix, headers={"Accept": accept}, timeout=30)
     assert r.status_code == 406, r.text
     assert "Accept" in problem(r) or accept.split(";")[0] in problem(r)
 
 
 def test_qido_unservable_accept_is_406(unchanged):
-    r = requests.get(unchanged.dicomweb + "/studies", headers={"Accept": "application/dicom+xml"}, timeout=30)
+    r = unchanged.http.get(unchanged.dicomweb + "/studies", headers={"Accept": "application/dicom+xml"}, timeout=30)
     assert r.status_code == 406, r.text
     assert "application/dicom+json" in problem(r)
 
@@ -325,7 +326,7 @@ def test_qido_unservable_accept_is_406(unchanged):
     "/studies/1.2.3.999/series/4.5/thumbnail", "/studies/1.2.3.999/series/4.5/instances/6.7/bulk/7FE00010",
 ])
 def test_unknown_study_is_404(unchanged, path):
-    r = requests.get(unchanged.dicomweb + path, timeout=30)
+    r = unchanged.http.get(unchanged.dicomweb + path, timeout=30)
     assert r.status_code == 404, r.text
     assert "1.2.3.999" in problem(r) or "not found" in problem(r)
 
@@ -334,7 +335,7 @@ def test_delete_unknown_is_404(unchanged, seeded):
     ds = seeded["CT_small.dcm"]
     for path in ("/studies/1.2.3.999", f"/studies/{ds.StudyInstanceUID}/series/1.2.3.999",
                  f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/1.2.3.999"):
-        r = requests.delete(unchanged.dicomweb + path, timeout=30)
+        r = unchanged.http.delete(unchanged.dicomweb + path, timeout=30)
         assert r.status_code == 404, r.text
         assert "not found" in problem(r)
 
@@ -345,14 +346,14 @@ def test_delete_unknown_is_404(unchanged, seeded):
     ("/rendered", {"foo": "1"}), ("/thumbnail", {"viewport": "-5,10"}),
 ])
 def test_bad_rendering_parameters_are_400(unchanged, seeded, suffix, params):
-    r = requests.get(_instance_url(unchanged, seeded) + suffix, params=params, timeout=30)
+    r = unchanged.http.get(_instance_url(unchanged, seeded) + suffix, params=params, timeout=30)
     assert r.status_code == 400, r.text
     assert problem(r)
 
 
 @pytest.mark.parametrize("tag_path", ["zzzz", "00100010", "7FE00011", "00082112/99/00081150"])
 def test_bad_bulk_data_paths(unchanged, seeded, tag_path):
-    r = requests.get(f"{_instance_url(unchanged, seeded)}/bulk/{tag_path}", timeout=30)
+    r = unchanged.http.get(f"{_instance_url(unchanged, seeded)}/bulk/{tag_path}", timeout=30)
     assert r.status_code in (400, 404), r.text
     assert problem(r)
 

@@ -52,7 +52,7 @@ class Sender(threading.Thread):
         self.failure: str | None = None
 
     def run(self) -> None:
-        session = requests.Session()
+        session = self.server.session()  # its own: this runs on a thread
         for batch in self.batches:
             body = _multipart([data for _, data in batch])
             try:
@@ -72,7 +72,7 @@ class Sender(threading.Thread):
 
 
 def _retrieve(server, study: str, series: str, sop: str) -> bytes:
-    r = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
+    r = server.http.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
                      headers={"Accept": DICOM_ANY}, timeout=30)
     assert r.status_code == 200, (sop, r.status_code, r.text[:300])
     parts = [p.read() for p in MultipartReader(io.BytesIO(r.content), parse_boundary(r.headers["Content-Type"]))]
@@ -81,7 +81,7 @@ def _retrieve(server, study: str, series: str, sop: str) -> bytes:
 
 
 def _listed(server, study: str) -> list[dict]:
-    r = requests.get(f"{server.dicomweb}/studies/{study}/instances", params={"limit": 10000}, timeout=30)
+    r = server.http.get(f"{server.dicomweb}/studies/{study}/instances", params={"limit": 10000}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -125,15 +125,15 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(fresh_server, tmp_path):
         assert set(acknowledged) <= set(listed_sops)
         for sop in listed_sops:
             assert _retrieve(restarted, study, series, sop) == slices[sop]
-        metadata = requests.get(f"{restarted.dicomweb}/studies/{study}/series/{series}/metadata", timeout=30)
+        metadata = restarted.http.get(f"{restarted.dicomweb}/studies/{study}/series/{series}/metadata", timeout=30)
         assert metadata.status_code == 200
         assert {m["00080018"]["Value"][0] for m in metadata.json()} == set(listed_sops)
         for sop in listed_sops[:: max(1, len(listed_sops) // 10)]:
-            frame = requests.get(f"{restarted.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+            frame = restarted.http.get(f"{restarted.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1",
                                  headers={"Accept": "application/octet-stream"}, timeout=30)
             assert frame.status_code == 200, frame.text
             assert frame.content == pydicom.dcmread(io.BytesIO(slices[sop])).PixelData
-        counts = requests.get(f"{restarted.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
+        counts = restarted.http.get(f"{restarted.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
         assert counts[0]["00201208"]["Value"] == [len(listed_sops)]
 
         # The blob folder holds one file per listed instance (plus, at most, unreferenced
@@ -145,7 +145,7 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(fresh_server, tmp_path):
         # as idempotent duplicates) are accepted, and then the whole series is there.
         for i in range(0, len(items), 50):
             batch = items[i: i + 50]
-            r = requests.post(restarted.dicomweb + "/studies", data=_multipart([d for _, d in batch]), timeout=60,
+            r = restarted.http.post(restarted.dicomweb + "/studies", data=_multipart([d for _, d in batch]), timeout=60,
                               headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=crash-test'})
             assert r.status_code == 200, r.text[:500]
         assert len(_listed(restarted, study)) == N_SLICES

@@ -214,7 +214,7 @@ class Catalog:
 
     def __init__(self, server):
         self.server = server
-        self.client = DICOMwebClient(url=server.dicomweb)
+        self.client = DICOMwebClient(url=server.dicomweb, headers=server.auth_headers)
         self.current: dict[str, str] = {}  # sop -> sha256 stored by this module
 
     def _post(self, paths: list[Path]):
@@ -241,7 +241,7 @@ class Catalog:
             self.current[inst.sop] = inst.sha256
 
     def _drop(self, url: str) -> None:
-        response = requests.delete(url, timeout=60)
+        response = self.server.http.delete(url, timeout=60)
         assert response.status_code in (204, 404), response.text
 
     def ensure(self, inst: Instance) -> Instance:
@@ -259,16 +259,16 @@ class Catalog:
                 reason = body["00081198"]["Value"][0]["00081197"]["Value"][0]
             base = self.server.dicomweb
             if reason == 0x0111:  # another encoding of this instance is stored: swap it out
-                found = requests.get(f"{base}/instances", params={"SOPInstanceUID": inst.sop}, timeout=30).json()
+                found = self.server.http.get(f"{base}/instances", params={"SOPInstanceUID": inst.sop}, timeout=30).json()
                 for row in found:
                     self._drop(f"{base}/studies/{row['0020000D']['Value'][0]}/series/"
                                f"{row['0020000E']['Value'][0]}/instances/{inst.sop}")
                 self.current.pop(inst.sop, None)
             else:  # the series is stored under another study by another file
-                found = requests.get(f"{base}/series", params={"SeriesInstanceUID": inst.series}, timeout=30).json()
+                found = self.server.http.get(f"{base}/series", params={"SeriesInstanceUID": inst.series}, timeout=30).json()
                 for row in found:
                     study = row["0020000D"]["Value"][0]
-                    members = requests.get(f"{base}/studies/{study}/series/{inst.series}/instances", timeout=30)
+                    members = self.server.http.get(f"{base}/studies/{study}/series/{inst.series}/instances", timeout=30)
                     for m in members.json() if members.status_code == 200 else []:
                         self.current.pop(m["00080018"]["Value"][0], None)
                     self._drop(f"{base}/studies/{study}/series/{inst.series}")
@@ -330,7 +330,7 @@ def test_retrieve_instance_as_stored_is_byte_identical(stored, catalog, server):
     ds = catalog.client.retrieve_instance(stored.study, stored.series, stored.sop,
                                           media_types=(("application/dicom", "*"),))
     assert ds.SOPInstanceUID == stored.sop
-    response = requests.get(_url(server, stored), headers={"Accept": DICOM_ANY}, timeout=60)
+    response = server.http.get(_url(server, stored), headers={"Accept": DICOM_ANY}, timeout=60)
     assert response.status_code == 200, response.text
     parts = multipart_parts(response)
     assert len(parts) == 1
@@ -357,7 +357,7 @@ def test_series_metadata_has_pixel_bulk_data_uri(stored, catalog):
     uri = catalog.server.url + path
     assert mine[0]["00280010"]["Value"][0] == stored.rows
     assert mine[0]["00280011"]["Value"][0] == stored.columns
-    response = requests.get(uri, headers={
+    response = catalog.server.http.get(uri, headers={
         "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}, timeout=60)
     assert response.status_code == 200, response.text
     assert len(multipart_parts(response)) == stored.frames
@@ -382,7 +382,7 @@ def test_frame_decoded(stored, catalog, server):
     expected = decoded_frame(stored, 1)
     if expected is None:
         # pydicom cannot decode it here: the server (same codecs) must say so, not crash.
-        response = requests.get(f"{_url(server, stored)}/frames/1", headers={
+        response = server.http.get(f"{_url(server, stored)}/frames/1", headers={
             "Accept": 'multipart/related; type="application/octet-stream"'}, timeout=60)
         assert 400 <= response.status_code < 500, response.text
         assert "decode" in response.json()["message"]
@@ -411,7 +411,7 @@ def test_multiframe_frame_list_and_out_of_range(stored, catalog, server):
         assert len(decoded) == 2
         assert same_pixels(stored, decoded[0], first), "decoded frame 1 differs from pixel_array"
         assert same_pixels(stored, decoded[1], third), "decoded frame 3 differs from pixel_array"
-    beyond = requests.get(f"{_url(server, stored)}/frames/1,{stored.frames + 1}", headers={
+    beyond = server.http.get(f"{_url(server, stored)}/frames/1,{stored.frames + 1}", headers={
         "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}, timeout=30)
     assert beyond.status_code == 404, beyond.text
     assert str(stored.frames + 1) in beyond.json()["message"]
@@ -440,7 +440,7 @@ def _charset_cases():
 
 @pytest.fixture(scope="module")
 def charset_client(server):
-    return DICOMwebClient(url=server.dicomweb)
+    return DICOMwebClient(url=server.dicomweb, headers=server.auth_headers)
 
 
 @pytest.mark.parametrize("path,groups", _charset_cases())
@@ -477,7 +477,7 @@ def test_charset_patient_name_is_searchable_and_round_trips(path, groups, charse
 
 def test_store_instances_public_api_round_trip(server):
     """``store_instances`` (datasets re-encoded by the client) on two re-identified files."""
-    client = DICOMwebClient(url=server.dicomweb)
+    client = DICOMwebClient(url=server.dicomweb, headers=server.auth_headers)
     study = pydicom.uid.generate_uid()
     datasets = []
     for name in ("CT_small.dcm", "MR_small.dcm"):
@@ -500,7 +500,7 @@ def test_public_url_gives_dicomweb_client_usable_uris(fresh_server):
     RetrieveURL and BulkDataURI values absolute and right all the same."""
     fresh_server.env["GATEWAY_SERVER__PUBLIC_URL"] = fresh_server.url
     server = fresh_server.start()
-    client = DICOMwebClient(url=server.dicomweb)
+    client = DICOMwebClient(url=server.dicomweb, headers=server.auth_headers)
     path = next(p for p in pydicom_files() if p.name == "CT_small.dcm")
     ds = pydicom.dcmread(path)
     result = client._http_post_multipart_application_dicom(client._get_studies_url(_Transaction.STORE),

@@ -42,8 +42,8 @@ def _pairs(paths: list[Path]) -> list[tuple[str, str]]:
 def _wado_instance(server, path: Path) -> bytes:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    response = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-                            timeout=30)
+    response = server.http.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                               timeout=30)
     assert response.status_code == 200, response.text
     boundary = parse_boundary(response.headers["Content-Type"])
     (body,) = [part.read() for part in MultipartReader(io.BytesIO(response.content), boundary)]
@@ -62,7 +62,7 @@ def test_c_store_then_qido_and_wado_byte_equal(dimse_server, tmp_path):
         assoc.release()
     assert statuses == [0x0000] * len(paths)
 
-    response = requests.get(f"{dimse_server.dicomweb}/studies/{study}/instances", timeout=30)
+    response = dimse_server.http.get(f"{dimse_server.dicomweb}/studies/{study}/instances", timeout=30)
     assert response.status_code == 200
     assert {i["00080018"]["Value"][0] for i in response.json()} == {
         pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
@@ -84,7 +84,7 @@ def _stow(server, paths: list[Path]) -> None:
     boundary = uuid.uuid4().hex
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
                     for p in paths) + f"--{boundary}--\r\n".encode()
-    response = requests.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
+    response = server.http.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         "Accept": "application/dicom+json"})
     assert response.status_code == 200, response.text

@@ -24,7 +24,7 @@ def _same_pixels(a: pydicom.Dataset, b: pydicom.Dataset) -> bool:
 
 
 def _qido(server, path: str, **params) -> list[dict]:
-    response = requests.get(f"{server.dicomweb}{path}", params=params, timeout=30)
+    response = server.http.get(f"{server.dicomweb}{path}", params=params, timeout=30)
     assert response.status_code in (200, 204), response.text
     return response.json() if response.status_code == 200 else []
 
@@ -91,8 +91,8 @@ def test_storescu_instances_retrieved_as_sent(dimse_server, stored_samples):
         original = pydicom.dcmread(path)
         url = (f"{dimse_server.dicomweb}/studies/{study}/series/{original.SeriesInstanceUID}"
                f"/instances/{original.SOPInstanceUID}")
-        response = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
-                                                        "transfer-syntax=*"}, timeout=30)
+        response = dimse_server.http.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                                                 "transfer-syntax=*"}, timeout=30)
         assert response.status_code == 200, (path.name, response.text)
         from tests.e2e.test_dicomweb_client import multipart_parts
 

@@ -79,7 +79,7 @@ def _wait(condition, timeout: float = 60, what: str = "condition"):
 
 
 def _forwards(server, **params) -> dict:
-    response = requests.get(f"{server.url}/api/v1/admin/forwards", params=params, timeout=30)
+    response = server.http.get(f"{server.url}/api/v1/admin/forwards", params=params, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -95,7 +95,7 @@ def _stow(server, paths: list[Path]) -> None:
     boundary = uuid.uuid4().hex
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
                     for p in paths) + f"--{boundary}--\r\n".encode()
-    response = requests.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
+    response = server.http.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert response.status_code == 200, response.text
 
@@ -166,7 +166,7 @@ def test_forwarding_remote_down_then_up_across_a_restart(tmp_path):
         cli = _cli(server, "--failed", "--json")
         assert [i["sop_uid"] for i in json.loads(cli)["items"]] == [_sop(refused)]
         remote.refuse.clear()
-        response = requests.post(f"{server.url}/api/v1/admin/forwards/retry", json={"ids": [failed[0]["id"]]},
+        response = server.http.post(f"{server.url}/api/v1/admin/forwards/retry", json={"ids": [failed[0]["id"]]},
                                  timeout=30)
         assert response.status_code == 200 and response.json() == {"retried": 1}
         _wait(lambda: _forwards(server)["counts"] == {"pending": 0, "failed": 0}, what="the retried forward")

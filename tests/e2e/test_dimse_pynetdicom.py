@@ -59,7 +59,7 @@ def _store(server, paths: list[Path], title: str = "GWTEST") -> list[int]:
 
 
 def _qido_instances(server, **params) -> list[dict]:
-    response = requests.get(f"{server.dicomweb}/instances", params=params, timeout=30)
+    response = server.http.get(f"{server.dicomweb}/instances", params=params, timeout=30)
     assert response.status_code in (200, 204), response.text
     return response.json() if response.status_code == 200 else []
 

@@ -6,6 +6,11 @@ while every request it sends to the gateway is recorded.  The tests assert that 
 shows in the list, that the viewer paints the CT slice (the viewport canvas is not uniformly
 black), and that no request to the gateway failed (4xx/5xx, network or CORS error).
 
+OHIF sends the server's bearer token on every request through a small extension in
+``app-config.js`` (:data:`tests.e2e.ohif_harness.BEARER_EXTENSION_JS`, as a deployment with the
+local issuer does); :func:`test_viewer_opens_a_share_link` opens a link share with OHIF's own
+``?token=`` viewer parameter instead, without any configured credentials.
+
 OHIF 3.13.2 fails its whole study list when one QIDO result has ModalitiesInStudy without a
 Value (a study whose instances have no Modality); the gateway leaves the attribute out then,
 and :func:`test_study_list_with_a_study_without_modality` keeps it so.
@@ -76,7 +81,7 @@ def study(server):
     """A synthetic CT study of our own UIDs, stored with STOW-RS."""
     instances = harness.ct_series(study_uid=STUDY_UID, series_uid=SERIES_UID, patient_name=PATIENT_NAME,
                                   patient_id=PATIENT_ID, slices=SLICES, size=SIZE)
-    resp = harness.stow(server.dicomweb, instances)
+    resp = harness.stow(server.dicomweb, instances, headers=server.auth_headers)
     assert resp.status_code == 200, f"STOW: {resp.status_code} {resp.text[:1000]}"
     return STUDY_UID
 
@@ -181,7 +186,7 @@ def fail_on_ohif_error(browser: harness.Browser, server, site, text: str, what: 
 
 def test_study_list_shows_the_study(server, study, ohif_tools, artifacts):
     chromium, dist = ohif_tools
-    with harness.OhifSite(dist, server.dicomweb) as site, harness.Browser(chromium) as browser:
+    with harness.OhifSite(dist, server.dicomweb, token=server.token) as site, harness.Browser(chromium) as browser:
         # The list filtered by patient name: OHIF sends PatientName=*OHIFE2E* (wildcards on).
         text = open_study_list(browser, server, site.url + f"/?patientName={FAMILY}",
                                artifacts / "study-list-filtered.png")
@@ -199,7 +204,7 @@ def test_study_list_shows_the_study(server, study, ohif_tools, artifacts):
         write_log(browser, server, artifacts / "study-list-requests.json")
         assert_no_failed_gateway_request(browser, server, site.url)
         fail_on_ohif_error(browser, server, site, text, "the study list")
-        total = len(requests.get(f"{server.dicomweb}/studies", timeout=30).json())
+        total = len(server.http.get(f"{server.dicomweb}/studies", timeout=30).json())
         if total <= 100:  # OHIF asks for limit=101; beyond that our study may be on a later page
             assert FAMILY in text, text[:2000]
 
@@ -240,9 +245,11 @@ def test_study_list_with_a_study_without_modality(fresh_server, ohif_tools, arti
     instances = harness.ct_series(study_uid=STUDY_UID, series_uid=SERIES_UID, patient_name=PATIENT_NAME,
                                   patient_id=PATIENT_ID, slices=2, size=64)
     sc_study = generate_uid(entropy_srcs=["tests.e2e.test_ohif", "sc-study"])
-    resp = harness.stow(fresh_server.dicomweb, instances + [secondary_capture_without_modality(sc_study)])
+    resp = harness.stow(fresh_server.dicomweb, instances + [secondary_capture_without_modality(sc_study)],
+                        headers=fresh_server.auth_headers)
     assert resp.status_code == 200, f"STOW: {resp.status_code} {resp.text[:1000]}"
-    with harness.OhifSite(dist, fresh_server.dicomweb) as site, harness.Browser(chromium) as browser:
+    with harness.OhifSite(dist, fresh_server.dicomweb, token=fresh_server.token) as site, \
+            harness.Browser(chromium) as browser:
         text = open_study_list(browser, fresh_server, site.url + "/", artifacts / "study-list-no-modality.png")
         write_log(browser, fresh_server, artifacts / "study-list-no-modality-requests.json")
         assert_no_failed_gateway_request(browser, fresh_server, site.url)
@@ -253,7 +260,7 @@ def test_study_list_with_a_study_without_modality(fresh_server, ohif_tools, arti
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_viewer_renders_the_ct_slice(server, study, ohif_tools, artifacts, variant):
     chromium, dist = ohif_tools
-    with harness.OhifSite(dist, server.dicomweb, **VARIANTS[variant]) as site, \
+    with harness.OhifSite(dist, server.dicomweb, token=server.token, **VARIANTS[variant]) as site, \
             harness.Browser(chromium) as browser:
         started = time.monotonic()
         browser.goto(f"{site.url}/viewer?StudyInstanceUIDs={study}")
@@ -320,3 +327,32 @@ def test_viewer_renders_the_ct_slice(server, study, ohif_tools, artifacts, varia
                                             int(left + width * 0.75), int(top + height * 0.75)))
             lit = sum(middle.histogram()[25:]) / (middle.width * middle.height)
         assert lit > 0.2, f"the middle of the viewport in {shot} is black ({lit:.0%} lit)"
+
+
+def test_viewer_opens_a_share_link(server, study, ohif_tools, artifacts):
+    """A link share in OHIF without any configured credentials: OHIF's own ``?token=`` viewer
+    parameter sends the link token as ``Authorization: Bearer`` on every request."""
+    chromium, dist = ohif_tools
+    made = server.http.post(f"{server.url}/api/v1/shares", timeout=30, json={
+        "study": study, "targets": [{"type": "link"}], "permissions": ["view"], "ttl": 3600})
+    assert made.status_code == 201, made.text
+    token = made.json()["shares"][0]["token"]
+    with harness.OhifSite(dist, server.dicomweb) as site, harness.Browser(chromium) as browser:
+        browser.goto(f"{site.url}/viewer?StudyInstanceUIDs={study}&token={token}")
+        check = f"(() => {{ const s = {harness.CANVAS_STATS_JS.strip()}; " \
+                "return s && !s.error && s.lit > 0.05 && s.std > 8 ? s : null; })()"
+        try:
+            browser.wait_for(check, timeout=60, interval=0.5)
+        except TimeoutError:
+            browser.screenshot(artifacts / "viewer-share-link-timeout.png")
+            write_log(browser, server, artifacts / "viewer-share-link-requests.json")
+            assert_no_failed_gateway_request(browser, server, site.url)
+            pytest.fail(f"viewport never painted: {browser.evaluate(harness.CANVAS_STATS_JS)}")
+        browser.wait_network_idle(server.dicomweb, idle=0.5, timeout=60)
+        browser.screenshot(artifacts / "viewer-share-link.png")
+        write_log(browser, server, artifacts / "viewer-share-link-requests.json")
+        assert_no_failed_gateway_request(browser, server, site.url)
+        sent = [r for r in gateway_requests(browser, server) if r.method == "GET"]
+        assert sent and all({k.lower(): v for k, v in r.headers.items()}.get("authorization") == f"Bearer {token}"
+                            for r in sent), [r.describe() for r in sent[:5]]
+        assert "token=" not in browser.evaluate("window.location.href")  # OHIF takes it out of the address

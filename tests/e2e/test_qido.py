@@ -146,16 +146,22 @@ def qido(server):
     parts = [_dataset(study, s, i) for study in STUDIES for s, (_, count) in enumerate(study.series)
              for i in range(count)]
     body, content_type = _multipart(parts)
-    response = requests.post(f"{server.dicomweb}/studies", data=body, timeout=60,
-                             headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+    global http
+    http = server.http
+    response = http.post(f"{server.dicomweb}/studies", data=body, timeout=60,
+                         headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
     assert response.status_code == 200, response.text
     assert len(response.json()["00081199"]["Value"]) == len(parts)
     return server.dicomweb
 
 
+# The shared server's authenticated session (admin of clinic "default"), set by the qido fixture.
+http: requests.Session
+
+
 def get(base: str, path: str, params=None, **kw) -> requests.Response:
     headers = kw.pop("headers", {"Accept": "application/dicom+json"})
-    return requests.get(base + path, params=params, headers=headers, timeout=30, **kw)
+    return http.get(base + path, params=params, headers=headers, timeout=30, **kw)
 
 
 def search(base: str, path: str, params=None) -> list[dict]:
@@ -620,7 +626,7 @@ def test_acceptable(qido, accept):
 def test_dicomweb_client(qido):
     from dicomweb_client.api import DICOMwebClient
 
-    client = DICOMwebClient(url=qido)
+    client = DICOMwebClient(url=qido, headers={"Authorization": http.headers["Authorization"]})
     studies = client.search_for_studies(search_filters={"PatientID": PREFIX + "*"})
     assert study_keys(studies) == [s.key for s in ORDER]
 

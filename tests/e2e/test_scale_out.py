@@ -35,7 +35,7 @@ def uids(data: bytes) -> tuple[str, str, str]:
 
 
 def qido(server, path: str, **params) -> list[dict]:
-    response = requests.get(f"{server.dicomweb}/{path}", params=params, timeout=30)
+    response = server.http.get(f"{server.dicomweb}/{path}", params=params, timeout=30)
     assert response.status_code in (200, 204), (response.status_code, response.text[:300])
     return response.json() if response.status_code == 200 and response.content else []
 
@@ -56,9 +56,11 @@ def stores(postgres_database, moto_server):
 def pair(stores, tmp_path_factory):
     """Two gateway processes on the shared stores, started at the same moment (their
     migrations race, under PostgreSQL's advisory lock)."""
+    # One local issuer for both (as for several machines: the same auth.key_dir), so a token
+    # works on either.
     env = shared_store_env(stores.dsn, stores.moto, stores.bucket, **{
         "storage.s3_multipart_threshold": 5 * MiB, "storage.s3_multipart_chunksize": 5 * MiB,
-        "storage.postgres_pool_max": 4})
+        "storage.postgres_pool_max": 4, "auth.key_dir": str(tmp_path_factory.mktemp("auth-keys"))})
     servers = [ServerProcess(tmp_path_factory.mktemp(name) / "data", env=env) for name in ("gw-a", "gw-b")]
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -82,7 +84,7 @@ def test_stored_through_one_is_found_and_retrieved_through_the_other(pair, store
     files = [dicom_instance(study, series, size=32),
              dicom_instance(study, series, size=64, frames=3, seed=1),
              dicom_instance(study, generate_uid(), size=1800, seed=2)]  # 6.5 MB: a multipart upload
-    response = stow(a.url, files)
+    response = stow(a.url, files, headers=a.auth_headers)
     assert response.status_code == 200, response.text
 
     [found] = qido(b, "studies", StudyInstanceUID=study)
@@ -90,15 +92,15 @@ def test_stored_through_one_is_found_and_retrieved_through_the_other(pair, store
     assert len(qido(b, f"studies/{study}/instances")) == 3
     for data in files:
         s, se, sop = uids(data)
-        assert retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}") == [data]
-    assert sorted(retrieve_parts(f"{b.dicomweb}/studies/{study}")) == sorted(files)
+        assert retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}", headers=b.auth_headers) == [data]
+    assert sorted(retrieve_parts(f"{b.dicomweb}/studies/{study}", headers=b.auth_headers)) == sorted(files)
     # A frame of the multi-frame instance, read from S3 by range.
     multi = pydicom.dcmread(io.BytesIO(files[1]))
     s, se, sop = uids(files[1])
-    [frame] = retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}/frames/2",
+    [frame] = retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}/frames/2", headers=b.auth_headers,
                              accept='multipart/related; type="application/octet-stream"; transfer-syntax=*')
     assert frame == multi.PixelData[64 * 64 * 2:2 * 64 * 64 * 2]
-    metadata = requests.get(f"{b.dicomweb}/studies/{study}/metadata", timeout=30).json()
+    metadata = b.http.get(f"{b.dicomweb}/studies/{study}/metadata", timeout=30).json()
     assert sorted(m["00080018"]["Value"][0] for m in metadata) == sorted(uids(f)[2] for f in files)
     # In the bucket: the received bytes unchanged, one object per instance.
     stored = objects(stores, f"dicom/default/{study}/")
@@ -114,7 +116,7 @@ def test_the_same_instances_stored_concurrently_through_both_are_stored_once(pai
 
     def send(i: int):
         barrier.wait()
-        return stow(pair[i % 2].url, files).status_code
+        return stow(pair[i % 2].url, files, headers=pair[i % 2].auth_headers).status_code
 
     with ThreadPoolExecutor(requests_in_flight) as pool:
         statuses = list(pool.map(send, range(requests_in_flight)))
@@ -136,15 +138,15 @@ def test_deleted_through_one_is_gone_through_the_other(pair, stores):
     a, b = pair
     study, series = generate_uid(), generate_uid()
     files = [dicom_instance(study, series, seed=20 + i) for i in range(2)]
-    assert stow(b.url, files).status_code == 200
+    assert stow(b.url, files, headers=b.auth_headers).status_code == 200
     assert len(qido(a, f"studies/{study}/instances")) == 2
 
-    assert requests.delete(f"{a.dicomweb}/studies/{study}", timeout=30).status_code == 204
+    assert a.http.delete(f"{a.dicomweb}/studies/{study}", timeout=30).status_code == 204
     assert qido(b, "studies", StudyInstanceUID=study) == []
     s, se, sop = uids(files[0])
-    response = requests.get(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}",
-                            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-                            timeout=30)
+    response = b.http.get(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}",
+                          headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                          timeout=30)
     assert response.status_code == 404
     assert objects(stores, f"dicom/default/{study}/") == {}
 
@@ -164,7 +166,7 @@ def _embedded_deployment(data_dir, files_by_clinic: dict[str, list[bytes]]) -> N
         for clinic, files in files_by_clinic.items():
             for data in files:
                 outcome = services.ingest.commit(services.ingest.stage(io.BytesIO(data)),
-                                                 principal=Principal("test", clinic))
+                                                 principal=Principal.system(clinic, "test"))
                 assert outcome.status == "stored", outcome.error
     finally:
         services.close()
@@ -196,7 +198,7 @@ def test_migrate_an_embedded_deployment(pair, stores, tmp_path):
     # Served by the scaled-out gateways, byte for byte.
     for data in files:
         s, se, sop = uids(data)
-        assert retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}") == [data]
+        assert retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}", headers=b.auth_headers) == [data]
     [found] = qido(a, "studies", StudyInstanceUID=study)
     assert found[NUMBER_OF_INSTANCES]["Value"] == [3]
     index = PostgresIndexStore(stores.dsn)

@@ -63,7 +63,7 @@ def multipart(parts: list[bytes], boundary: str = "stow-boundary-42", part_type:
 
 
 def post(server, body, content_type: str, path: str = "/studies", **kw) -> requests.Response:
-    return requests.post(server.dicomweb + path, data=body, headers={"Content-Type": content_type, **kw}, timeout=60)
+    return server.http.post(server.dicomweb + path, data=body, headers={"Content-Type": content_type, **kw}, timeout=60)
 
 
 def stow(server, parts: list[bytes], path: str = "/studies") -> requests.Response:
@@ -73,7 +73,7 @@ def stow(server, parts: list[bytes], path: str = "/studies") -> requests.Respons
 
 def retrieve_bytes(server, data: bytes) -> bytes | None:
     study, series, sop = uids(data)
-    r = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
+    r = server.http.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
                      headers={"Accept": DICOM_ANY}, timeout=60)
     if r.status_code == 404:
         return None
@@ -97,7 +97,7 @@ def reason(item: dict) -> int:
 
 
 def study_instances(server, study: str) -> set[str]:
-    r = requests.get(f"{server.dicomweb}/studies/{study}/instances", timeout=30)
+    r = server.http.get(f"{server.dicomweb}/studies/{study}/instances", timeout=30)
     assert r.status_code == 200, r.text
     return {row["00080018"]["Value"][0] for row in r.json()}
 
@@ -147,7 +147,7 @@ def test_chunked_upload_stores_everything(server):
         for offset in range(0, len(body), 7000):  # boundaries straddle chunk borders
             yield body[offset: offset + 7000]
 
-    r = requests.post(server.dicomweb + "/studies", data=chunks(), timeout=60,
+    r = server.http.post(server.dicomweb + "/studies", data=chunks(), timeout=60,
                       headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary="chunky"'})
     assert r.request.headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Length" not in r.request.headers
@@ -164,7 +164,7 @@ def test_chunked_single_application_dicom(server):
         for offset in range(0, len(data), 1000):
             yield data[offset: offset + 1000]
 
-    r = requests.post(server.dicomweb + "/studies", data=chunks(), headers={"Content-Type": "application/dicom"},
+    r = server.http.post(server.dicomweb + "/studies", data=chunks(), headers={"Content-Type": "application/dicom"},
                       timeout=60)
     assert r.request.headers.get("Transfer-Encoding") == "chunked"
     assert r.status_code == 200, r.text
@@ -235,7 +235,7 @@ def test_post_to_study_stores_only_that_study(server):
     assert other_study in failure["00000902"]["Value"][0]
     assert body[RETRIEVE_URL]["Value"] == [f"{server.dicomweb}/studies/{study}"]
     assert study_instances(server, study) == {uids(right)[2]}
-    assert requests.get(f"{server.dicomweb}/studies/{other_study}/instances", timeout=30).json() == []
+    assert server.http.get(f"{server.dicomweb}/studies/{other_study}/instances", timeout=30).json() == []
     assert retrieve_bytes(server, wrong) is None
 
 
@@ -258,7 +258,7 @@ def test_identical_duplicate_is_idempotent(server):
     both = stow(server, [data, data])  # twice in one request
     assert both.status_code == 200, both.text
     assert study_instances(server, study) == {sop}
-    count = requests.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
+    count = server.http.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
     assert count[0]["00201208"]["Value"] == [1]
     assert retrieve_bytes(server, data) == data
 
@@ -275,7 +275,7 @@ def test_same_sop_other_bytes_is_rejected_by_default(server):
     assert reason(failure) == 0x0111
     assert sop in failure["00000902"]["Value"][0]
     assert retrieve_bytes(server, original) == original
-    meta = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata",
+    meta = server.http.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata",
                         timeout=30).json()
     assert meta[0]["0008103E"]["Value"] == ["stow test"]
 
@@ -296,13 +296,13 @@ def test_replace_policy_replaces_bytes(fresh_server):
     assert r.status_code == 200, r.text
     assert set(referenced(r.json())) == {sop}
     assert retrieve_bytes(server, changed) == changed
-    meta = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata",
+    meta = server.http.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata",
                         timeout=30).json()
     assert meta[0]["0008103E"]["Value"] == ["changed"]
     blobs = _blob_files(server, sop)
     assert len(blobs) == 1 and hashlib.sha256(blobs[0].read_bytes()).digest() == hashlib.sha256(changed).digest()
     assert study_instances(server, study) == {sop}
-    frame = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+    frame = server.http.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1",
                          headers={"Accept": "application/octet-stream"}, timeout=30)
     assert frame.status_code == 200, frame.text
     assert frame.content == pydicom.dcmread(io.BytesIO(changed)).PixelData

@@ -22,6 +22,15 @@ DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 ORIGIN = "http://viewer.example:3000"
 
+# The shared server's authenticated session (admin of clinic "default"), set for the module.
+http: requests.Session
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _http(server):
+    global http
+    http = server.http
+
 
 # --- test data ----------------------------------------------------------------------------
 
@@ -66,7 +75,7 @@ class Stored:
 def stow(server, datas: list[bytes]) -> list[Stored]:
     boundary = "wado-tests"
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n" for d in datas)
-    r = requests.post(server.dicomweb + "/studies", data=body + f"--{boundary}--\r\n".encode(), timeout=60,
+    r = http.post(server.dicomweb + "/studies", data=body + f"--{boundary}--\r\n".encode(), timeout=60,
                       headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert r.status_code == 200, r.text
     return [Stored(server, d) for d in datas]
@@ -105,7 +114,7 @@ def image(response: requests.Response, media_type: str) -> Image.Image:
 @pytest.mark.parametrize("which", ["slice", "ct_small", "rgb", "rgb_jpeg", "overlay"])
 def test_rendered_instance(data, media_type, which):
     item = data["slices"][2] if which == "slice" else data[which]
-    img = image(requests.get(item.url + "/rendered", headers={"Accept": media_type}, timeout=30), media_type)
+    img = image(http.get(item.url + "/rendered", headers={"Accept": media_type}, timeout=30), media_type)
     assert img.size == (item.ds.Columns, item.ds.Rows)
     expected_mode = "RGB" if item.ds.SamplesPerPixel == 3 else "L"
     assert img.mode == expected_mode
@@ -114,18 +123,18 @@ def test_rendered_instance(data, media_type, which):
 @pytest.mark.parametrize("media_type", ["image/jpeg", "image/png"])
 def test_rendered_frames_of_multiframe(data, media_type):
     item = data["multiframe"]
-    first = image(requests.get(item.url + "/frames/1/rendered", headers={"Accept": media_type}, timeout=30),
+    first = image(http.get(item.url + "/frames/1/rendered", headers={"Accept": media_type}, timeout=30),
                   media_type)
-    fifth = image(requests.get(item.url + "/frames/5/rendered", headers={"Accept": media_type}, timeout=30),
+    fifth = image(http.get(item.url + "/frames/5/rendered", headers={"Accept": media_type}, timeout=30),
                   media_type)
     assert first.size == fifth.size == (item.ds.Columns, item.ds.Rows)
     assert not np.array_equal(np.asarray(first), np.asarray(fifth))
-    beyond = requests.get(item.url + f"/frames/{item.ds.NumberOfFrames + 1}/rendered", timeout=30)
+    beyond = http.get(item.url + f"/frames/{item.ds.NumberOfFrames + 1}/rendered", timeout=30)
     assert beyond.status_code == 404, beyond.text
 
 
 def test_default_accept_renders_jpeg(data):
-    r = requests.get(data["slices"][0].url + "/rendered", timeout=30)
+    r = http.get(data["slices"][0].url + "/rendered", timeout=30)
     image(r, "image/jpeg")
 
 
@@ -136,9 +145,9 @@ def test_thumbnail_at_every_level(data, server, level, media_type):
     url = {"study": f"{server.dicomweb}/studies/{item.study}/thumbnail",
            "series": item.series_url + "/thumbnail", "instance": item.url + "/thumbnail",
            "frame": item.url + "/frames/1/thumbnail"}[level]
-    img = image(requests.get(url, headers={"Accept": media_type}, timeout=30), media_type)
+    img = image(http.get(url, headers={"Accept": media_type}, timeout=30), media_type)
     assert max(img.size) == 128  # dicomweb.thumbnail_size
-    sized = image(requests.get(url, params={"viewport": "40,40"}, headers={"Accept": media_type}, timeout=30),
+    sized = image(http.get(url, params={"viewport": "40,40"}, headers={"Accept": media_type}, timeout=30),
                   media_type)
     assert sized.size == (40, 40)
 
@@ -151,7 +160,7 @@ def test_window_changes_the_output(data):
     item = data["slices"][2]
 
     def render(**params):
-        return _pixels(requests.get(item.url + "/rendered", params=params, headers={"Accept": "image/png"},
+        return _pixels(http.get(item.url + "/rendered", params=params, headers={"Accept": "image/png"},
                                     timeout=30))
 
     default, bone, narrow = render(), render(window="700,3000"), render(window="40,80")
@@ -167,19 +176,19 @@ def test_window_changes_the_output(data):
 def test_viewport_changes_the_size(data):
     item = data["slices"][0]  # 64 x 64
     for viewport, size in (("32,32", (32, 32)), ("100,50", (50, 50)), ("256,256", (256, 256))):
-        r = requests.get(item.url + "/rendered", params={"viewport": viewport}, headers={"Accept": "image/png"},
+        r = http.get(item.url + "/rendered", params={"viewport": viewport}, headers={"Accept": "image/png"},
                          timeout=30)
         assert image(r, "image/png").size == size, viewport
     rect = data["rgb"]  # 100 x 100
-    r = requests.get(rect.url + "/frames/1/rendered", params={"viewport": "50,20"}, headers={"Accept": "image/jpeg"},
+    r = http.get(rect.url + "/frames/1/rendered", params={"viewport": "50,20"}, headers={"Accept": "image/jpeg"},
                      timeout=30)
     assert image(r, "image/jpeg").size == (20, 20)
 
 
 def test_quality_changes_jpeg(data):
     item = data["ct_small"]
-    low = requests.get(item.url + "/rendered", params={"quality": "5"}, headers={"Accept": "image/jpeg"}, timeout=30)
-    high = requests.get(item.url + "/rendered", params={"quality": "100"}, headers={"Accept": "image/jpeg"},
+    low = http.get(item.url + "/rendered", params={"quality": "5"}, headers={"Accept": "image/jpeg"}, timeout=30)
+    high = http.get(item.url + "/rendered", params={"quality": "100"}, headers={"Accept": "image/jpeg"},
                         timeout=30)
     assert len(image(low, "image/jpeg").tobytes()) == len(image(high, "image/jpeg").tobytes())
     assert len(low.content) < len(high.content)
@@ -188,7 +197,7 @@ def test_quality_changes_jpeg(data):
 # --- bulk data ------------------------------------------------------------------------------
 
 def _metadata(item: Stored, **headers) -> list[dict]:
-    r = requests.get(item.url + "/metadata", headers=headers, timeout=30)
+    r = http.get(item.url + "/metadata", headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].split(";")[0] in ("application/dicom+json", "application/json")
     return r.json()
@@ -196,7 +205,7 @@ def _metadata(item: Stored, **headers) -> list[dict]:
 
 def _bulk(uri: str, server) -> bytes:
     assert uri.startswith(server.dicomweb + "/"), uri  # absolute, with the port requests sent in Host
-    r = requests.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30)
+    r = http.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30)
     assert r.status_code == 200, r.text
     (headers, body), = parts(r)
     assert headers["content-type"].startswith("application/octet-stream")
@@ -229,7 +238,7 @@ def test_bulk_data_inside_a_sequence(data, server):
 def test_pixel_bulk_data_uri_gives_every_frame(data, server):
     item = data["multiframe"]
     uri = _metadata(item)[0]["7FE00010"]["BulkDataURI"]
-    r = requests.get(uri, headers={"Accept": OCTET_ANY}, timeout=30)
+    r = http.get(uri, headers={"Accept": OCTET_ANY}, timeout=30)
     assert r.status_code == 200, r.text
     frames = parts(r)
     assert len(frames) == item.ds.NumberOfFrames
@@ -268,19 +277,19 @@ def test_instance_metadata_matches_the_stored_header(data, which):
 
 def test_series_and_study_metadata(data, server):
     slices = data["slices"]
-    series = requests.get(slices[0].series_url + "/metadata", timeout=30).json()
+    series = http.get(slices[0].series_url + "/metadata", timeout=30).json()
     assert [m["00080018"]["Value"][0] for m in series] == [s.sop for s in slices]  # instance-number order
     positions = [m["00200032"]["Value"] for m in series]
     assert positions == [[float(v) for v in s.ds.ImagePositionPatient] for s in slices]
-    study = requests.get(f"{server.dicomweb}/studies/{slices[0].study}/metadata", timeout=30).json()
+    study = http.get(f"{server.dicomweb}/studies/{slices[0].study}/metadata", timeout=30).json()
     assert {m["00080018"]["Value"][0] for m in study} == {s.sop for s in slices} | {data["ct_small"].sop}
 
 
 def test_metadata_gzip(data):
     item = data["slices"][0]
-    plain = requests.get(item.series_url + "/metadata", headers={"Accept-Encoding": "identity"}, timeout=30)
+    plain = http.get(item.series_url + "/metadata", headers={"Accept-Encoding": "identity"}, timeout=30)
     assert plain.status_code == 200 and "Content-Encoding" not in plain.headers
-    r = requests.get(item.series_url + "/metadata", headers={"Accept-Encoding": "gzip, deflate"}, timeout=30,
+    r = http.get(item.series_url + "/metadata", headers={"Accept-Encoding": "gzip, deflate"}, timeout=30,
                      stream=True)
     assert r.status_code == 200
     assert r.headers["Content-Encoding"] == "gzip"
@@ -294,7 +303,7 @@ def test_metadata_gzip(data):
 
 def test_ohif_frame_accept_unquoted(data):
     item = data["slices"][1]
-    r = requests.get(item.url + "/frames/1", timeout=30,
+    r = http.get(item.url + "/frames/1", timeout=30,
                      headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
     assert r.status_code == 200, r.text
     (headers, body), = parts(r)
@@ -307,7 +316,7 @@ def test_ohif_duplicated_transfer_syntax(data, which):
     item = data["slices"][1] if which == "slice" else data["rgb_jpeg"]
     accept = ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1; '
               "transfer-syntax=*")
-    r = requests.get(item.url + "/frames/1", headers={"Accept": accept}, timeout=30)
+    r = http.get(item.url + "/frames/1", headers={"Accept": accept}, timeout=30)
     assert r.status_code == 200, r.text
     (headers, body), = parts(r)
     ts = headers["content-type"].split("transfer-syntax=")[1].strip()
@@ -331,7 +340,7 @@ def test_ohif_duplicated_transfer_syntax(data, which):
 ])
 def test_series_retrieve_accept_variants(data, accept):
     slices = data["slices"]
-    r = requests.get(slices[0].series_url, headers={"Accept": accept}, timeout=30)
+    r = http.get(slices[0].series_url, headers={"Accept": accept}, timeout=30)
     assert r.status_code == 200, r.text
     got = parts(r)
     assert len(got) == len(slices)
@@ -359,21 +368,21 @@ def _assert_cors(r: requests.Response):
     ("POST", "/studies", 415),
 ])
 def test_cors_headers_on_errors(server, method, path, status):
-    r = requests.request(method, server.dicomweb + path, headers={"Origin": ORIGIN, "Content-Type": "text/plain"},
+    r = http.request(method, server.dicomweb + path, headers={"Origin": ORIGIN, "Content-Type": "text/plain"},
                          data=b"x" if method == "POST" else None, timeout=30)
     assert r.status_code == status, r.text
     _assert_cors(r)
 
 
 def test_cors_on_success(data):
-    r = requests.get(data["slices"][0].url + "/metadata", headers={"Origin": ORIGIN}, timeout=30)
+    r = http.get(data["slices"][0].url + "/metadata", headers={"Origin": ORIGIN}, timeout=30)
     assert r.status_code == 200
     _assert_cors(r)
 
 
 @pytest.mark.parametrize("path", ["/studies", "/studies/1.2.3/series/4/instances/5/frames/1"])
 def test_cors_preflight(server, path):
-    r = requests.options(server.dicomweb + path, timeout=30, headers={
+    r = http.options(server.dicomweb + path, timeout=30, headers={
         "Origin": ORIGIN, "Access-Control-Request-Method": "GET",
         "Access-Control-Request-Headers": "accept, authorization, content-type"})
     assert r.status_code in (200, 204), r.text
@@ -397,33 +406,33 @@ def test_delete_instance_series_study(server):
     assert len(_blob_files(server, study)) == 5
 
     victim = first[0]
-    r = requests.delete(victim.url, timeout=30)
+    r = http.delete(victim.url, timeout=30)
     assert r.status_code == 204, r.text
-    assert requests.get(victim.url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 404
-    assert requests.get(victim.url + "/metadata", timeout=30).status_code == 404
-    assert requests.get(victim.url + "/frames/1", timeout=30).status_code == 404
+    assert http.get(victim.url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 404
+    assert http.get(victim.url + "/metadata", timeout=30).status_code == 404
+    assert http.get(victim.url + "/frames/1", timeout=30).status_code == 404
     assert not _blob_files(server, victim.sop)
     assert len(_blob_files(server, study)) == 4
-    assert requests.delete(victim.url, timeout=30).status_code == 404
-    remaining = requests.get(first[1].series_url + "/metadata", timeout=30).json()
+    assert http.delete(victim.url, timeout=30).status_code == 404
+    remaining = http.get(first[1].series_url + "/metadata", timeout=30).json()
     assert {m["00080018"]["Value"][0] for m in remaining} == {first[1].sop, first[2].sop}
-    count = requests.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
+    count = http.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
     assert count[0]["00201208"]["Value"] == [4]
 
-    r = requests.delete(first[1].series_url, timeout=30)
+    r = http.delete(first[1].series_url, timeout=30)
     assert r.status_code == 204, r.text
-    assert requests.get(first[1].series_url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 404
-    assert requests.get(first[1].series_url + "/metadata", timeout=30).status_code == 404
+    assert http.get(first[1].series_url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 404
+    assert http.get(first[1].series_url + "/metadata", timeout=30).status_code == 404
     assert not _blob_files(server, first[1].series)
-    series_left = requests.get(f"{server.dicomweb}/studies/{study}/series", timeout=30).json()
+    series_left = http.get(f"{server.dicomweb}/studies/{study}/series", timeout=30).json()
     assert [s["0020000E"]["Value"][0] for s in series_left] == [second[0].series]
-    assert requests.get(second[0].url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 200
+    assert http.get(second[0].url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 200
 
-    r = requests.delete(f"{server.dicomweb}/studies/{study}", timeout=30)
+    r = http.delete(f"{server.dicomweb}/studies/{study}", timeout=30)
     assert r.status_code == 204, r.text
     for url in (f"{server.dicomweb}/studies/{study}", f"{server.dicomweb}/studies/{study}/metadata",
                 second[0].url + "/rendered", f"{server.dicomweb}/studies/{study}/thumbnail"):
-        assert requests.get(url, timeout=30).status_code == 404, url
-    assert requests.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json() == []
+        assert http.get(url, timeout=30).status_code == 404, url
+    assert http.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json() == []
     assert not _blob_files(server, study)
-    assert requests.delete(f"{server.dicomweb}/studies/{study}", timeout=30).status_code == 404
+    assert http.delete(f"{server.dicomweb}/studies/{study}", timeout=30).status_code == 404

@@ -182,7 +182,10 @@ def test_worker_drops_forwards_of_deleted_instances(app_with_rules):
 
 
 def test_admin_lists_and_retries(app_with_rules):
+    from tests.conftest import AuthActions
+
     client = app_with_rules.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = AuthActions(app_with_rules).headers()["Authorization"]
     services = app_with_rules.extensions["gateway"]
     _ingest(app_with_rules, "CT_small.dcm")
     body = client.get("/api/v1/admin/forwards").get_json()
@@ -208,6 +211,9 @@ def test_admin_lists_and_retries(app_with_rules):
     ("post", "/api/v1/admin/forwards/12345/retry", {}, 404),
 ])
 def test_admin_errors_are_json(app_with_rules, method, url, kwargs, status):
+    from tests.conftest import AuthActions
+
+    kwargs = {**kwargs, "headers": AuthActions(app_with_rules).headers()}
     response = getattr(app_with_rules.test_client(), method)(url, **kwargs)
     assert response.status_code == status
     assert response.get_json()["code"] == status and response.get_json()["message"]

@@ -128,7 +128,7 @@ def test_patient_level_search(stored):
     assert patient["00201204"]["Value"] == [3]  # instances
     everyone = services.query.search(EMBEDDED_PRINCIPAL, "patient", {})
     assert [p["00100020"]["Value"][0] for p in everyone.results] == ["P1", "P2"]
-    other = services.query.search(EMBEDDED_PRINCIPAL.__class__("x", "other-clinic"), "patient", {})
+    other = services.query.search(EMBEDDED_PRINCIPAL.system("other-clinic"), "patient", {})
     assert other.results == []
 
 

@@ -1,0 +1,714 @@
+"""Side by side: our gateway (SQLite + folder, and PostgreSQL + S3) against Orthanc, and the floor.
+
+    python -m bench.compare [--slices 500 --size 512 --intraoral 1000 --qido-studies 5000]
+                            [--targets gateway,gateway-pg-s3,orthanc] [--markdown out.md] [--json out.json]
+
+One command: it starts every target on this machine, runs the same workloads on each in
+alternation (the order rotates from one workload to the next), measures the floor of the
+machine, and prints one markdown table. Orthanc 1.10 listens on 0.0.0.0, so the whole run
+goes into a private network namespace that has only loopback: the command re-executes itself
+under ``unshare -n`` (root) unless it already runs in one. PostgreSQL is reached there through
+its Unix socket (``--pg``, default ``/var/run/postgresql``); ``moto_server`` stands in for S3
+on loopback (in memory: S3's network latency is *not* in these numbers).
+
+Comparable settings: both store uncompressed files as received on the same disk, and call
+fsync per instance (gateway ``storage.fsync = true``; Orthanc's default ``SyncStorageArea``);
+gateway 2 gunicorn workers x 8 threads, Orthanc's defaults (50 HTTP threads, SQLite index,
+``StorageAccessOnFind: Always``). Clients: ``requests`` for DICOMweb, dcmtk ``storescu`` with
+``TCP_NODELAY=1`` for C-STORE. Not a test: nothing here asserts on time.
+
+Workloads: STOW-RS of the synthetic CBCT (50 instances per request, 3 in flight); STOW-RS
+of intraoral images one per request (4 in flight); C-STORE of a second copy of the CBCT on
+one association; STOW-RS of header-only studies, then QIDO study searches (p50/p99, one
+client) on that database; WADO-RS series retrieve (``transfer-syntax=*``) and series
+metadata; the peak RSS of each server's process tree. The floor: the CBCT's files written
+with an fsync each and read back from disk, and the same bytes through a plain loopback HTTP
+server (upload and download).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.dicomweb_bench import (MultipartFileBody, RssSampler, SessionPool, boundary_of,  # noqa: E402
+                                  count_delimiters, percentile)
+
+logger = logging.getLogger(__name__)
+
+MB = 1_000_000
+DICOM_JSON = "application/dicom+json"
+SCU_AE = "BENCHSCU"
+DEFAULT_PG = "host=/var/run/postgresql user=postgres dbname=postgres"
+ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+TIMEOUT = (10.0, 900.0)
+LABELS = {"gateway": "gateway (SQLite + folder)", "gateway-pg-s3": "gateway (PostgreSQL + S3/moto)",
+          "orthanc": "Orthanc 1.10.1"}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def say(message: str) -> None:
+    print(f"[compare] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Target:
+    name: str
+    dicomweb: str
+    ae_title: str
+    dimse_port: int
+    pid: int
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Authorization for the gateway
+    sampler: RssSampler | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.name, self.name)
+
+
+# --- targets --------------------------------------------------------------------------------
+
+def start_gateway(stack: ExitStack, root: Path, name: str, storage: dict[str, str], args) -> Target:
+    from tests.conftest import ServerProcess
+    from tests.services import env_of
+
+    dimse_port = free_port()
+    settings = {"server.workers": 2, "server.threads": 8, "log.level": "warning", "storage.fsync": "true",
+                "dimse.enabled": "true", "dimse.host": "127.0.0.1", "dimse.port": dimse_port,
+                "dimse.ae_title": "DENTALGW", "dimse.peers": json.dumps([{"ae_title": SCU_AE}]), **storage,
+                **dict(item.split("=", 1) for item in args.gateway_setting)}
+    server = ServerProcess(root / name / "data", env=env_of(settings))
+    server.start(timeout=120)
+    stack.callback(server.stop)
+    wait_port(dimse_port)
+    token = args.token or getattr(server, "token", None)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return Target(name, server.dicomweb, "DENTALGW", dimse_port, server.proc.pid, headers)
+
+
+def start_orthanc(stack: ExitStack, root: Path) -> Target:
+    from bench.orthanc import Orthanc
+
+    http_port, dicom_port = free_port(), free_port()
+    orthanc = Orthanc(http_port, dicom_port, root / "orthanc", extra_config={"DicomAet": "ORTHANC"})
+    orthanc.start(timeout=60)
+    stack.callback(orthanc.stop)
+    wait_port(dicom_port)
+    return Target("orthanc", orthanc.dicomweb_url, "ORTHANC", dicom_port, orthanc.pid)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+@dataclass
+class FileSet:
+    name: str
+    paths: list[Path]
+    study_uid: str = ""
+    series_uid: str = ""
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
+
+def make_cbct(folder: Path, slices: int, size: int, tag: str) -> FileSet:
+    from pydicom.uid import generate_uid
+
+    from gateway.synthetic import write_cbct
+
+    study, series = generate_uid(), generate_uid()
+    paths = write_cbct(folder, slices, size, study_uid=study, series_uid=series, patient_id=f"BENCH-{tag}",
+                       patient_name=f"Bench^{tag}")
+    return FileSet(f"cbct-{tag}", paths, study, series)
+
+
+def make_intraoral(folder: Path, count: int) -> FileSet:
+    """``count`` intraoral radiographs (the generator's size: 1000 x 1300, 16-bit), 10 per study;
+    8 distinct images, each copy with its own UIDs."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from gateway.synthetic import intraoral_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bases = [intraoral_image(seed=seed) for seed in range(8)]
+    paths = []
+    study = series = ""
+    for i in range(count):
+        if i % 10 == 0:
+            study, series = generate_uid(), generate_uid()
+        ds = bases[i % len(bases)]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID, ds.InstanceNumber = f"IO-{i // 10:05d}", i % 10 + 1
+        path = folder / f"io_{i:05d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+    return FileSet("intraoral", paths)
+
+
+FAMILY = ["Smith", "Muller", "Schmidt", "Garcia", "Nguyen", "Kim", "Rossi", "Dubois", "Novak", "Jensen",
+          "Silva", "Cohen", "Ivanov", "Yilmaz", "Tanaka", "Wang", "Kowalski", "Horvat", "Larsen", "Moreau"]
+
+
+def make_qido_corpus(count: int, seed: int = 5) -> tuple[list[bytes], list[str], list[str]]:
+    """``count`` single-instance studies (header only) with varied patients and dates; returns the
+    Part 10 bytes, the patient IDs and 3-letter name prefixes present."""
+    import pydicom
+    from pydicom.dataset import Dataset as PydicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = random.Random(seed)
+    start = datetime(2015, 1, 1)
+    out, patient_ids = [], []
+    for i in range(count):
+        patient = rng.randrange(max(1, count // 2))
+        prng = random.Random(patient)
+        family = prng.choice(FAMILY) + ("" if prng.random() < 0.5 else prng.choice(["son", "er", "ova", "ic"]))
+        sop = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.3"  # intraoral for presentation
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = PydicomDataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientID = f"P{patient:07d}"
+        ds.PatientName = f"{family}^{prng.choice(['Anna', 'Jonas', 'Mia', 'Paul', 'Lea', 'Omar'])}"
+        ds.PatientBirthDate, ds.PatientSex = f"{prng.randint(1940, 2015)}0101", prng.choice("MF")
+        if rng.random() > 0.01:
+            ds.StudyDate = (start + timedelta(days=rng.randrange(3650))).strftime("%Y%m%d")
+        ds.StudyTime = f"{rng.randrange(8, 18):02d}{rng.randrange(60):02d}00"
+        ds.AccessionNumber, ds.StudyID = f"ACC{i:08d}", str(i)
+        ds.StudyDescription = rng.choice(["Bitewing", "Periapical", "Panoramic", "CBCT"])
+        ds.ReferringPhysicianName = "Dental^Doctor"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "IO", 1, 1
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        out.append(buffer.getvalue())
+        patient_ids.append(ds.PatientID)
+    prefixes = sorted({f[:3].upper() for f in FAMILY})
+    return out, patient_ids, prefixes
+
+
+# --- workloads -----------------------------------------------------------------------------------
+
+def stow_paths(url: str, paths: list[Path], batch: int, in_flight: int, headers=None) -> dict[str, float]:
+    pool = SessionPool()
+    failures: list[str] = []
+    lock = threading.Lock()
+    stored = 0
+
+    def post(chunk: list[Path]) -> None:
+        nonlocal stored
+        boundary = f"bench-{uuid.uuid4().hex}"
+        body = MultipartFileBody(chunk, boundary)
+        try:
+            response = pool.get().post(f"{url}/studies", data=body, timeout=TIMEOUT, headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": DICOM_JSON, **(headers or {})})
+        finally:
+            body.close()
+        ok = _referenced(response)
+        with lock:
+            stored += ok
+            if response.status_code != 200 or ok != len(chunk):
+                failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+
+    chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as executor:
+        for future in [executor.submit(post, c) for c in chunks]:
+            future.result()
+    seconds = time.perf_counter() - started
+    pool.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} STOW request(s) failed: {failures[0]}")
+    size = sum(p.stat().st_size for p in paths)
+    return {"s": seconds, "inst_per_s": len(paths) / seconds, "mb_per_s": size / MB / seconds}
+
+
+def stow_bytes(url: str, instances: list[bytes], batch: int, in_flight: int, headers=None) -> dict[str, float]:
+    pool = SessionPool()
+
+    def post(chunk: list[bytes]) -> None:
+        boundary = f"bench-{uuid.uuid4().hex}"
+        body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n"
+                        for d in chunk) + f"--{boundary}--\r\n".encode()
+        response = pool.get().post(f"{url}/studies", data=body, timeout=TIMEOUT, headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": DICOM_JSON, **(headers or {})})
+        if response.status_code != 200 or _referenced(response) != len(chunk):
+            raise RuntimeError(f"STOW of header-only studies: HTTP {response.status_code}: {response.text[:200]}")
+
+    chunks = [instances[i:i + batch] for i in range(0, len(instances), batch)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as executor:
+        for future in [executor.submit(post, c) for c in chunks]:
+            future.result()
+    seconds = time.perf_counter() - started
+    pool.close()
+    return {"s": seconds, "inst_per_s": len(instances) / seconds}
+
+
+def _referenced(response: requests.Response) -> int:
+    try:
+        return len(response.json().get("00081199", {}).get("Value", []))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def c_store(target: Target, paths: list[Path]) -> dict[str, float]:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    started = time.perf_counter()
+    run = subprocess.run(["storescu", "-R", "-aet", SCU_AE, "-aec", target.ae_title, "127.0.0.1",
+                          str(target.dimse_port), *map(str, paths)], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        raise RuntimeError(f"storescu failed: {run.stderr[-500:]}")
+    size = sum(p.stat().st_size for p in paths)
+    return {"s": seconds, "inst_per_s": len(paths) / seconds, "mb_per_s": size / MB / seconds}
+
+
+def timed_get(session: requests.Session, url: str, params=None, accept: str = DICOM_JSON) -> tuple[float, int]:
+    started = time.perf_counter()
+    response = session.get(url, params=params, headers={"Accept": accept, "Accept-Encoding": "gzip"},
+                           timeout=TIMEOUT)
+    _ = response.content
+    return (time.perf_counter() - started) * 1000, response.status_code
+
+
+def qido(url: str, patient_ids: list[str], prefixes: list[str], reps: int, headers=None,
+         seed: int = 9) -> dict[str, float]:
+    rng = random.Random(seed)
+    ohif = {"limit": "101", "offset": "0", "fuzzymatching": "false", "includefield": "00081030,00080060"}
+    kinds: dict[str, Callable[[], dict]] = {
+        "ohif_list": lambda: dict(ohif),
+        "patient_id": lambda: {"PatientID": rng.choice(patient_ids)},
+        "name_prefix": lambda: {**ohif, "PatientName": rng.choice(prefixes) + "*"},
+    }
+    out: dict[str, float] = {}
+    with requests.Session() as session:
+        session.headers.update(headers or {})
+        for kind, make in kinds.items():
+            for _ in range(3):  # warm-up
+                timed_get(session, f"{url}/studies", make())
+            times = []
+            for _ in range(reps):
+                ms, status = timed_get(session, f"{url}/studies", make())
+                if status != 200:
+                    raise RuntimeError(f"QIDO {kind}: HTTP {status}")
+                times.append(ms)
+            out[f"{kind}_p50_ms"] = percentile(times, 50)
+            out[f"{kind}_p99_ms"] = percentile(times, 99)
+    return out
+
+
+def retrieve(url: str, data: FileSet, reps: int, metadata_reps: int, headers=None) -> dict[str, float]:
+    series = f"{url}/studies/{data.study_uid}/series/{data.series_uid}"
+    out: dict[str, float] = {}
+    timings = []
+    with requests.Session() as session:
+        session.headers.update(headers or {})
+        for _ in range(reps):
+            started = time.perf_counter()
+            with session.get(series, headers={"Accept": ACCEPT_SERIES}, stream=True, timeout=TIMEOUT) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"series retrieve: HTTP {response.status_code} {response.text[:200]}")
+                nbytes, parts = count_delimiters(response.iter_content(1 << 20),
+                                                 boundary_of(response.headers["Content-Type"]))
+            timings.append(time.perf_counter() - started)
+            if parts != len(data.paths):
+                raise RuntimeError(f"series retrieve gave {parts} parts, expected {len(data.paths)}")
+        median = percentile(timings, 50)
+        out["retrieve_mb_per_s"] = nbytes / MB / median
+        out["retrieve_s"] = median
+        times = []
+        for i in range(metadata_reps + 1):
+            ms, status = timed_get(session, f"{series}/metadata")
+            if status != 200:
+                raise RuntimeError(f"series metadata: HTTP {status}")
+            if i == 0:
+                out["metadata_first_ms"] = ms
+            else:
+                times.append(ms)
+        out["metadata_p50_ms"] = percentile(times, 50)
+        out["metadata_p99_ms"] = percentile(times, 99)
+    return out
+
+
+# --- the floor ------------------------------------------------------------------------------------
+
+def disk_floor(paths: list[Path], workdir: Path, prefix: str) -> dict[str, float]:
+    """The same files written one by one with an fsync each (as a server stores instances
+    durably), then read back: from the page cache (where a server finds files it has just
+    written) and from the disk (after dropping them from the cache)."""
+    folder = workdir / f"floor-{prefix}"
+    folder.mkdir(parents=True, exist_ok=True)
+    total = 0
+    started = time.perf_counter()
+    copies = []
+    for path in paths:
+        data = path.read_bytes()
+        target = folder / path.name
+        with open(target, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        total += len(data)
+        copies.append(target)
+    write_s = time.perf_counter() - started
+
+    def read_all() -> float:
+        started = time.perf_counter()
+        for copy in copies:
+            with open(copy, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+        return time.perf_counter() - started
+
+    cached_s = read_all()
+    for copy in copies:  # drop them from the page cache: the next read goes to the disk
+        with open(copy, "rb") as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    uncached_s = read_all()
+    shutil.rmtree(folder, ignore_errors=True)
+    return {f"{prefix}_disk_write_mb_per_s": total / MB / write_s,
+            f"{prefix}_disk_read_cached_mb_per_s": total / MB / cached_s,
+            f"{prefix}_disk_read_mb_per_s": total / MB / uncached_s}
+
+
+def floor_server(port: int, path: str) -> None:
+    """A minimal HTTP/1.1 server (one connection at a time): POST bodies are read into a reused
+    buffer and dropped, GET sends ``path`` with sendfile(2). Nothing a real server does less."""
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    size = os.path.getsize(path)
+    listener = socket.create_server(("127.0.0.1", port))
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn, conn.makefile("rb", buffering=0) as raw, open(path, "rb") as fh:
+            reader = io.BufferedReader(raw, 1 << 16)
+            while True:
+                request = reader.readline()
+                if not request:
+                    break
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                if request.startswith(b"POST"):
+                    while length > 0:
+                        got = reader.readinto(view[:min(length, len(buffer))])
+                        if not got:
+                            break
+                        length -= got
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                                 f"Content-Length: {size}\r\n\r\n".encode())
+                    fh.seek(0)
+                    conn.sendfile(fh)
+
+
+def http_floor(paths: list[Path], workdir: Path) -> dict[str, float]:
+    """The same bytes through a minimal HTTP server on loopback (its own process), with the
+    client code the workloads use: a multipart upload, a streamed download."""
+    blob = workdir / "floor-http.bin"
+    with open(blob, "wb") as out:
+        for path in paths:
+            out.write(path.read_bytes())
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.compare", "--floor-server", str(port), str(blob)],
+                              cwd=ROOT)
+    try:
+        wait_port(port)
+        body = MultipartFileBody(paths, "floor-boundary")
+        size = len(body)
+        with requests.Session() as session:
+            started = time.perf_counter()
+            session.post(f"http://127.0.0.1:{port}/upload", data=body, timeout=TIMEOUT).raise_for_status()
+            upload_s = time.perf_counter() - started
+            body.close()
+            started = time.perf_counter()
+            with session.get(f"http://127.0.0.1:{port}/download", stream=True, timeout=TIMEOUT) as response:
+                got = sum(len(c) for c in response.iter_content(1 << 20))
+            download_s = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(10)
+        blob.unlink(missing_ok=True)
+    return {"http_upload_mb_per_s": size / MB / upload_s, "http_download_mb_per_s": got / MB / download_s}
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+def run_workload(name: str, targets: list[Target], index: int, func: Callable[[Target], dict]) -> None:
+    """Run ``func`` on every target, the order rotated by ``index`` (alternation)."""
+    order = targets[index % len(targets):] + targets[:index % len(targets)]
+    for target in order:
+        say(f"{name} on {target.label}")
+        started = time.perf_counter()
+        try:
+            values = func(target)
+        except Exception as exc:  # noqa: BLE001 - one target failing must not stop the comparison
+            target.errors[name] = f"{type(exc).__name__}: {exc}"
+            say(f"  failed: {target.errors[name][:300]}")
+            continue
+        target.results.update(values)
+        say(f"  {time.perf_counter() - started:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in values.items()))
+
+
+def compare(args) -> dict[str, Any]:
+    from tests.services import MotoServer, PostgresDatabase
+
+    results: dict[str, Any] = {"args": vars(args), "floor": {}, "targets": {}, "when": time.strftime("%Y-%m-%d %H:%M"),
+                               "cpus": os.cpu_count()}
+    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-compare-", dir=args.workdir)))
+        say(f"generating data in {root}")
+        started = time.perf_counter()
+        cbct = make_cbct(root / "cbct-a", args.slices, args.size, "A")
+        cbct_b = make_cbct(root / "cbct-b", args.slices, args.size, "B")
+        intraoral = make_intraoral(root / "intraoral", args.intraoral)
+        corpus, patient_ids, prefixes = make_qido_corpus(args.qido_studies)
+        results["data"] = {"cbct_mb": cbct.bytes / MB, "cbct_instances": len(cbct.paths),
+                           "intraoral_mb": intraoral.bytes / MB, "intraoral_instances": len(intraoral.paths),
+                           "qido_studies": len(corpus), "generate_s": time.perf_counter() - started}
+        say(f"data: CBCT {len(cbct.paths)} x {args.size}² ({cbct.bytes / MB:.0f} MB, twice), "
+            f"{len(intraoral.paths)} intraoral ({intraoral.bytes / MB:.0f} MB), {len(corpus)} header-only studies")
+
+        say("floor: disk and loopback HTTP")
+        results["floor"] = {**disk_floor(cbct.paths, root, "cbct"), **disk_floor(intraoral.paths[:100], root, "io"),
+                            **http_floor(cbct.paths, root)}
+        say("  " + ", ".join(f"{k} {v:.0f}" for k, v in results["floor"].items()))
+
+        targets: list[Target] = []
+        for name in wanted:
+            say(f"starting {LABELS.get(name, name)}")
+            if name == "gateway":
+                targets.append(start_gateway(stack, root, name, {}, args))
+            elif name == "gateway-pg-s3":
+                moto = MotoServer(log_dir=root).start()
+                stack.callback(moto.stop)
+                database = PostgresDatabase(args.pg)
+                stack.callback(database.drop)
+                storage = {"storage.index_backend": "postgresql", "storage.postgres_dsn": database.dsn,
+                           **moto.settings(moto.create_bucket())}
+                targets.append(start_gateway(stack, root, name, storage, args))
+            elif name == "orthanc":
+                targets.append(start_orthanc(stack, root))
+            else:
+                raise SystemExit(f"unknown target {name!r}")
+        for target in targets:
+            target.sampler = RssSampler(target.pid, interval=0.1)
+            target.results["baseline_rss_mb"] = target.sampler.rss() / MB
+            target.sampler.start()
+
+        workloads: list[tuple[str, Callable[[Target], dict]]] = [
+            ("STOW-RS CBCT", lambda t: _prefixed("stow_cbct", stow_paths(t.dicomweb, cbct.paths, 50, 3, t.headers))),
+            ("STOW-RS intraoral", lambda t: _prefixed("stow_io", stow_paths(t.dicomweb, intraoral.paths, 1, 4,
+                                                                             t.headers))),
+            ("C-STORE CBCT", lambda t: _prefixed("cstore", c_store(t, cbct_b.paths))),
+            ("STOW-RS header-only studies", lambda t: _prefixed("stow_small", stow_bytes(t.dicomweb, corpus, 100, 2,
+                                                                                          t.headers))),
+            ("QIDO", lambda t: _prefixed("qido", qido(t.dicomweb, patient_ids, prefixes, args.qido_reps, t.headers))),
+            ("WADO-RS", lambda t: retrieve(t.dicomweb, cbct, args.retrieve_reps, args.metadata_reps, t.headers)),
+        ]
+        for index, (name, func) in enumerate(workloads):
+            run_workload(name, targets, index, func)
+        for target in targets:
+            target.sampler.stop()
+            target.results["peak_rss_mb"] = target.sampler.peak() / MB
+            results["targets"][target.name] = {"label": target.label, **target.results, "errors": target.errors}
+    return results
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+# --- the table ----------------------------------------------------------------------------------------
+
+# (key, label, unit, higher is better, floor key(s) or None)
+ROWS = [
+    ("stow_cbct_mb_per_s", "STOW-RS CBCT, 50/request, 3 in flight", "MB/s", True,
+     ("http_upload_mb_per_s", "cbct_disk_write_mb_per_s")),
+    ("stow_cbct_inst_per_s", "STOW-RS CBCT", "inst/s", True, None),
+    ("stow_io_inst_per_s", "STOW-RS intraoral, 1/request, 4 in flight", "inst/s", True, None),
+    ("stow_io_mb_per_s", "STOW-RS intraoral", "MB/s", True, ("http_upload_mb_per_s", "io_disk_write_mb_per_s")),
+    ("cstore_mb_per_s", "C-STORE CBCT (storescu, 1 association)", "MB/s", True, ("cbct_disk_write_mb_per_s",)),
+    ("cstore_inst_per_s", "C-STORE CBCT", "inst/s", True, None),
+    ("stow_small_inst_per_s", "STOW-RS header-only studies, 100/request", "inst/s", True, None),
+    ("qido_ohif_list_p50_ms", "QIDO OHIF study list (limit=101) p50", "ms", False, None),
+    ("qido_ohif_list_p99_ms", "QIDO OHIF study list p99", "ms", False, None),
+    ("qido_patient_id_p50_ms", "QIDO exact PatientID p50", "ms", False, None),
+    ("qido_patient_id_p99_ms", "QIDO exact PatientID p99", "ms", False, None),
+    ("qido_name_prefix_p50_ms", "QIDO PatientName prefix* p50", "ms", False, None),
+    ("qido_name_prefix_p99_ms", "QIDO PatientName prefix* p99", "ms", False, None),
+    ("retrieve_mb_per_s", "WADO-RS series retrieve (transfer-syntax=*)", "MB/s", True,
+     ("http_download_mb_per_s", "cbct_disk_read_cached_mb_per_s")),
+    ("metadata_first_ms", "WADO-RS series metadata, first", "ms", False, None),
+    ("metadata_p50_ms", "WADO-RS series metadata p50", "ms", False, None),
+    ("metadata_p99_ms", "WADO-RS series metadata p99", "ms", False, None),
+    ("peak_rss_mb", "peak RSS of the server (process tree)", "MB", False, None),
+]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def _ratio(ours: float | None, theirs: float | None, higher: bool) -> str:
+    if not ours or not theirs:
+        return "–"
+    return f"{(ours / theirs if higher else theirs / ours):.2f}×"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    targets = results["targets"]
+    floor = results["floor"]
+    names = [n for n in ("gateway", "gateway-pg-s3", "orthanc") if n in targets]
+    ours = [n for n in names if n != "orthanc"]
+    header = ["metric", "floor"] + [targets[n]["label"] for n in names]
+    if "orthanc" in targets:
+        header += [f"{LABELS[n].split(' (')[1].rstrip(')')} ÷ Orthanc" for n in ours]
+    if "gateway" in targets:
+        header.append("SQLite + folder ÷ floor")
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for key, label, unit, higher, floor_keys in ROWS:
+        floor_value = min(floor[k] for k in floor_keys) if floor_keys and all(k in floor for k in floor_keys) else None
+        cells = [f"{label} ({unit})", _fmt(floor_value)]
+        cells += [_fmt(targets[n].get(key)) for n in names]
+        if "orthanc" in targets:
+            cells += [_ratio(targets[n].get(key), targets["orthanc"].get(key), higher) for n in ours]
+        if "gateway" in targets:
+            cells.append(_ratio(targets["gateway"].get(key), floor_value, True) if floor_value else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    f = {k: round(v) for k, v in floor.items()}
+    notes = ["Ratios: > 1× means ours is better (more throughput, less latency or memory). Floor: the lower of "
+             "loopback HTTP and disk for the same bytes on this machine: files written one by one with an fsync "
+             f"each (CBCT slices {f.get('cbct_disk_write_mb_per_s')} MB/s, intraoral images "
+             f"{f.get('io_disk_write_mb_per_s')} MB/s), read back from the page cache "
+             f"{f.get('cbct_disk_read_cached_mb_per_s')} MB/s (from the disk {f.get('cbct_disk_read_mb_per_s')} MB/s), "
+             f"a minimal HTTP server on loopback (sendfile), with the same client code: upload {f.get('http_upload_mb_per_s')} MB/s, download "
+             f"{f.get('http_download_mb_per_s')} MB/s."]
+    for n in names:
+        for phase, error in targets[n].get("errors", {}).items():
+            notes.append(f"{targets[n]['label']}: {phase} failed: {error[:200]}")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+# --- entry point -------------------------------------------------------------------------------------------
+
+def in_private_namespace() -> bool:
+    from bench.orthanc import only_loopback
+
+    return only_loopback()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--floor-server"]:
+        floor_server(int(argv[1]), argv[2])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--slices", type=int, default=500)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--intraoral", type=int, default=1000, help="intraoral images (1000 x 1300, 16-bit) to store")
+    p.add_argument("--qido-studies", type=int, default=5000, help="header-only studies loaded for QIDO")
+    p.add_argument("--qido-reps", type=int, default=100, help="requests per QIDO query kind")
+    p.add_argument("--retrieve-reps", type=int, default=3)
+    p.add_argument("--metadata-reps", type=int, default=20)
+    p.add_argument("--targets", default="gateway,gateway-pg-s3,orthanc")
+    p.add_argument("--pg", default=os.environ.get("GATEWAY_BENCH_POSTGRES", DEFAULT_PG),
+                   help="admin DSN of a PostgreSQL where the bench may create and drop a database (Unix socket)")
+    p.add_argument("--workdir", help="parent folder of the run's data and servers (default: system temp)")
+    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--json", help="also write all numbers to this file")
+    p.add_argument("--no-namespace", action="store_true", help="do not re-execute under unshare -n (no Orthanc)")
+    p.add_argument("--gateway-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="an extra gateway setting (dotted name), e.g. for authentication; repeatable")
+    p.add_argument("--token", help="bearer token sent to the gateway targets")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    if "orthanc" in args.targets and not in_private_namespace() and not args.no_namespace:
+        if shutil.which("unshare") is None:
+            p.error("Orthanc needs a private network namespace: unshare (util-linux) is missing")
+        say("re-executing inside a private network namespace (unshare -n)")
+        return subprocess.call(["unshare", "-n", sys.executable, "-m", "bench.compare", *argv], cwd=ROOT)
+    if in_private_namespace():
+        from bench.orthanc import ensure_loopback_up
+
+        ensure_loopback_up()
+    elif "orthanc" in args.targets:
+        args.targets = ",".join(t for t in args.targets.split(",") if t.strip() != "orthanc")
+        say("Orthanc left out: not in a private network namespace")
+    for tool in ("storescu",):
+        if shutil.which(tool) is None:
+            p.error(f"{tool} is missing: apt-get install -y dcmtk")
+
+    started = time.perf_counter()
+    results = compare(args)
+    results["total_s"] = time.perf_counter() - started
+    table = markdown(results)
+    print(table)
+    say(f"done in {results['total_s']:.0f} s")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 1 if any(t.get("errors") for t in results["targets"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
