@@ -21,6 +21,7 @@ from auth import policy
 from auth.audit import OK, record_json, resource_name
 from auth.base import Principal
 from gateway.errors import BadRequest, NotFound
+from gateway.web import int_arg, public_base
 from storage.base import AuditQuery, ShareRecord
 
 logger = logging.getLogger(__name__)
@@ -70,23 +71,6 @@ def parse_time(value, name: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
-def _int_arg(name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name}={raw!r} is not an integer") from None
-    if value < 0 or (maximum is not None and value > maximum):
-        raise BadRequest(f"query parameter {name}={raw!r} must be between 0 and {maximum}")
-    return value
-
-
-def _public_base() -> str:
-    """scheme://host[:port] as clients reach the gateway (``server.public_url`` wins)."""
-    public = current_app.config["GATEWAY_SETTINGS"]["server.public_url"].rstrip("/")
-    return public or request.host_url.rstrip("/")
 
 
 def share_json(share: ShareRecord, token: str | None = None) -> dict:
@@ -103,7 +87,7 @@ def share_json(share: ShareRecord, token: str | None = None) -> dict:
         body["token"] = token  # shown once: only its sha256 is kept
         template = current_app.config["GATEWAY_SETTINGS"]["auth.share_link_url"]
         body["url"] = (template.format(study=share.study_uid, series=share.series_uid or "", token=token) if template
-                       else _public_base() + f"/dicom-web/studies/{share.study_uid}/metadata?share={token}")
+                       else public_base() + f"/dicom-web/studies/{share.study_uid}/metadata?share={token}")
     return body
 
 
@@ -156,7 +140,7 @@ def list_shares():
     found = _services().shares.list(_principal(), incoming=direction == "incoming",
                                     study=request.args.get("study") or None,
                                     active_only=request.args.get("all", "false").lower() != "true",
-                                    limit=_int_arg("limit", 100, _MAX_LIMIT), offset=_int_arg("offset", 0))
+                                    limit=int_arg("limit", 100, _MAX_LIMIT), offset=int_arg("offset", 0))
     return jsonify({"shares": [share_json(s) for s in found]})
 
 
@@ -222,8 +206,8 @@ def search_audit():
         return response
     if request.args.get("format") not in (None, "", "json"):
         raise BadRequest("format: expected json or jsonl")
-    query.limit = _int_arg("limit", 100, _MAX_LIMIT)
-    query.offset = _int_arg("offset", 0)
+    query.limit = int_arg("limit", 100, _MAX_LIMIT)
+    query.offset = int_arg("offset", 0)
     return jsonify({"records": [record_json(r) for r in services.audit.search(query)]})
 
 
@@ -245,7 +229,7 @@ def create_signed_url():
         ttl = signer.ttl(ttl)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    base = _public_base()
+    base = public_base()
     if "instance" in body:
         return _instance_url(body, principal, signer, ttl, base)
     path, method = body.get("path"), str(body.get("method", "GET")).upper()

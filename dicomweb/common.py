@@ -8,6 +8,7 @@ from flask import Response, current_app, g, request
 
 from auth.base import Principal
 from gateway.errors import NotAcceptable
+from gateway.web import public_base
 from dicomweb.media_types import parse_accept
 
 PREFIX = "/dicom-web"
@@ -16,8 +17,7 @@ DICOM_JSON = "application/dicom+json"
 
 def base_url() -> str:
     """The DICOMweb root as clients reach it (``server.public_url`` wins over the request)."""
-    public = current_app.config["GATEWAY_SETTINGS"]["server.public_url"].rstrip("/")
-    return (public or request.host_url.rstrip("/")) + PREFIX
+    return public_base() + PREFIX
 
 
 def principal() -> Principal:

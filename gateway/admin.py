@@ -20,6 +20,7 @@ from auth import policy
 from auth.audit import OK
 from auth.base import Principal
 from gateway.errors import BadRequest, NotFound
+from gateway.web import int_arg
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +57,6 @@ def _index():
     return current_app.extensions["gateway"].index
 
 
-def _int_arg(name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name}={raw!r} is not an integer") from None
-    if value < 0 or (maximum is not None and value > maximum):
-        raise BadRequest(f"query parameter {name}={raw!r} must be between 0 and {maximum}")
-    return value
-
 
 def _item(item) -> dict:
     body = asdict(item)
@@ -87,8 +76,8 @@ def list_forwards():
         raise BadRequest(f"status={status!r}: expected pending or failed")
     clinic = _clinic(principal)
     index = _index()
-    items = index.list_forwards(status=status, clinic_id=clinic, limit=_int_arg("limit", 100, _MAX_LIMIT),
-                                offset=_int_arg("offset", 0))
+    items = index.list_forwards(status=status, clinic_id=clinic, limit=int_arg("limit", 100, _MAX_LIMIT),
+                                offset=int_arg("offset", 0))
     return jsonify({"counts": index.forward_counts(clinic), "items": [_item(i) for i in items]})
 
 

@@ -1,0 +1,26 @@
+"""Small request helpers shared by the HTTP front doors."""
+from __future__ import annotations
+
+from flask import current_app, request
+
+from gateway.errors import BadRequest
+
+
+def int_arg(name: str, default: int, maximum: int | None = None) -> int:
+    """A non-negative integer query parameter, 400 naming it when malformed or out of range."""
+    raw = request.args.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name}={raw!r} is not an integer") from None
+    if value < 0 or (maximum is not None and value > maximum):
+        raise BadRequest(f"query parameter {name}={raw!r} must be between 0 and {maximum}")
+    return value
+
+
+def public_base() -> str:
+    """scheme://host[:port] as clients reach the gateway (``server.public_url`` wins)."""
+    public = current_app.config["GATEWAY_SETTINGS"]["server.public_url"].rstrip("/")
+    return public or request.host_url.rstrip("/")
