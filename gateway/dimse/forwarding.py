@@ -143,7 +143,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except (PermissionError, OSError):
         return True
-    return True
+    # A killed process whose parent died too may stay a zombie until something reaps it
+    # (in a container, maybe never): it answers signal 0 but holds nothing any more.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 class ForwardWorker:
@@ -201,8 +210,13 @@ class ForwardWorker:
         return released
 
     def run(self) -> None:
+        last_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
+                if time.monotonic() - last_sweep > max(self.poll, 5):
+                    # A process killed just before this one started was still alive at start.
+                    self.release_dead_leases()
+                    last_sweep = time.monotonic()
                 claimed = self.run_once()
             except Exception:
                 logger.exception("forward worker: queue unavailable; retrying")

@@ -217,3 +217,23 @@ def test_admin_errors_are_json(app_with_rules, method, url, kwargs, status):
     response = getattr(app_with_rules.test_client(), method)(url, **kwargs)
     assert response.status_code == status
     assert response.get_json()["code"] == status and response.get_json()["message"]
+
+
+def test_a_zombie_process_holds_no_lease():
+    import os
+
+    from gateway.dimse.forwarding import _pid_alive
+
+    pid = os.fork()
+    if pid == 0:  # the child exits at once and stays a zombie until reaped below
+        os._exit(0)
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _pid_alive(pid)
+        assert _pid_alive(os.getpid())
+    finally:
+        os.waitpid(pid, 0)
