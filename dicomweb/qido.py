@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 from auth.web import AUTH_PARAMS
 from dicomweb.common import PREFIX, base_url, json_response, principal, require_json_accept, services
 from gateway.headers import BASE_PLACEHOLDER
+from gateway.web import int_arg
 from gateway.errors import BadRequest
 from gateway.services.query import resolve_attribute
 
@@ -19,19 +20,6 @@ blp = Blueprint("qido", __name__, url_prefix=PREFIX, description="QIDO-RS: searc
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 _TRUNCATED = ('299 {host}: "The number of results exceeded the maximum supported by the server. '
               'Additional results can be requested."')
-
-
-def _non_negative(name: str) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name}={raw!r} is not an integer") from None
-    if value < 0:
-        raise BadRequest(f"query parameter {name}={raw!r} must not be negative")
-    return value
 
 
 def _parse_args() -> dict:
@@ -70,8 +58,8 @@ def _parse_args() -> dict:
     return {
         "filters": filters,
         "include": "all" if include_all else include,
-        "limit": _non_negative("limit"),
-        "offset": _non_negative("offset") or 0,
+        "limit": int_arg("limit", None),
+        "offset": int_arg("offset", 0),
         "fuzzy": fuzzy_raw == "true",
     }
 

@@ -6,7 +6,7 @@ from flask import current_app, request
 from gateway.errors import BadRequest
 
 
-def int_arg(name: str, default: int, maximum: int | None = None) -> int:
+def int_arg(name: str, default: int | None, maximum: int | None = None) -> int | None:
     """A non-negative integer query parameter, 400 naming it when malformed or out of range."""
     raw = request.args.get(name, "")
     if raw == "":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import struct
@@ -82,6 +83,41 @@ def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterable[bytes]:
         yield from source
 
 
+class _FileDigests:
+    """sha256 of the whole file and of its data set (after the file meta), in one pass."""
+
+    LOOK_AHEAD = 64 * 1024  # file meta groups are a few hundred bytes
+
+    def __init__(self):
+        self.file = hashlib.sha256()
+        self.dataset: hashlib._Hash | None = None
+        self._head = bytearray()
+        self._failed = False
+
+    def update(self, chunk: bytes) -> None:
+        self.file.update(chunk)
+        if self.dataset is not None:
+            self.dataset.update(chunk)
+        elif not self._failed:
+            self._head += chunk
+            if len(self._head) >= self.LOOK_AHEAD:
+                self._start(at_end=False)
+
+    def _start(self, *, at_end: bool) -> None:
+        head = bytes(self._head)
+        offset = headers.dataset_offset(io.BytesIO(head))
+        if offset > len(head) or (not at_end and offset + 8 > len(head)):
+            self._failed = True  # the caller hashes from the file instead
+        else:
+            self.dataset = hashlib.sha256(head[offset:])
+        self._head = bytearray()
+
+    def dataset_hexdigest(self) -> str | None:
+        if self.dataset is None and not self._failed:
+            self._start(at_end=True)
+        return self.dataset.hexdigest() if self.dataset is not None else None
+
+
 def _sha256_from(fp: BinaryIO, offset: int) -> str:
     digest = hashlib.sha256()
     fp.seek(offset)
@@ -110,7 +146,7 @@ class IngestService:
         staging.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
         path = Path(name)
-        digest = hashlib.sha256()
+        digest = _FileDigests()
         size = 0
         too_large = False
         try:
@@ -126,7 +162,7 @@ class IngestService:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
-        staged = StagedInstance(path, size, digest.hexdigest())
+        staged = StagedInstance(path, size, digest.file.hexdigest(), dataset_sha256=digest.dataset_hexdigest())
         if too_large:
             staged.error = PayloadTooLarge(
                 f"instance of {size} bytes exceeds ingest.max_instance_bytes={self.max_bytes}")
@@ -145,7 +181,8 @@ class IngestService:
         with open(staged.path, "rb") as fp:
             ds = headers.read_header(fp)
             staged.header = headers.validate(ds)
-            staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
+            if staged.dataset_sha256 is None:  # file meta longer than the spooling look-ahead
+                staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
             fp.seek(0)
             try:
                 frame_index = index_pixel_data(fp, ds)

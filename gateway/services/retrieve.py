@@ -12,6 +12,7 @@ from auth import policy
 from auth.access import VIEW, Source
 from auth.audit import OK, resource_name
 from auth.base import Principal
+from gateway import headers
 from gateway.errors import BackendUnavailable, BadRequest, NotFound
 from storage.base import BlobStore, IndexStore, InstanceRecord
 from storage.errors import ObjectNotFound, StorageError
@@ -119,8 +120,9 @@ class RetrieveService:
                 yield chunk
 
     def read_header(self, fh: BinaryIO) -> pydicom.Dataset:
+        """The stored instance's header (the same reader ingest used)."""
         fh.seek(0)
-        return pydicom.dcmread(fh, stop_before_pixels=True)
+        return headers.read_header(fh)
 
     def frames(self, record: InstanceRecord, numbers: list[int], *, as_stored: bool) -> list[Frame]:
         """Selected frames (1-based), as stored or as Explicit VR Little Endian pixel bytes."""

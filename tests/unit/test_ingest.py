@@ -60,3 +60,20 @@ def test_a_failed_instance_leaves_no_staged_file(services):
     outcome = services.ingest.ingest(io.BytesIO(b"not dicom" * 100), principal=EMBEDDED_PRINCIPAL)
     assert outcome.status == "failed"
     assert list(services.blobs.staging_dir().iterdir()) == []
+
+
+@pytest.mark.parametrize("look_ahead", [64 * 1024, 16, 200])
+def test_dataset_hash_while_spooling_equals_a_hash_of_the_data_set(services, monkeypatch, look_ahead):
+    import hashlib
+
+    from gateway.services import ingest
+
+    monkeypatch.setattr(ingest._FileDigests, "LOOK_AHEAD", look_ahead)  # 16/200: meta longer than it
+    data = sample_file("CT_small.dcm").read_bytes()
+    staged = services.ingest.stage(io.BytesIO(data))
+    try:
+        offset = dataset_offset(io.BytesIO(data))
+        assert staged.dataset_sha256 == hashlib.sha256(data[offset:]).hexdigest()
+        assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    finally:
+        staged.discard()
