@@ -6,26 +6,30 @@ The core services ask here before they touch the index:
   whatever the resource, so nothing is learnt about resources);
 - :meth:`AccessControl.query_scope` gives the one query path its tenant scope: the
   principal's own clinic and the studies/series shared with it;
-- :meth:`AccessControl.sources` says where a study may be read from: the own clinic first,
-  then the clinics that share it (``view`` or ``download``). Nothing found is a 404, the same
-  as for a study that does not exist; the audit log notes when it exists in another clinic.
+- :meth:`AccessControl.find` reads a study (series, instance) where the principal may: the
+  own clinic first, then the clinics that share it (``view`` or ``download``), audits the
+  read, and answers 404 when none has it, the same as for a study that does not exist (the
+  audit log notes when it exists in another clinic);
+- :meth:`AccessControl.admin_scope` gives the administration endpoints their clinic.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from auth import policy
-from auth.audit import DENIED, NOT_FOUND, AuditService, resource_name
+from auth.audit import DENIED, NOT_FOUND, OK, AuditService, resource_name
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, NotAuthorized, NotFound
-from storage.base import ShareRecord
+from storage.records import ShareRecord
 from storage.errors import StorageError
 from storage.query import SharedScope
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 VIEW, DOWNLOAD = "view", "download"
 PERMISSIONS = (VIEW, DOWNLOAD)
@@ -48,9 +52,14 @@ def now_ms() -> int:
 
 
 class AccessControl:
-    def __init__(self, index, audit: AuditService):
+    """Decisions over the share store (``shares``) and the instance index (``index``: which
+    clinics hold a study, for the audit of refusals), recorded in ``audit``."""
+
+    def __init__(self, shares, index, audit: AuditService, *, operator_clinics=()):
+        self.shares = shares
         self.index = index
         self.audit = audit
+        self.operator_clinics = frozenset(operator_clinics)
 
     def require(self, principal: Principal, action: str, *, resource: str = "") -> str:
         """The principal's scope for ``action`` (policy.CLINIC or policy.SHARED); 403 when none."""
@@ -65,12 +74,12 @@ class AccessControl:
         now = now_ms()
         try:
             if principal.kind == "link":
-                share = self.index.get_share(principal.share_id) if principal.share_id else None
+                share = self.shares.get_share(principal.share_id) if principal.share_id else None
                 return [share] if share is not None and share.active(now) else []
             if principal.kind == "system":
                 return []
             user = principal.user_id if principal.kind == "user" else None
-            return self.index.active_shares(user_id=user, clinic_id=principal.clinic_id, now_ms=now)
+            return self.shares.active_shares(user_id=user, clinic_id=principal.clinic_id, now_ms=now)
         except StorageError as exc:
             raise BackendUnavailable(f"share lookup failed: {exc}") from exc
 
@@ -108,6 +117,31 @@ class AccessControl:
             elif source.series is not None:
                 source.series.add(grant.series_uid)
         yield from by_clinic.values()
+
+    def find(self, principal: Principal, study: str, series: str | None, sop: str | None, need: str,
+             lookup: Callable[[Source], T | None], *, what: str) -> T:
+        """What ``lookup`` finds in the first source the principal may read ``study`` from
+        (:meth:`sources`), the read audited; :class:`NotFound` (audited) when no source has it.
+        ``lookup`` returns None (or something empty) for a source without it."""
+        for source in self.sources(principal, study, series, need):
+            found = lookup(source)
+            if found:
+                self.audit.record("read", OK, principal=principal, resource=resource_name(study),
+                                  resource_clinic=source.clinic_id,
+                                  detail=need + (f" via share {', '.join(source.shares)}" if source.shares else ""))
+                return found
+        raise self.not_found(principal, "read", what, study, series, sop)
+
+    def admin_scope(self, principal: Principal, asked: str | None, *, resource: str) -> str | None:
+        """The clinic whose records (audit, jobs) an administrator sees: its own, or any
+        (``asked``, None: every clinic) for the admins of ``auth.operator_clinics``. 403 without
+        the admin action; another clinic than its own is a 404 for everyone else."""
+        self.require(principal, policy.ADMIN, resource=resource)
+        if principal.clinic_id in self.operator_clinics:
+            return asked or None
+        if asked not in (None, "", principal.clinic_id):
+            raise NotFound(f"clinic {asked} not found")
+        return principal.clinic_id
 
     def not_found(self, principal: Principal, action: str, what: str, study: str, series: str | None = None,
                   sop: str | None = None) -> NotFound:

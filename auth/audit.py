@@ -1,7 +1,7 @@
 """The audit log: who did what to which resource, from where, with which request id.
 
-Records go to the index store's append-only ``audit_log`` table (the database refuses
-updates and deletes) and, as JSON, to the ``gateway.audit`` logger, for shipping to a
+Records go to the audit log store (:class:`storage.base.AuditLog`: the index database's
+append-only ``audit_log`` table, which refuses updates and deletes) and, as JSON, to the ``gateway.audit`` logger, for shipping to a
 SIEM. Recorded: stores, reads, searches, deletes, shares, revocations, signed URLs, admin
 actions, failed logins and every refused access (403, and the 404 a principal gets for a
 study of another clinic, with the owning clinic noted for the security officer, never
@@ -28,7 +28,8 @@ from typing import Iterator
 
 from auth.base import Principal
 from gateway.logs import request_id_var
-from storage.base import AuditQuery, AuditRecord
+from storage.records import AuditQuery, AuditRecord
+from gateway.errors import BackendUnavailable
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -72,16 +73,16 @@ def record_json(record: AuditRecord) -> dict:
 
 
 class AuditService:
-    def __init__(self, index, *, read_window: int = 300, clock=time.time):
-        self.index = index
+    def __init__(self, log, *, read_window: int = 300, clock=time.time):
+        self.log = log
         self.read_window = read_window
         self.clock = clock
         self._recent: OrderedDict[tuple, float] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, index, settings) -> "AuditService":
-        return cls(index, read_window=settings["audit.read_window"])
+    def from_settings(cls, log, settings) -> "AuditService":
+        return cls(log, read_window=settings["audit.read_window"])
 
     def _seen_recently(self, key: tuple, now: float) -> bool:
         with self._lock:
@@ -114,13 +115,19 @@ class AuditService:
         audit_logger.info("%s", json.dumps({k: v for k, v in asdict(record).items() if v is not None and k != "id"},
                                            ensure_ascii=False))
         try:
-            self.index.append_audit([record])
+            self.log.append([record])
         except StorageError as exc:  # the access itself was decided; the log line above keeps the trace
             logger.error("audit record not stored (%s): %s %s %s", exc, action, outcome, resource)
         return record
 
+    def _search(self, query: AuditQuery) -> list[AuditRecord]:
+        try:
+            return self.log.search(query)
+        except StorageError as exc:
+            raise BackendUnavailable(f"audit log unreachable: {exc}") from exc
+
     def search(self, query: AuditQuery) -> list[AuditRecord]:
-        return self.index.search_audit(query)
+        return self._search(query)
 
     def export(self, query: AuditQuery, *, page: int = 1000) -> Iterator[AuditRecord]:
         """Every matching record, oldest first, read in pages (for JSON-lines export)."""
@@ -128,7 +135,7 @@ class AuditService:
         remaining = query.limit
         while remaining > 0:
             query.limit = min(page, remaining)
-            rows = self.index.search_audit(query)
+            rows = self._search(query)
             yield from rows
             if len(rows) < query.limit:
                 return

@@ -119,8 +119,7 @@ class OidcAuthenticator(TokenAuthenticator):
 
     @classmethod
     def from_settings(cls, settings) -> "OidcAuthenticator":
-        from gateway.config import SettingsError
-
+        """Raises :class:`ValueError` naming a setting it cannot work without."""
         issuer = settings["auth.oidc_issuer"].rstrip("/")
         timeout = settings["auth.oidc_http_timeout"]
         configured = settings["auth.oidc_jwks_url"]
@@ -144,16 +143,13 @@ class OidcAuthenticator(TokenAuthenticator):
         client = settings["auth.oidc_client_id"]
         roles_claims = [c.replace("{client_id}", client) for c in settings["auth.oidc_roles_claims"]
                         if client or "{client_id}" not in c]
-        try:
-            return cls(issuer=issuer, audience=settings["auth.oidc_audience"],
-                       algorithms=settings["auth.oidc_algorithms"],
-                       jwks=JwksCache(jwks_url, min_refresh=settings["auth.oidc_jwks_min_refresh"],
-                                      max_age=settings["auth.oidc_jwks_max_age"], timeout=timeout),
-                       leeway=settings["auth.leeway"], clinic_claim=settings["auth.oidc_clinic_claim"],
-                       user_claim=settings["auth.oidc_user_claim"], roles_claims=roles_claims,
-                       patient_role=settings["auth.patient_role"])
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+        return cls(issuer=issuer, audience=settings["auth.oidc_audience"],
+                   algorithms=settings["auth.oidc_algorithms"],
+                   jwks=JwksCache(jwks_url, min_refresh=settings["auth.oidc_jwks_min_refresh"],
+                                  max_age=settings["auth.oidc_jwks_max_age"], timeout=timeout),
+                   leeway=settings["auth.leeway"], clinic_claim=settings["auth.oidc_clinic_claim"],
+                   user_claim=settings["auth.oidc_user_claim"], roles_claims=roles_claims,
+                   patient_role=settings["auth.patient_role"])
 
     def verify(self, token: str) -> Principal:
         header = unverified_header(token)

@@ -25,7 +25,7 @@ from auth.access import DOWNLOAD, PERMISSIONS, VIEW, AccessControl, now_ms
 from auth.audit import OK, AuditService, resource_name
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, BadRequest, NotAuthenticated, NotFound
-from storage.base import ShareRecord
+from storage.records import ShareRecord
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,11 @@ def is_link_token(token: str) -> bool:
 
 
 class ShareService:
-    def __init__(self, index, access: AccessControl, audit: AuditService, *, default_ttl: int, max_ttl: int):
+    """Shares over a :class:`storage.base.ShareStore`; ``index`` (the instance index) tells
+    whether the study to share exists in the principal's clinic."""
+
+    def __init__(self, store, index, access: AccessControl, audit: AuditService, *, default_ttl: int, max_ttl: int):
+        self.store = store
         self.index = index
         self.access = access
         self.audit = audit
@@ -51,8 +55,8 @@ class ShareService:
         self.max_ttl = max_ttl
 
     @classmethod
-    def from_settings(cls, index, access, audit, settings) -> "ShareService":
-        return cls(index, access, audit, default_ttl=settings["auth.share_default_ttl"],
+    def from_settings(cls, store, index, access, audit, settings) -> "ShareService":
+        return cls(store, index, access, audit, default_ttl=settings["auth.share_default_ttl"],
                    max_ttl=settings["auth.share_max_ttl"])
 
     def _call(self, func, *args, **kwargs):
@@ -88,7 +92,7 @@ class ShareService:
                 target_type=target_type, target_id=target_id, permissions=perms, created_by=principal.user_id,
                 created_at=now, expires_at=expires, target_clinic=target_clinic,
                 token_hash=token_hash(token) if token else None)
-            self._call(self.index.add_share, share)
+            self._call(self.store.add_share, share)
             self.audit.record("share", OK, principal=principal, resource=resource, resource_clinic=principal.clinic_id,
                               detail=f"share {share.id} to {target_type}"
                                      + (f" {target_id}" if target_id else "")
@@ -149,7 +153,7 @@ class ShareService:
     # --- read, revoke -----------------------------------------------------------------
     def get(self, principal: Principal, share_id: str) -> ShareRecord:
         """A share of the principal's clinic (with the share role), or one targeting it."""
-        share = self._call(self.index.get_share, share_id)
+        share = self._call(self.store.get_share, share_id)
         if share is not None and self._may_see(principal, share):
             return share
         raise NotFound(f"share {share_id} not found")
@@ -175,7 +179,7 @@ class ShareService:
         self.access.require(principal, policy.SHARE, resource="shares")
         if policy.scope(principal, policy.SHARE) != policy.CLINIC:
             return []
-        found = self._call(self.index.list_shares, clinic_id=principal.clinic_id,
+        found = self._call(self.store.list_shares, clinic_id=principal.clinic_id,
                            active_at=now_ms() if active_only else None, limit=limit if not study else 100_000,
                            offset=offset if not study else 0)
         if study:
@@ -185,24 +189,31 @@ class ShareService:
     def revoke(self, principal: Principal, share_id: str) -> ShareRecord:
         """Revoke a share of the principal's clinic: it stops working on the next request."""
         self.access.require(principal, policy.SHARE, resource=f"share:{share_id}")
-        share = self._call(self.index.get_share, share_id)
+        share = self._call(self.store.get_share, share_id)
         if share is None or share.clinic_id != principal.clinic_id or \
                 policy.scope(principal, policy.SHARE) != policy.CLINIC:
             self.audit.record("revoke", "not_found", principal=principal, resource=f"share:{share_id}",
                               resource_clinic=share.clinic_id if share else None)
             raise NotFound(f"share {share_id} not found")
         if share.revoked_at is None:
-            self._call(self.index.revoke_share, share_id, by=principal.user_id, now_ms=now_ms())
+            self._call(self.store.revoke_share, share_id, by=principal.user_id, now_ms=now_ms())
             self.audit.record("revoke", OK, principal=principal,
                               resource=resource_name(share.study_uid, share.series_uid),
                               resource_clinic=share.clinic_id, detail=f"share {share_id}")
-            share = self._call(self.index.get_share, share_id)
+            share = self._call(self.store.get_share, share_id)
         return share
 
     # --- links ------------------------------------------------------------------------
+    def link_share(self, share_id: str) -> ShareRecord | None:
+        """The link share ``share_id`` while it is active (a signed URL acting for a link)."""
+        share = self._call(self.store.get_share, share_id)
+        if share is None or share.target_type != "link" or not share.active(now_ms()):
+            return None
+        return share
+
     def link_principal(self, token: str) -> Principal:
         """The principal of a link token: it reads its share only, until expiry or revocation."""
-        share = self._call(self.index.share_by_token, token_hash(token)) if is_link_token(token) else None
+        share = self._call(self.store.share_by_token, token_hash(token)) if is_link_token(token) else None
         if share is None or share.target_type != "link":
             raise NotAuthenticated("unknown share link")
         if share.revoked_at is not None:

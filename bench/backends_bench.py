@@ -32,7 +32,6 @@ import logging
 import os
 import random
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -313,7 +312,7 @@ def measure_fence(dsn: str, args, reps: int) -> dict[str, dict[str, float]]:
                 query = Query(level="study", clinic_id=CLINIC, limit=101,
                               matches=[Match("PatientName", "wildcard", rng.choice(prefixes) + "*")])
                 started = time.perf_counter()
-                store.search(query)
+                store.instances.search(query)
                 times.append((time.perf_counter() - started) * 1000)
             key = "name prefix, sorted after filtering" if fenced else "name prefix, planner's choice (trap)"
             out[key] = {"p50": percentile(times, 50), "p99": percentile(times, 99), "max": max(times)}

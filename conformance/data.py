@@ -32,6 +32,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from gateway.synthetic import cbct_series, intraoral_image, panoramic_image
+
 logger = logging.getLogger(__name__)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -171,8 +173,6 @@ class RunData:
 
     def _cbct(self, study: Study, n: int, *, when: datetime, size: int = 64, series_number: int = 1,
               **extra) -> list[Instance]:
-        from gateway.synthetic import cbct_series
-
         series_uid = self.uid()
         out = []
         for ds in cbct_series(n, size, study_uid=study.uid, series_uid=series_uid, patient_id=study.patient_id,
@@ -188,8 +188,6 @@ class RunData:
     @cached_property
     def main(self) -> Study:
         """Study A: CBCT series (3 slices) + intraoral series."""
-        from gateway.synthetic import intraoral_image
-
         when = datetime(2024, 1, 15, 9, 30, 0)
         study = self._study("A", f"{self.name_prefix}A^ANNA")
         common = dict(AccessionNumber=f"ACC{self.token}", StudyDescription=f"Conformance {self.token} CBCT",
@@ -205,8 +203,6 @@ class RunData:
     @cached_property
     def other(self) -> Study:
         """Study B: panoramic, uncompressed multi-frame, JPEG 2000 single- and multi-frame."""
-        from gateway.synthetic import panoramic_image
-
         when = datetime(2023, 6, 10, 14, 0, 0)
         study = self._study("B", f"{self.name_prefix}B^BERND")
         common = dict(AccessionNumber=f"ACCB{self.token}", StudyDescription=f"Conformance {self.token} other",

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Iterator
 
-from flask import Response, current_app, g, request
+from flask import Response, request
 
-from auth.base import Principal
+from dicomweb.media_types import parse_accept
 from gateway.errors import NotAcceptable
 from gateway.web import public_base
-from dicomweb.media_types import parse_accept
 
 PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
@@ -18,15 +17,6 @@ DICOM_JSON = "application/dicom+json"
 def base_url() -> str:
     """The DICOMweb root as clients reach it (``server.public_url`` wins over the request)."""
     return public_base() + PREFIX
-
-
-def principal() -> Principal:
-    """The principal of the current request, established by :mod:`auth.web` before any view runs."""
-    return g.principal
-
-
-def services():
-    return current_app.extensions["gateway"]
 
 
 def require_json_accept() -> str:

@@ -6,7 +6,8 @@ import logging
 from flask import Response
 from flask_smorest import Blueprint
 
-from dicomweb.common import PREFIX, principal, services
+from dicomweb.common import PREFIX
+from gateway.web import principal, services
 
 logger = logging.getLogger(__name__)
 

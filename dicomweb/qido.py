@@ -6,12 +6,12 @@ import logging
 from flask import request
 from flask_smorest import Blueprint
 
-from auth.web import AUTH_PARAMS
-from dicomweb.common import PREFIX, base_url, json_response, principal, require_json_accept, services
-from gateway.headers import BASE_PLACEHOLDER
-from gateway.web import int_arg
+from auth.credentials import AUTH_PARAMS
+from dicomweb.common import PREFIX, base_url, json_response, require_json_accept
 from gateway.errors import BadRequest
+from gateway.headers import BASE_PLACEHOLDER
 from gateway.services.query import resolve_attribute
+from gateway.web import int_arg, principal, services
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ import logging
 from flask import Response, current_app, request
 from flask_smorest import Blueprint
 
-from auth.web import AUTH_PARAMS
-from dicomweb.common import PREFIX, principal, services
+from auth.credentials import AUTH_PARAMS
+from dicomweb.common import PREFIX
 from dicomweb.negotiation import choose_rendered
 from dicomweb.wado import parse_frame_list
 from gateway.errors import BadRequest
-from storage.base import InstanceRecord
+from gateway.web import principal, services
+from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
 

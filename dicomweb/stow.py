@@ -11,11 +11,12 @@ import logging
 from flask import request
 from flask_smorest import Blueprint
 
-from dicomweb.common import PREFIX, base_url, element, json_response, principal, services
+from dicomweb.common import PREFIX, base_url, element, json_response
 from dicomweb.media_types import parse_media_type
 from dicomweb.multipart import MalformedMultipart, MultipartReader, parse_boundary
 from gateway.errors import BackendUnavailable, BadRequest, UnsupportedMediaType
 from gateway.services.ingest import InstanceOutcome, StagedInstance
+from gateway.web import principal, services
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from flask import Response, request
 from flask_smorest import Blueprint
 
 from auth.access import DOWNLOAD
-from dicomweb.common import PREFIX, base_url, json_array_stream, principal, require_json_accept, services
+from dicomweb.common import PREFIX, base_url, json_array_stream, require_json_accept
 from dicomweb.multipart import iter_multipart, new_boundary
 from dicomweb.negotiation import IMPLICIT_LE, Choice, choose_dicom, choose_frames
 from gateway.errors import BadRequest, NotFound
 from gateway.headers import BASE_PLACEHOLDER
-from storage.base import InstanceRecord
+from gateway.web import principal, services
+from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""The app factory: the one place that picks backends from settings and wires the front doors."""
+"""The app factory: the WSGI app of the HTTP front doors (DICOMweb, the fast API) on the core
+services that :meth:`gateway.services.Services.build` makes; request context (request id,
+CORS, access log), authentication of every request, and the one JSON error shape."""
 from __future__ import annotations
 
 import logging
@@ -6,16 +8,21 @@ import time
 import uuid
 from typing import Any, Mapping
 
+from http import HTTPStatus
+
 from flask import Flask, g, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from gateway import __version__
-from gateway.config import Settings, load_settings
+import dicomweb
+import proprietary
+from auth.audit import audit_context
+from auth.credentials import PUBLIC_PATHS, PUBLIC_PREFIXES, RequestAuthenticator, create_provider, redact
+from gateway import __version__, health
+from gateway.config import Settings, SettingsError, load_settings
 from gateway.errors import GatewayError, NotAuthenticated
 from gateway.logs import configure_logging, request_id_var
 from gateway.services import Services
-from plugins.manager import create_plugin_manager
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +33,6 @@ CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
 
 def error_body(status: int, message: str, **errors: Any) -> dict[str, Any]:
     """The JSON error shape of every front door (flask-smorest's)."""
-    from http import HTTPStatus
-
     body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
     if errors:
         body["errors"] = errors
@@ -62,28 +67,48 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
     )
     app.config["GATEWAY_SETTINGS"] = settings
     if services is None:
-        services = Services.build(settings, create_plugin_manager())
+        services = Services.build(settings)
     app.extensions["gateway"] = services
 
     api = Api(app)
     _install_request_context(app, settings)
     _install_error_handlers(app)
-
-    from auth.web import init_app as init_auth
-    from dicomweb import init_app as init_dicomweb
-    from gateway import admin, health
-
-    init_auth(app, api)  # every request but the probes and the API docs is authenticated
+    _install_authentication(app, services)  # every request but the probes and the API docs
     api.register_blueprint(health.blp)
-    admin.init_app(app, api)
-    init_dicomweb(app, api)
+    proprietary.init_app(app, api)
+    dicomweb.init_app(app, api)
     return app
 
 
-def services_of(app: Flask | None = None) -> Services:
-    from flask import current_app
+def _install_authentication(app: Flask, services: Services) -> None:
+    try:
+        provider = create_provider(services.settings)
+    except LookupError as exc:
+        raise SettingsError(str(exc)) from exc
+    except SettingsError:
+        raise
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+    authenticator = RequestAuthenticator(provider, services.shares, services.signer, services.audit)
 
-    return (app or current_app).extensions["gateway"]
+    @app.before_request
+    def _authenticate():
+        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
+            return None
+        g.audit_context = audit_context(client=request.remote_addr, door="api" if request.path.startswith("/api/")
+                                        else "dicomweb")
+        g.audit_context.__enter__()
+        g.principal = authenticator.authenticate(request)
+        return None
+
+    @app.teardown_request
+    def _leave(_exc=None):
+        context = g.pop("audit_context", None)
+        if context is not None:
+            try:
+                context.__exit__(None, None, None)
+            except ValueError:  # the request ran in another context (streamed responses)
+                pass
 
 
 def _install_request_context(app: Flask, settings: Settings) -> None:
@@ -117,8 +142,6 @@ def _install_request_context(app: Flask, settings: Settings) -> None:
                     response.headers["Access-Control-Max-Age"] = "600"
         started = g.get("started")
         if started is not None:
-            from auth.web import redact
-
             logger.info("%s %s -> %s in %.1f ms", request.method, redact(request.full_path.rstrip("?")),
                         response.status_code, (time.perf_counter() - started) * 1000)
         return response
@@ -140,6 +163,8 @@ def _install_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         data = getattr(exc, "data", None)  # flask-smorest / webargs validation details
         errors = data.get("messages") if isinstance(data, dict) else None
+        if errors:
+            message = "invalid request: " + "; ".join(_field_errors(errors))
         response = jsonify(error_body(exc.code or 500, message, **({"fields": errors} if errors else {})))
         response.status_code = exc.code or 500
         return response
@@ -150,3 +175,19 @@ def _install_error_handlers(app: Flask) -> None:
         response = jsonify(error_body(500, f"internal error; quote request id {g.get('request_id', '-')}"))
         response.status_code = 500
         return response
+
+
+_LOCATIONS = ("json", "query", "form", "headers")
+
+
+def _field_errors(messages, path: str = "") -> list[str]:
+    """webargs' nested ``{location: {field: [message]}}`` as ``field: message`` lines."""
+    if isinstance(messages, dict):
+        lines = []
+        for key, value in messages.items():
+            inner = "" if not path and key in _LOCATIONS else f"{path}.{key}" if path else str(key)
+            lines.extend(_field_errors(value, inner))
+        return lines
+    if isinstance(messages, (list, tuple)):
+        return [line for message in messages for line in _field_errors(message, path)]
+    return [f"{path}: {messages}" if path else str(messages)]

@@ -1,4 +1,6 @@
-"""The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, forwards, migrate-backends."""
+"""The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, worker, forwards,
+token, auth-keys, audit, migrate-backends. Every command that touches the stores gets them
+from :meth:`gateway.services.Services.build`."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,15 @@ from pathlib import Path
 
 import click
 
+from auth.audit import record_json
 from gateway.config import SETTINGS, SettingsError, load_settings
+from gateway.errors import BadRequest
+from gateway.services import Services
+from gateway.services.jobs import job_summary
+from gateway.services.migrate import StoreMigration
+from gateway.times import parse_time
+from gateway.worker import JobWorker
+from storage.records import AuditQuery
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +34,12 @@ def _settings():
         raise click.ClickException(str(exc)) from None
 
 
-def _services(settings):
-    from gateway.dimse import forwarding
-    from gateway.services import Services
-    from plugins.manager import create_plugin_manager
-
-    services = Services.build(settings, create_plugin_manager())
-    forwarding.register(services.pm)  # what the CLI stores is forwarded like the rest
-    return services
+def _services(settings, *, plugins: bool = True) -> Services:
+    """The core services (stores migrated); what the CLI stores is forwarded like the rest."""
+    try:
+        return Services.build(settings, plugins=plugins)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -53,7 +61,10 @@ def serve(host, port, workers, threads) -> None:
         os.environ["GATEWAY_" + name.upper().replace(".", "__")] = str(value)
     settings = _settings()
     services = _services(settings)  # creates the stores and applies migrations once, before the workers
-    services.close()
+    try:
+        kinds = JobWorker.for_services(services).kinds
+    finally:
+        services.close()
 
     from gunicorn.app.base import BaseApplication
 
@@ -81,7 +92,7 @@ def serve(host, port, workers, threads) -> None:
     click.echo(f"DICOMweb at http://{settings['server.host']}:{settings['server.port']}/dicom-web "
                f"(API docs: /api/docs); data in {settings.data_dir}", err=True)
     click.echo(_token_hint(settings), err=True)
-    child = _dimse_child(settings)
+    child = _child(settings, kinds)
     try:
         GatewayApplication().run()
     finally:
@@ -100,20 +111,15 @@ def _token_hint(settings) -> str:
             f"(issuer {settings['auth.oidc_issuer'] or '-'}, audience {', '.join(settings['auth.oidc_audience']) or '-'})")
 
 
-def _dimse_child(settings):
-    """The DIMSE listener and forward worker beside the HTTP server (``dimse.enabled``), or the
-    forward worker alone when only forwarding rules are set."""
-    from gateway.dimse.forwarding import rules_from_settings
+def _child(settings, kinds: list[str]):
+    """The DIMSE listener and the job worker beside the HTTP server (``dimse.enabled``), or the
+    job worker alone when some kind of job has work (forwarding rules are set)."""
     from gateway.dimse.supervisor import ChildSupervisor
 
-    try:
-        rules = rules_from_settings(settings)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
     if settings["dimse.enabled"]:
         return ChildSupervisor(["dimse"], name="DIMSE listener").start()
-    if rules:
-        return ChildSupervisor(["forwards", "run"], name="forward worker").start()
+    if kinds:
+        return ChildSupervisor(["worker"], name="job worker").start()
     return None
 
 
@@ -139,11 +145,9 @@ def config_show(as_json: bool) -> None:
 @main.command()
 def migrate() -> None:
     """Apply pending index schema migrations."""
-    settings = _settings()
-    from storage import registry
-
-    index = registry.create("index", settings["storage.index_backend"], settings)
-    applied = index.migrate()
+    services = _services(_settings(), plugins=False)
+    applied = services.migrations
+    services.close()
     click.echo(f"applied: {', '.join(applied)}" if applied else "index schema is up to date")
 
 
@@ -249,10 +253,11 @@ def demo_data(folder: str, slices: int, size: int) -> None:
 @click.option("--host", help="bind address (setting dimse.host)")
 @click.option("--port", type=int, help="DIMSE port (setting dimse.port)")
 @click.option("--ae-title", help="AE title (setting dimse.ae_title)")
-@click.option("--no-forward", is_flag=True, help="do not run the forward worker in this process")
+@click.option("--no-worker", "--no-forward", "no_worker", is_flag=True,
+              help="do not run the job worker (forwarding...) in this process")
 @click.option("--parent-pid", type=int, hidden=True, help="stop when this process is gone")
-def dimse(host, port, ae_title, no_forward, parent_pid) -> None:
-    """Run the DIMSE listener (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) and the forward worker.
+def dimse(host, port, ae_title, no_worker, parent_pid) -> None:
+    """Run the DIMSE listener (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) and the job worker.
 
     Peers, destinations and forwarding rules come from the dimse.* and forward.* settings.
     Stops on SIGTERM or Ctrl-C; exits with 3 when the port cannot be bound.
@@ -260,30 +265,42 @@ def dimse(host, port, ae_title, no_forward, parent_pid) -> None:
     for name, value in (("dimse.host", host), ("dimse.port", port), ("dimse.ae_title", ae_title)):
         if value is not None:
             os.environ["GATEWAY_" + name.upper().replace(".", "__")] = str(value)
+    _run_listener(listen=True, work=not no_worker, parent_pid=parent_pid)
+
+
+def _run_listener(*, listen: bool, work: bool = True, kinds: list[str] | None = None,
+                  parent_pid: int | None = None) -> None:
     settings = _settings()
     from gateway.dimse.listener import run
     from gateway.logs import configure_logging
 
     configure_logging(settings["log.level"], settings["log.format"])
     try:
-        code = run(settings, forward=not no_forward, parent_pid=parent_pid, announce=click.echo)
-    except SettingsError as exc:
+        code = run(settings, listen=listen, work=work, kinds=kinds, parent_pid=parent_pid, announce=click.echo)
+    except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 
-def _index(settings):
-    from storage import registry
+@main.command()
+@click.option("--kind", "kinds", multiple=True, help="only jobs of this kind (repeatable), e.g. forward")
+@click.option("--parent-pid", type=int, hidden=True, help="stop when this process is gone")
+def worker(kinds: tuple[str, ...], parent_pid) -> None:
+    """Run the job worker alone: the jobs of every kind (or of --kind), until SIGTERM.
 
-    index = registry.create("index", settings["storage.index_backend"], settings)
-    index.migrate()
-    return index
+    Start as many as wanted, on any machine that shares the index database: each job runs in
+    one worker at a time, and a dead worker's jobs are taken over.
+    """
+    _run_listener(listen=False, kinds=list(kinds) or None, parent_pid=parent_pid)
 
 
 def _when(ms: int) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+FORWARD = "forward"  # the job kind of the forwarding plugin
 
 
 @main.group(invoke_without_command=True)
@@ -296,20 +313,23 @@ def forwards(ctx, failed: bool, clinic: str | None, limit: int, as_json: bool) -
     """List queued forwards (pending and failed). Subcommands: retry, run."""
     if ctx.invoked_subcommand is not None:
         return
-    from dataclasses import asdict
-
-    index = _index(_settings())
-    items = index.list_forwards(status="failed" if failed else None, clinic_id=clinic, limit=limit)
-    counts = index.forward_counts(clinic)
-    index.close()
+    services = _services(_settings(), plugins=False)
+    try:
+        items = services.jobs.list_jobs(kind=FORWARD, status="failed" if failed else None, clinic_id=clinic,
+                                        limit=limit)
+        counts = services.jobs.counts(kind=FORWARD, clinic_id=clinic)
+    finally:
+        services.close()
     if as_json:
-        click.echo(json.dumps({"counts": counts, "items": [asdict(i) for i in items]}, indent=2))
+        click.echo(json.dumps({"counts": {"pending": counts["pending"] + counts["running"], "failed": counts["failed"]},
+                               "items": [job_summary(i) for i in items]}, indent=2))
         return
-    click.echo(f"{counts['pending']} pending, {counts['failed']} failed")
+    click.echo(f"{counts['pending'] + counts['running']} pending, "
+               f"{counts['failed']} failed")
     for item in items:
         due = "-" if item.status == "failed" else _when(item.next_attempt_at)
-        click.echo(f"{item.id:>6} {item.status:<7} {item.destination:<16} attempts={item.attempts:<3} "
-                   f"next={due} sop={item.sop_uid} clinic={item.clinic_id}"
+        click.echo(f"{item.id:>6} {item.status:<7} {item.payload.get('destination', '?'):<16} "
+                   f"attempts={item.attempts:<3} next={due} sop={item.payload.get('sop_uid')} clinic={item.clinic_id}"
                    + (f" error={item.last_error}" if item.last_error else ""))
 
 
@@ -318,30 +338,21 @@ def forwards(ctx, failed: bool, clinic: str | None, limit: int, as_json: bool) -
 @click.option("--all", "all_failed", is_flag=True, help="every failed forward")
 def forwards_retry(ids: tuple[int, ...], all_failed: bool) -> None:
     """Send failed forwards again (by id, or --all), from the first attempt."""
-    import time
-
     if not ids and not all_failed:
         raise click.UsageError("give forward ids or --all")
-    index = _index(_settings())
-    count = index.retry_forwards(ids=None if all_failed else list(ids), now_ms=int(time.time() * 1000))
-    index.close()
+    services = _services(_settings(), plugins=False)
+    try:
+        count = services.jobs.retry(kind=FORWARD, ids=None if all_failed else list(ids))
+    finally:
+        services.close()
     click.echo(f"{count} forward(s) pending again")
 
 
 @forwards.command("run")
 @click.option("--parent-pid", type=int, hidden=True, help="stop when this process is gone")
 def forwards_run(parent_pid) -> None:
-    """Run the forward worker alone (no listener), e.g. on a worker machine."""
-    settings = _settings()
-    from gateway.dimse.listener import run
-    from gateway.logs import configure_logging
-
-    configure_logging(settings["log.level"], settings["log.format"])
-    try:
-        code = run(settings, listen=False, parent_pid=parent_pid, announce=click.echo)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    sys.exit(code)
+    """Run the job worker for forwards alone (no listener), e.g. on a worker machine."""
+    _run_listener(listen=False, kinds=[FORWARD], parent_pid=parent_pid)
 
 
 @main.command()
@@ -432,19 +443,18 @@ def auth_keys_retire(kid: str) -> None:
 @click.option("--jsonl", is_flag=True, help="print JSON lines, oldest first")
 def audit(clinic, user, action, outcome, since, limit, jsonl) -> None:
     """Read the audit log (every clinic: this is the operator's view)."""
-    from auth.audit import record_json
-    from auth.views import parse_time
-    from gateway.errors import BadRequest
-    from storage.base import AuditQuery
-
     try:
         since_ms = parse_time(since, "since")
     except BadRequest as exc:
         raise click.ClickException(exc.message) from None
-    index = _index(_settings())
+    services = _services(_settings(), plugins=False)
     query = AuditQuery(clinic_id=clinic, user_id=user, action=action, outcome=outcome, since_ms=since_ms,
                        limit=limit, newest_first=not jsonl)
-    for record in index.search_audit(query):
+    try:
+        records = services.audit.search(query)
+    finally:
+        services.close()
+    for record in records:
         body = record_json(record)
         if jsonl:
             click.echo(json.dumps(body, ensure_ascii=False))
@@ -452,7 +462,6 @@ def audit(clinic, user, action, outcome, since, limit, jsonl) -> None:
             click.echo(f"{body['time']} {record.outcome:<9} {record.action:<7} {record.user_id or '-'}"
                        f"@{record.clinic_id or '-'} {record.resource} {record.client or ''} "
                        f"{record.detail or ''}".rstrip())
-    index.close()
 
 
 @main.command("migrate-backends")
@@ -473,9 +482,6 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
     source is given by --source-data-dir or --source-config, read without the environment.
     Exits 1 if any instance could not be copied or verified.
     """
-    from storage import registry
-    from storage.migrate import StoreMigration
-
     if bool(source_data_dir) == bool(source_config):
         raise click.UsageError("give exactly one of --source-data-dir and --source-config")
     target = _settings()
@@ -492,9 +498,14 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
         and source["storage.s3_bucket"] == target["storage.s3_bucket"]
     if same:
         raise click.ClickException("the source and the target are the same stores")
-    source_index = registry.create("index", source["storage.index_backend"], source)
-    source_blobs = registry.create("blob", source["storage.blob_backend"], source)
-    migration = StoreMigration(source_index, source_blobs, target, verify_blobs=not no_readback, jobs=jobs)
+    # No plugins on either side: the copies are not new instances (no forwarding, no previews).
+    source_services = _services(source, plugins=False)
+    try:
+        target_services = _services(target, plugins=False)
+    except click.ClickException:
+        source_services.close()
+        raise
+    migration = StoreMigration(source_services, target_services, verify_blobs=not no_readback, jobs=jobs)
     click.echo(f"copying from {source['storage.index_backend']} + {source['storage.blob_backend']} to "
                f"{target['storage.index_backend']} + {target['storage.blob_backend']}", err=True)
     count = 0
@@ -508,9 +519,8 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
     try:
         report = migration.run(clinics=list(clinics) or None, progress=progress)
     finally:
-        migration.close()
-        for store in (source_index, source_blobs):
-            getattr(store, "close", lambda: None)()
+        source_services.close()
+        target_services.close()
     for what, why in report.failed:
         click.echo(f"failed {what}: {why}", err=True)
     click.echo(report.summary())

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from gateway.attributes import COMPUTED, INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
+from storage.attributes import COMPUTED, INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from gateway.errors import DatasetMismatch, InvalidDicom, MissingAttribute
 
 logger = logging.getLogger(__name__)

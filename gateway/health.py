@@ -6,7 +6,7 @@ import logging
 from flask import jsonify
 from flask_smorest import Blueprint
 
-from storage.errors import StorageError
+from gateway.web import services
 
 logger = logging.getLogger(__name__)
 
@@ -23,18 +23,8 @@ def healthz():
 @blp.doc(summary="The index and blob stores are reachable",
          responses={200: {"description": "ready"}, 503: {"description": "a store is unreachable"}})
 def readyz():
-    from gateway.app import services_of
-
-    services = services_of()
-    checks = {}
-    ready = True
-    for name, store in (("index", services.index), ("blobs", services.blobs)):
-        try:
-            store.ping()
-            checks[name] = "ok"
-        except (StorageError, OSError) as exc:
-            checks[name] = f"unavailable: {exc}"
-            ready = False
+    checks = services().ping()
+    ready = all(v == "ok" for v in checks.values())
     response = jsonify(status="ready" if ready else "unavailable", checks=checks)
     response.status_code = 200 if ready else 503
     if not ready:

@@ -1,9 +1,20 @@
-"""Small request helpers shared by the HTTP front doors."""
+"""Small request helpers shared by the HTTP front doors (DICOMweb, the fast API)."""
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import current_app, g, request
 
+from auth.base import Principal
 from gateway.errors import BadRequest
+
+
+def services():
+    """The app's :class:`gateway.services.Services`."""
+    return current_app.extensions["gateway"]
+
+
+def principal() -> Principal:
+    """The principal of the current request, established by the app before any view runs."""
+    return g.principal
 
 
 def int_arg(name: str, default: int | None, maximum: int | None = None) -> int | None:

@@ -1,4 +1,9 @@
-"""Hook specifications of the gateway's plugin system (pluggy marker "gateway")."""
+"""Hook specifications of the gateway's plugin system (pluggy marker "gateway").
+
+Events carry what a consumer needs and no more: the settings, and the job queue
+(:class:`gateway.services.jobs.JobService`) where plugins put their work. Work itself runs
+in job handlers, which get the whole :class:`gateway.services.Services` of the worker.
+"""
 from __future__ import annotations
 
 import pluggy
@@ -8,10 +13,15 @@ hookimpl = pluggy.HookimplMarker("gateway")
 
 
 @hookspec
-def instance_stored(outcome, services):
+def instance_stored(outcome, settings, jobs):
     """An instance was stored (or replaced) and is visible; ``outcome`` is its InstanceOutcome."""
 
 
 @hookspec
-def instances_deleted(records, services):
+def instances_deleted(records, settings, jobs):
     """Instances were removed from the index and their blobs deleted."""
+
+
+@hookspec
+def register_job_handlers(services):
+    """A list of :class:`gateway.services.jobs.JobHandler`, one per job kind the plugin queues."""

@@ -1,16 +1,32 @@
-"""The backend interfaces: small cores every implementation provides.
+"""The store interfaces: one small protocol per kind of store.
 
-A backend class is found by name through the entry-point groups
-``gateway.blob_stores`` and ``gateway.index_stores`` (see :mod:`storage.registry`)
-and is built with ``Backend.from_settings(settings)``.
+- :class:`BlobStore`: immutable objects under string keys (DICOM files, derived objects);
+- :class:`InstanceIndex`: the instances, their series, studies and patients, and the one
+  query model's searches (:class:`storage.query.Query`);
+- :class:`JobQueue`: the durable job queue (forwarding, previews...): lease with expiry,
+  retries, dead letter, idempotency key, progress;
+- :class:`ShareStore`: shares of studies with users, clinics and links;
+- :class:`AuditLog`: the append-only audit log.
+
+A backend is found by name through an entry-point group (see :mod:`storage.registry`) and is
+built with ``Backend.from_settings(settings)``; bad settings raise :class:`ValueError`. Blob
+stores are a kind of their own (``gateway.blob_stores``). An *index backend*
+(``gateway.index_stores``: SQLite, PostgreSQL) is one database that offers several of the
+other stores at once, as the attributes named in its ``offers`` (see :class:`IndexBackend`),
+and owns their schema migrations. Each kind has one contract suite in ``tests/contract/``
+that every implementation passes.
+
+Backends raise :mod:`storage.errors` (``Unavailable`` when the store cannot be reached);
+the gateway's services translate those into the errors its front doors answer with.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Literal, Protocol, runtime_checkable
+from typing import BinaryIO, Iterator, Protocol, Sequence, runtime_checkable
 
 from storage.query import Query
+from storage.records import (AddResult, AuditQuery, AuditRecord, InstanceRecord, Job, NewInstance, SearchResult,
+                             ShareRecord)
 
 
 @runtime_checkable
@@ -42,139 +58,9 @@ class BlobStore(Protocol):
         """A local folder for spooling incoming objects before :meth:`put_file`."""
 
 
-@dataclass
-class InstanceRecord:
-    clinic_id: str
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    blob_key: str
-    size: int
-    sha256: str
-    frame_index: str | None = None
-    number_of_frames: int | None = None
-    instance_number: int | None = None
-    rows: int | None = None
-    columns: int | None = None
-    dataset_sha256: str | None = None  # of the data set without file meta (duplicate detection)
-
-    def same_dataset(self, other: "InstanceRecord") -> bool:
-        """The same bytes, or the same data set under another file meta header."""
-        return self.sha256 == other.sha256 or (
-            self.dataset_sha256 is not None and self.dataset_sha256 == other.dataset_sha256)
-
-
-@dataclass
-class NewInstance:
-    record: InstanceRecord
-    attributes: dict[str, Any]  # index columns, see gateway.attributes
-    header_json: str  # the instance's DICOM JSON
-    study_json: str  # study/patient-level attributes (kept from the first instance)
-    series_json: str  # series-level attributes
-
-
-@dataclass
-class AddResult:
-    outcome: Literal["stored", "duplicate", "conflict", "replaced"]
-    existing: InstanceRecord | None = None
-
-
-@dataclass
-class SearchResult:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    truncated: bool = False
-
-
-@dataclass
-class ForwardItem:
-    """One instance to send to one remote AE (the durable forward queue)."""
-
-    clinic_id: str
-    destination: str  # AE title, declared in dimse.destinations
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    rule: str = ""
-    id: int | None = None
-    status: Literal["pending", "failed"] = "pending"
-    attempts: int = 0
-    next_attempt_at: int = 0  # milliseconds since the epoch
-    last_error: str | None = None
-    created_at: int = 0
-    updated_at: int = 0
-    lease_owner: str | None = None
-
-
-@dataclass
-class ShareRecord:
-    """A study (or one series of it) of clinic ``clinic_id`` shared with a user, a clinic or a link."""
-
-    id: str
-    clinic_id: str  # the owner
-    study_uid: str
-    series_uid: str | None
-    target_type: Literal["user", "clinic", "link"]
-    target_id: str | None  # user id, clinic id; None for a link
-    permissions: tuple[str, ...]  # "view", "download"
-    created_by: str
-    created_at: int  # milliseconds since the epoch
-    expires_at: int
-    target_clinic: str | None = None  # a user target: only when the user acts for this clinic
-    token_hash: str | None = None  # sha256 hex of a link's token
-    revoked_at: int | None = None
-    revoked_by: str | None = None
-
-    def active(self, now_ms: int) -> bool:
-        return self.revoked_at is None and self.expires_at > now_ms
-
-    def allows(self, permission: str) -> bool:
-        return permission in self.permissions
-
-
-@dataclass
-class AuditRecord:
-    """One line of the append-only audit log."""
-
-    at: int  # milliseconds since the epoch
-    action: str  # login, search, read, store, delete, share, revoke, sign, admin
-    outcome: str  # ok, denied, not_found, failed
-    user_id: str | None = None
-    clinic_id: str | None = None  # the actor's clinic (None: unauthenticated)
-    resource: str = ""  # e.g. "study:1.2.3/series:1.2.3.4"
-    resource_clinic: str | None = None  # the clinic owning the resource
-    client: str | None = None  # IP address, or AE title@address
-    request_id: str | None = None
-    door: str | None = None  # dicomweb, dimse, api, cli
-    detail: str | None = None
-    id: int | None = None
-
-
-@dataclass
-class AuditQuery:
-    """Filters of :meth:`IndexStore.search_audit`; ``clinic_id`` matches the actor's clinic or the
-    resource's (None: every clinic, and rows without one)."""
-
-    clinic_id: str | None = None
-    user_id: str | None = None
-    action: str | None = None
-    outcome: str | None = None
-    resource: str | None = None  # prefix, e.g. "study:1.2.3"
-    since_ms: int | None = None
-    until_ms: int | None = None
-    after_id: int | None = None  # rows with a greater id (export paging)
-    newest_first: bool = True
-    limit: int = 100
-    offset: int = 0
-
-
 @runtime_checkable
-class IndexStore(Protocol):
-    def migrate(self) -> list[str]:
-        """Apply pending schema migrations; return the names applied."""
-
-    def ping(self) -> None: ...
+class InstanceIndex(Protocol):
+    """Instances with the attributes QIDO-RS and C-FIND match on, per clinic."""
 
     def find_instance(self, clinic_id: str, sop_uid: str) -> InstanceRecord | None: ...
 
@@ -187,7 +73,7 @@ class IndexStore(Protocol):
         when the series is already indexed under another study.
         """
 
-    def add_instances(self, items: list[NewInstance], *, replace: bool) -> list["AddResult | Exception"]:
+    def add_instances(self, items: list[NewInstance], *, replace: bool) -> list[AddResult | Exception]:
         """:meth:`add_instance` for several instances in one transaction; an item that
         conflicts gets its :class:`storage.errors.Conflict` as result, the others are kept."""
 
@@ -210,42 +96,71 @@ class IndexStore(Protocol):
     def counts(self, clinic_id: str | None = None) -> dict[str, int]:
         """Numbers of patients, studies, series and instances (for status and tests)."""
 
-    def close(self) -> None: ...
+    def clinic_ids(self) -> list[str]:
+        """Every clinic that holds a study (for migrations and operators)."""
 
-    # --- the forward queue (gateway.dimse.forwarding) ------------------------------
-    def enqueue_forwards(self, items: list[ForwardItem], *, now_ms: int) -> None:
-        """Queue instances for sending, in one transaction. An instance already queued for the
-        same destination is queued again from scratch (pending, no attempts, lease dropped)."""
+    def clinics_with_study(self, study_uid: str) -> list[str]:
+        """The clinics holding a study with this UID (for the audit of refused accesses only)."""
 
-    def claim_forwards(self, owner: str, *, now_ms: int, lease_ms: int, limit: int) -> list[ForwardItem]:
-        """Lease up to ``limit`` due pending items to ``owner`` (oldest due first); an item leased
-        by another owner is not due until its lease has expired."""
 
-    def finish_forward(self, item_id: int, owner: str) -> bool:
-        """Remove a sent item, unless it was queued again since ``owner`` claimed it."""
+@runtime_checkable
+class JobQueue(Protocol):
+    """The durable job queue, shared by every process and machine on the same database.
 
-    def fail_forward(self, item_id: int, owner: str, *, error: str, next_attempt_ms: int,
-                     give_up: bool, now_ms: int) -> bool:
-        """Count a failed attempt: pending again at ``next_attempt_ms``, or ``failed`` if ``give_up``."""
+    A worker *claims* due jobs with a lease (``owner``, expiry): nobody else can claim
+    them until it finishes, fails, releases them or the lease expires (the worker died:
+    the next claimer takes them over, counting the lost run as an attempt). Times are
+    milliseconds since the epoch, passed in by the caller.
+    """
 
-    def forward_lease_owners(self) -> list[str]:
+    def enqueue(self, jobs: list[Job], *, now_ms: int) -> None:
+        """Queue jobs in one transaction. A job whose ``(kind, clinic_id, key)`` is queued
+        already is queued again from scratch: new payload, pending, due at its
+        ``next_attempt_at`` (0: now), no attempts, next ``generation``; a worker holding
+        it keeps its lease, and the job runs again after it."""
+
+    def claim(self, owner: str, *, kinds: Sequence[str], now_ms: int, lease_ms: int, limit: int) -> list[Job]:
+        """Lease up to ``limit`` due pending jobs of ``kinds`` to ``owner``, oldest due first.
+        A job whose lease expired is due again (its attempts count the lost run). Concurrent
+        claimers never get the same job."""
+
+    def heartbeat(self, owner: str, *, now_ms: int, lease_ms: int, job_id: int | None = None,
+                  progress: dict | None = None) -> int:
+        """Extend ``owner``'s leases (of job ``job_id`` only, recording its ``progress``, when
+        given); return how many it still held (0: they were taken over)."""
+
+    def finish(self, job: Job, owner: str) -> bool:
+        """Remove a done job, unless it was queued again since ``owner`` claimed it (then it
+        is released, due again at once); False in that case or when not ``owner``'s."""
+
+    def fail(self, job: Job, owner: str, *, error: str, next_attempt_ms: int, give_up: bool, now_ms: int) -> bool:
+        """Count a failed attempt: pending again at ``next_attempt_ms``, or ``failed`` (the
+        dead letter) if ``give_up``. A job queued again since the claim is only released."""
+
+    def release(self, owner: str, *, now_ms: int, error: str | None = None) -> int:
+        """Drop every lease of ``owner``: its jobs are due again at once. With ``error`` (the
+        owner died), each counts as a failed attempt with that error."""
+
+    def lease_owners(self) -> list[str]:
         """Owners of current leases (to release those of workers that died)."""
 
-    def release_forwards(self, owner: str) -> int:
-        """Drop the leases of ``owner``: its items are due again at once."""
+    def get(self, job_id: int) -> Job | None: ...
 
-    def list_forwards(self, *, status: str | None = None, clinic_id: str | None = None,
-                      limit: int = 100, offset: int = 0) -> list[ForwardItem]:
-        """Queued items in queue order, optionally of one status and clinic."""
+    def list_jobs(self, *, kind: str | None = None, status: str | None = None, clinic_id: str | None = None,
+                  limit: int = 100, offset: int = 0) -> list[Job]:
+        """Jobs in queue order (by id), optionally of one kind, status and clinic."""
 
-    def retry_forwards(self, *, ids: list[int] | None = None, clinic_id: str | None = None,
-                       now_ms: int) -> int:
-        """Make failed items (all, or those of ``ids``) pending and due now; return how many."""
+    def retry(self, *, kind: str | None = None, ids: list[int] | None = None, clinic_id: str | None = None,
+              now_ms: int) -> int:
+        """Make failed jobs (all, or those of ``ids``) pending from their first attempt, due
+        now; return how many."""
 
-    def forward_counts(self, clinic_id: str | None = None) -> dict[str, int]:
-        """Numbers of pending and failed items."""
+    def counts(self, *, kind: str | None = None, clinic_id: str | None = None, now_ms: int) -> dict[str, int]:
+        """Numbers of ``pending`` (not leased), ``running`` (leased) and ``failed`` jobs."""
 
-    # --- shares (auth.shares) -------------------------------------------------------
+
+@runtime_checkable
+class ShareStore(Protocol):
     def add_share(self, share: ShareRecord) -> None:
         """Record a new share (its ``id`` and ``token_hash`` are unique)."""
 
@@ -267,12 +182,36 @@ class IndexStore(Protocol):
     def revoke_share(self, share_id: str, *, by: str, now_ms: int) -> bool:
         """Mark a share revoked; False when it does not exist or was revoked already."""
 
-    def clinics_with_study(self, study_uid: str) -> list[str]:
-        """The clinics holding a study with this UID (for the audit of refused accesses only)."""
 
-    # --- the audit log (auth.audit) ---------------------------------------------------
-    def append_audit(self, records: list[AuditRecord]) -> None:
+@runtime_checkable
+class AuditLog(Protocol):
+    def append(self, records: list[AuditRecord]) -> None:
         """Append records in one transaction; the log is never updated or deleted from."""
 
-    def search_audit(self, query: AuditQuery) -> list[AuditRecord]:
+    def search(self, query: AuditQuery) -> list[AuditRecord]:
         """Records matching every filter of ``query``, by id (newest first unless told)."""
+
+
+# The stores an index backend may offer, by attribute name.
+INDEX_KINDS: dict[str, type] = {
+    "instances": InstanceIndex,
+    "jobs": JobQueue,
+    "shares": ShareStore,
+    "audit": AuditLog,
+}
+
+
+@runtime_checkable
+class IndexBackend(Protocol):
+    """One database offering the stores named in ``offers`` (keys of :data:`INDEX_KINDS`) as
+    attributes of the same names, e.g. ``backend.jobs``; it owns their schema."""
+
+    offers: tuple[str, ...]
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations; return the names applied."""
+
+    def ping(self) -> None:
+        """Raise :class:`storage.errors.Unavailable` when the database cannot be used."""
+
+    def close(self) -> None: ...

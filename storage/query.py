@@ -2,7 +2,7 @@
 
 Front doors parse their protocol into a :class:`Query`; index stores translate it
 into their query language. Attribute names are DICOM keywords from
-:mod:`gateway.attributes`.
+:mod:`storage.attributes`.
 """
 from __future__ import annotations
 

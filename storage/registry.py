@@ -1,4 +1,12 @@
-"""Finds backends by name through entry points, the same way for built-in and third-party ones."""
+"""Finds backends by name through entry points, the same way for built-in and third-party ones.
+
+One group per kind of backend: ``gateway.blob_stores`` (:class:`storage.base.BlobStore`),
+``gateway.index_stores`` (:class:`storage.base.IndexBackend`: a database offering the instance
+index, job queue, share store and audit log) and ``gateway.metadata_stores`` (image metadata,
+the slot of the SQL and DynamoDB metadata stores: none is declared yet). A backend class is
+built with ``from_settings(settings)``, which raises :class:`ValueError` for settings it
+cannot use.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,6 +18,7 @@ logger = logging.getLogger(__name__)
 GROUPS = {
     "blob": "gateway.blob_stores",
     "index": "gateway.index_stores",
+    "metadata": "gateway.metadata_stores",
 }
 
 # What to install when a built-in backend's import fails (fsspec's "err" hint).

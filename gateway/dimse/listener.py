@@ -6,8 +6,9 @@ choice is taken: see :func:`gateway.dimse.handlers.handle_requested`); Query/Ret
 Patient Root and Study Root, FIND, MOVE and GET. Sockets get TCP_NODELAY, the PDU size we receive is unlimited by
 default (``dimse.max_pdu_size = 0``).
 
-``gateway dimse`` runs :func:`run` (listener and forward worker) until SIGTERM/SIGINT;
-``gateway serve`` starts it as a child process when ``dimse.enabled`` is true.
+``gateway dimse`` runs :func:`run` (listener and job worker) until SIGTERM/SIGINT;
+``gateway serve`` starts it as a child process when ``dimse.enabled`` is true, and ``gateway
+worker`` runs the job worker alone.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from gateway.dimse.handlers import DimseContext, handlers
 from gateway.dimse.peers import PeerTable
 from gateway.dimse.scu import TRANSFER_SYNTAXES, UNCOMPRESSED, configure_pynetdicom
 from gateway.dimse.supervisor import READY, STOPPED
+from gateway.services import Services
+from gateway.worker import JobWorker
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +102,14 @@ def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
             stop.set()
 
 
-def run(settings, *, listen: bool = True, forward: bool = True, parent_pid: int | None = None,
-        announce: Callable[[str], None] = print) -> int:
-    """Run the listener and/or the forward worker until SIGTERM/SIGINT (or the parent dies).
+def run(settings, *, listen: bool = True, work: bool = True, kinds: list[str] | None = None,
+        parent_pid: int | None = None, announce: Callable[[str], None] = print) -> int:
+    """Run the listener and/or the job worker (of every kind, or of ``kinds``) until
+    SIGTERM/SIGINT (or the parent dies).
 
     Returns the process exit code: 0 after a clean stop, 3 when the port cannot be bound.
     """
-    from gateway.dimse import forwarding
-    from gateway.services import Services
-    from plugins.manager import create_plugin_manager
-
-    services = Services.build(settings, create_plugin_manager())
+    services = Services.build(settings)
     # pynetdicom encodes every DIMSE command set with pydicom; its writing validation (a regex
     # per value) costs about 1 ms per message and checks values pynetdicom built itself. This
     # process writes nothing else with pydicom (received data sets are stored unparsed).
@@ -120,9 +120,9 @@ def run(settings, *, listen: bool = True, forward: bool = True, parent_pid: int 
     staging.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(staging)
 
-    rules = forwarding.rules_from_settings(settings)
-    worker = forwarding.ForwardWorker(services, settings) if forward and rules else None
-    forwarding.register(services.pm, wake=worker.wake if worker else None)
+    worker = JobWorker.for_services(services, kinds=kinds) if work else None
+    if worker is not None and not worker.handlers:
+        worker = None
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,7 +146,7 @@ def run(settings, *, listen: bool = True, forward: bool = True, parent_pid: int 
             host, port = listener.address
             parts.append(f"AE {settings['dimse.ae_title']} on {host}:{port}")
         if worker is not None:
-            parts.append(f"forwarding by {len(rules)} rule(s)")
+            parts.append(f"job worker for {', '.join(worker.kinds)}")
         announce(f"{READY} {'; '.join(parts) or 'nothing to do'}")
         sys.stdout.flush()
         stop.wait()

@@ -29,7 +29,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 if TYPE_CHECKING:
     from gateway.services.retrieve import RetrieveService
-    from storage.base import InstanceRecord
+    from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
 

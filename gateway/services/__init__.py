@@ -1,54 +1,119 @@
-"""The core services shared by every front door, bundled per app."""
+"""The core services shared by every front door, and :meth:`Services.build`, the one place that
+builds them.
+
+``Services.build(settings)`` is the composition root of every process: the HTTP app
+(:func:`gateway.app.create_app`), the DIMSE listener and the job worker
+(:mod:`gateway.dimse.listener`), and the CLI. It picks the backends named by the settings
+(entry points, :mod:`storage.registry`), applies the index schema migrations, builds the
+plugin manager with every plugin (:mod:`plugins.manager`), access control, and the
+services on top of them. Nothing else builds a store or a plugin manager.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 from auth.access import AccessControl
 from auth.audit import AuditService
 from auth.shares import ShareService
+from auth.signing import UrlSigner
+from gateway.config import SettingsError
 from gateway.services.delete import DeleteService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
+from gateway.services.jobs import JobService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
+from plugins.manager import create_plugin_manager
 from storage import registry
+from storage.base import BlobStore, INDEX_KINDS, IndexBackend, InstanceIndex
+from storage.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+
+def _backend(kind: str, settings):
+    """The backend of ``storage.<kind>_backend``; what it cannot use is a settings error."""
+    name = settings[f"storage.{kind}_backend"]
+    try:
+        return registry.create(kind, name, settings)
+    except registry.BackendNotFound as exc:
+        raise SettingsError(f"storage.{kind}_backend: {exc}") from exc
+    except SettingsError:
+        raise
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def _index_backend(settings) -> IndexBackend:
+    backend = _backend("index", settings)
+    missing = [kind for kind in INDEX_KINDS if kind not in getattr(backend, "offers", ())]
+    if missing:
+        raise SettingsError(f"storage.index_backend {settings['storage.index_backend']!r} does not offer "
+                            f"{', '.join(missing)}, which the gateway needs")
+    return backend
 
 
 @dataclass
 class Services:
     settings: object
-    blobs: object
-    index: object
+    blobs: BlobStore
+    database: IndexBackend  # owns the schema of the stores below
+    index: InstanceIndex
     pm: object
+    jobs: JobService
+    audit: AuditService
+    access: AccessControl
+    shares: ShareService
+    signer: UrlSigner
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
     deleter: DeleteService
-    audit: AuditService
-    access: AccessControl
-    shares: ShareService
+    migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
-    def build(cls, settings, plugin_manager) -> "Services":
-        blobs = registry.create("blob", settings["storage.blob_backend"], settings)
-        index = registry.create("index", settings["storage.index_backend"], settings)
-        index.migrate()
-        audit = AuditService.from_settings(index, settings)
-        access = AccessControl(index, audit)
-        services = cls(settings, blobs, index, plugin_manager,
-                       IngestService(blobs, index, settings, plugin_manager, access=access),
-                       QueryService(index, settings, access=access), RetrieveService(blobs, index, access=access),
-                       DeleteService(blobs, index, plugin_manager, access=access),
-                       audit, access, ShareService.from_settings(index, access, audit, settings))
-        services.ingest.services = services
-        services.deleter.services = services
-        return services
+    def build(cls, settings, *, plugins: bool = True) -> "Services":
+        """Every store, service and plugin of a process. ``plugins=False``: no plugin at all
+        (copies between deployments must not forward nor make previews)."""
+        blobs = _backend("blob", settings)
+        database = _index_backend(settings)
+        migrations = database.migrate()
+        pm = create_plugin_manager(load_entry_points=plugins)
+        try:
+            signer = UrlSigner.from_settings(settings)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+        index = database.instances
+        jobs = JobService(database.jobs)
+        audit = AuditService.from_settings(database.audit, settings)
+        access = AccessControl(database.shares, index, audit, operator_clinics=settings["auth.operator_clinics"])
+        retrieve = RetrieveService(blobs, index, access=access)
+        return cls(
+            settings, blobs, database, index, pm, jobs, audit, access,
+            ShareService.from_settings(database.shares, index, access, audit, settings), signer,
+            IngestService(blobs, index, settings, pm, access=access, jobs=jobs),
+            QueryService(index, settings, access=access), retrieve,
+            DeleteService(blobs, index, settings, pm, access=access, jobs=jobs),
+            migrations,
+        )
+
+    def ping(self) -> dict[str, str]:
+        """``ok`` or why not, for each store (readiness)."""
+        checks = {}
+        for name, store in (("index", self.database), ("blobs", self.blobs)):
+            try:
+                store.ping()
+                checks[name] = "ok"
+            except (StorageError, OSError) as exc:
+                checks[name] = f"unavailable: {exc}"
+        return checks
 
     def close(self) -> None:
-        for store in (self.index, self.blobs):
+        for store in (self.database, self.blobs):
             close = getattr(store, "close", None)
             if close:
                 close()
 
 
-__all__ = ["DeleteService", "Frame", "IngestService", "InstanceOutcome", "QueryService",
+__all__ = ["DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
            "RetrieveService", "SearchOutcome", "Services", "StagedInstance"]

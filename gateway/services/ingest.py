@@ -3,7 +3,7 @@
 1. ``stage``: spool the bytes to a local file (bounded memory), hash them, parse the
    header only, validate, locate the pixel data frames;
 2. ``commit``: authorize, de-duplicate, write the blob (atomic), index it in one
-   transaction, emit ``instance_stored``.
+   transaction, emit ``instance_stored`` (plugins queue their jobs: forwarding, previews).
 
 A blob is written before its index row and under a content-derived key, so a
 crash at any point leaves either the whole instance stored and indexed or an
@@ -28,8 +28,9 @@ from auth.base import Principal
 from gateway import headers
 from gateway.errors import (BackendUnavailable, DatasetMismatch, GatewayError, InstanceExists,
                             InvalidDicom, NotAuthorized, PayloadTooLarge, StudyMismatch)
-from storage.base import BlobStore, IndexStore, InstanceRecord, NewInstance
+from storage.base import BlobStore, InstanceIndex
 from storage.errors import Conflict, StorageError, Unavailable
+from storage.records import InstanceRecord, NewInstance
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class InstanceOutcome:
     series_uid: str | None = None
     error: GatewayError | None = None
     record: InstanceRecord | None = None
+    modality: str | None = None  # of the instance's series (0008,0060), for plugins' rules
 
     @property
     def ok(self) -> bool:
@@ -127,14 +129,16 @@ def _sha256_from(fp: BinaryIO, offset: int) -> str:
 
 
 class IngestService:
-    def __init__(self, blobs: BlobStore, index: IndexStore, settings, plugin_manager, services=None, *,
-                 access=None):
-        self.access = access  # auth.access.AccessControl; None: the policy only, no audit
+    """``access`` is :class:`auth.access.AccessControl`; ``jobs`` (:class:`gateway.services.jobs.JobService`)
+    is handed to the ``instance_stored`` hook, where plugins queue their work."""
+
+    def __init__(self, blobs: BlobStore, index: InstanceIndex, settings, plugin_manager, *, access, jobs):
+        self.access = access
         self.blobs = blobs
         self.index = index
         self.settings = settings
         self.pm = plugin_manager
-        self.services = services
+        self.jobs = jobs
         self.max_bytes = settings["ingest.max_instance_bytes"]
         self.replace_duplicates = settings["ingest.duplicate_policy"] == "replace"
 
@@ -238,9 +242,7 @@ class IngestService:
     def authorize(self, principal: Principal) -> None:
         """403 unless the principal may store into its own clinic (what it stores lands there,
         whatever clinic holds the same UIDs)."""
-        scope = self.access.require(principal, policy.WRITE, resource="store") if self.access \
-            else policy.require(principal, policy.WRITE)
-        if scope != policy.CLINIC:
+        if self.access.require(principal, policy.WRITE, resource="store") != policy.CLINIC:
             raise NotAuthorized("storing needs a role that writes into its own clinic", action="write")
 
     @staticmethod
@@ -248,8 +250,9 @@ class IngestService:
         header = staged.header
         if header is None:
             return InstanceOutcome("failed")
+        modality = header.dataset.get("Modality")
         return InstanceOutcome("failed", header.sop_class_uid, header.sop_instance_uid,
-                               header.study_uid, header.series_uid)
+                               header.study_uid, header.series_uid, modality=str(modality) if modality else None)
 
     @staticmethod
     def _fail(outcome: InstanceOutcome, exc: GatewayError) -> None:
@@ -323,9 +326,8 @@ class IngestService:
                 if result.outcome == "replaced" and result.existing.blob_key != record.blob_key:
                     self.blobs.delete(result.existing.blob_key)
                 outcome.status, outcome.record = result.outcome, record
-                if self.access is not None:
-                    self.access.audit.record("store", OK, principal=principal, resource=resource_name(record.study_uid),
-                                             resource_clinic=record.clinic_id)
+                self.access.audit.record("store", OK, principal=principal, resource=resource_name(record.study_uid),
+                                         resource_clinic=record.clinic_id)
                 self._emit(outcome)
 
     def _discard_unreferenced(self, record: InstanceRecord) -> None:
@@ -355,7 +357,7 @@ class IngestService:
 
     def _emit(self, outcome: InstanceOutcome) -> None:
         try:
-            self.pm.hook.instance_stored(outcome=outcome, services=self.services)
+            self.pm.hook.instance_stored(outcome=outcome, settings=self.settings, jobs=self.jobs)
         except Exception:  # a consumer's failure must not undo a store
             logger.exception("instance_stored hook failed for %s", outcome.sop_instance_uid)
 

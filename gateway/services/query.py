@@ -15,12 +15,11 @@ from typing import Any, Iterable, Mapping
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from auth import policy
 from auth.audit import OK
 from auth.base import Principal
-from gateway.attributes import BY_KEYWORD, DEFAULT_RETURN, INDEXED, PARENT_RETURN
+from storage.attributes import BY_KEYWORD, DEFAULT_RETURN, INDEXED, PARENT_RETURN
 from gateway.errors import BackendUnavailable, BadRequest
-from storage.base import IndexStore
+from storage.base import InstanceIndex
 from storage.errors import StorageError
 from storage.query import Match, Query
 
@@ -152,18 +151,15 @@ def _upper_level_keys(level: str, study_uid: str | None, series_uid: str | None)
 
 
 class QueryService:
-    def __init__(self, index: IndexStore, settings, *, access=None):
+    def __init__(self, index: InstanceIndex, settings, *, access):
         self.index = index
-        self.access = access  # auth.access.AccessControl; None: own clinic only, no audit
+        self.access = access  # auth.access.AccessControl: the tenant scope, audited
         self.max_limit = settings["dicomweb.qido_max_limit"]
         self.default_limit = settings["dicomweb.qido_default_limit"]
 
     def _scope(self, principal: Principal, level: str, filters: Mapping[str, str],
                study_uid: str | None) -> tuple[str | None, tuple]:
         """The tenant scope of a search (own clinic, shares), audited."""
-        if self.access is None:
-            policy.require(principal, policy.READ)
-            return principal.clinic_id, ()
         own, shared = self.access.query_scope(principal)
         detail = ", ".join(f"{k}={v}" for k, v in sorted(filters.items()) if v.strip())[:500] or None
         self.access.audit.record("search", OK, principal=principal,

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterator
 
 import pydicom
 
-from auth import policy
 from auth.access import VIEW, Source
-from auth.audit import OK, resource_name
 from auth.base import Principal
 from gateway import headers
 from gateway.errors import BackendUnavailable, BadRequest, NotFound
-from storage.base import BlobStore, IndexStore, InstanceRecord
+from storage.base import BlobStore, InstanceIndex
 from storage.errors import ObjectNotFound, StorageError
+from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -42,51 +42,33 @@ class RetrieveService:
 
     ``need`` is the share permission a read takes: ``view`` (metadata, frames, rendered,
     thumbnails, bulk data) or ``download`` (the original instances: WADO-RS retrieve,
-    C-MOVE, C-GET).
+    C-MOVE, C-GET). Where a study may be read from, the audit of the read and the 404 of a
+    study the principal cannot see are :meth:`auth.access.AccessControl.find`'s.
     """
 
-    def __init__(self, blobs: BlobStore, index: IndexStore, *, access=None):
+    def __init__(self, blobs: BlobStore, index: InstanceIndex, *, access):
         self.blobs = blobs
         self.index = index
-        self.access = access  # auth.access.AccessControl; None: own clinic only, no audit
-
-    def _sources(self, principal: Principal, study: str, series: str | None, need: str) -> Iterable[Source]:
-        if self.access is None:
-            policy.require(principal, policy.READ)
-            return [Source(principal.clinic_id)]
-        return self.access.sources(principal, study, series, need)
-
-    def _found(self, principal: Principal, source: Source, study: str, need: str) -> None:
-        if self.access is not None:
-            self.access.audit.record("read", OK, principal=principal, resource=resource_name(study),
-                                     resource_clinic=source.clinic_id,
-                                     detail=need + (f" via share {', '.join(source.shares)}" if source.shares else ""))
-
-    def _not_found(self, principal: Principal, study: str, series: str | None, sop: str | None) -> NotFound:
-        if self.access is None:
-            return NotFound(f"{_what(study, series, sop)} not found")
-        return self.access.not_found(principal, "read", _what(study, series, sop), study, series, sop)
+        self.access = access
 
     def instances(self, principal: Principal, study: str, series: str | None = None,
                   sop: str | None = None, *, need: str = VIEW) -> list[InstanceRecord]:
-        for source in self._sources(principal, study, series, need):
+        def lookup(source: Source) -> list[InstanceRecord]:
             try:
                 records = self.index.instances(source.clinic_id, study, series, sop)
             except StorageError as exc:
                 raise BackendUnavailable(f"index read failed: {exc}") from exc
-            records = [r for r in records if source.allows_series(r.series_uid)]
-            if records:
-                self._found(principal, source, study, need)
-                return records
-        raise self._not_found(principal, study, series, sop)
+            return [r for r in records if source.allows_series(r.series_uid)]
+
+        return self.access.find(principal, study, series, sop, need, lookup, what=_what(study, series, sop))
 
     def metadata(self, principal: Principal, study: str, series: str | None = None,
                  sop: str | None = None) -> Iterator[str]:
         """Each instance's DICOM JSON text, from the index only (no blob is read)."""
-        for source in self._sources(principal, study, series, VIEW):
-            wanted = [series] if source.series is None or series is not None else sorted(source.series)
+        def lookup(source: Source) -> Iterator[str] | None:
             if series is not None and not source.allows_series(series):
-                continue
+                return None
+            wanted = [series] if source.series is None or series is not None else sorted(source.series)
             try:
                 parts = [self.index.instance_headers(source.clinic_id, study, s, sop) for s in wanted]
                 headers = (h for part in parts for h in part)
@@ -94,15 +76,10 @@ class RetrieveService:
             except StorageError as exc:
                 raise BackendUnavailable(f"index read failed: {exc}") from exc
             if first is None:
-                continue
-            self._found(principal, source, study, VIEW)
+                return None
+            return itertools.chain((first,), headers)
 
-            def all_headers(first=first, headers=headers) -> Iterator[str]:
-                yield first
-                yield from headers
-
-            return all_headers()
-        raise self._not_found(principal, study, series, sop)
+        return self.access.find(principal, study, series, sop, VIEW, lookup, what=_what(study, series, sop))
 
     def open(self, record: InstanceRecord) -> BinaryIO:
         try:

@@ -109,10 +109,8 @@ class S3BlobStore:
 
     @classmethod
     def from_settings(cls, settings) -> "S3BlobStore":
-        from gateway.config import SettingsError
-
         if not settings["storage.s3_bucket"]:
-            raise SettingsError("storage.blob_backend is 's3' but storage.s3_bucket is empty")
+            raise ValueError("storage.blob_backend is 's3' but storage.s3_bucket is empty")
         return cls(
             settings["storage.s3_bucket"], staging=settings.data_dir / "staging",
             prefix=settings["storage.s3_prefix"], region=settings["storage.s3_region"],

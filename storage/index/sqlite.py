@@ -1,4 +1,5 @@
-"""The embedded index: one SQLite file in WAL mode, one connection per thread."""
+"""The embedded index backend: one SQLite file in WAL mode, one connection per thread. It offers
+the instance index, the job queue, the share store and the audit log (:mod:`storage.index.database`)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from storage.errors import Unavailable
-from storage.index.sqlbase import SqlIndexStore
+from storage.index.database import SqlDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def _glob_escape(pattern: str) -> str:
     return "".join({"[": "[[]", "]": "[]]"}.get(c, c) for c in pattern)
 
 
-class SqliteIndexStore(SqlIndexStore):
+class SqliteIndexStore(SqlDatabase):
     dialect = "sqlite"
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL"):
@@ -31,6 +32,7 @@ class SqliteIndexStore(SqlIndexStore):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        super().__init__()
 
     @classmethod
     def from_settings(cls, settings) -> "SqliteIndexStore":
@@ -55,7 +57,7 @@ class SqliteIndexStore(SqlIndexStore):
         return conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
         conn = self._connection()
         cur = conn.cursor()
         try:
@@ -70,7 +72,7 @@ class SqliteIndexStore(SqlIndexStore):
             cur.close()
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Cursor]:
+    def read(self) -> Iterator[sqlite3.Cursor]:
         cur = self._connection().cursor()
         try:
             yield cur
@@ -79,16 +81,12 @@ class SqliteIndexStore(SqlIndexStore):
         finally:
             cur.close()
 
-    def _wildcard(self, expr: str, pattern: str) -> tuple[str, list[Any]]:
+    def wildcard(self, expr: str, pattern: str) -> tuple[str, list[Any]]:
         return f"{expr} GLOB ?", [_glob_escape(pattern)]
-
-    def _applied_migrations(self, cur) -> set[str]:
-        cur.execute("SELECT name FROM schema_migrations")
-        return {r[0] for r in cur.fetchall()}
 
     def ping(self) -> None:
         try:
-            with self._read() as cur:
+            with self.read() as cur:
                 cur.execute("SELECT count(*) FROM schema_migrations")
         except sqlite3.Error as exc:
             raise Unavailable(f"SQLite index unusable: {exc}") from exc

@@ -1,11 +1,12 @@
 """Every backend has contract tests: adding one without a contract subclass fails here.
 
-The backends are those of the entry-point groups (installed metadata) and those
-declared in ``setup.cfg`` (so a declaration not yet reinstalled counts too). A
-backend is covered when some class in a ``tests/contract/test_*.py`` module
-subclasses the contract of its kind with ``backend_class`` set to the backend
-class; the contract's ``test_fixture_builds_the_declared_backend`` checks that
-the class's ``store`` fixture really builds it.
+The backends are those of the entry-point groups (installed metadata) and those declared in
+``setup.cfg`` (so a declaration not yet reinstalled counts too). A blob store is covered when
+some class in a ``tests/contract/test_*.py`` module subclasses :class:`BlobStoreContract` with
+``backend_class`` set to it. An index backend offers several stores (``offers``): each of
+them needs its store's contract (:data:`STORE_CONTRACTS`) combined with the backend, and the
+backend itself :class:`IndexBackendContract`. Each contract's
+``test_fixture_builds_the_declared_backend`` checks that the fixture really builds it.
 """
 from __future__ import annotations
 
@@ -18,17 +19,30 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("tests.contract.blob", "tests.contract.index")
 
 import tests.contract  # noqa: E402
 from storage import registry  # noqa: E402
+from storage.base import INDEX_KINDS  # noqa: E402
+from tests.contract.audit import AuditLogContract  # noqa: E402
+from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.blob import BlobStoreContract  # noqa: E402
-from tests.contract.index import IndexStoreContract  # noqa: E402
+from tests.contract.instances import InstanceIndexContract  # noqa: E402
+from tests.contract.jobs import JobQueueContract  # noqa: E402
+from tests.contract.shares import ShareStoreContract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# The contract of each kind of backend (None: a slot whose first backend brings its contract).
 CONTRACTS = {
     "gateway.blob_stores": BlobStoreContract,
-    "gateway.index_stores": IndexStoreContract,
+    "gateway.index_stores": IndexBackendContract,
+    "gateway.metadata_stores": None,
+}
+# The contract of each store an index backend may offer.
+STORE_CONTRACTS = {
+    "instances": InstanceIndexContract,
+    "jobs": JobQueueContract,
+    "shares": ShareStoreContract,
+    "audit": AuditLogContract,
 }
 
 
@@ -64,29 +78,43 @@ def _contract_classes() -> list[type]:
     return classes
 
 
+def _covered(contract: type) -> set[type]:
+    return {cls.backend_class for cls in _contract_classes()
+            if issubclass(cls, contract) and getattr(cls, "backend_class", None) is not None}
+
+
 def test_every_store_kind_has_a_contract():
     assert set(CONTRACTS) == set(registry.GROUPS.values())
+    assert set(STORE_CONTRACTS) == set(INDEX_KINDS)
 
 
-@pytest.mark.parametrize("group", sorted(CONTRACTS))
+@pytest.mark.parametrize("group", sorted(g for g, c in CONTRACTS.items() if c is not None))
 def test_every_backend_has_a_contract_subclass(group):
     backends = _backends(group)
     assert backends, f"no backend declared in entry-point group {group}"
     contract = CONTRACTS[group]
-    covered = {cls.backend_class for cls in _contract_classes()
-               if issubclass(cls, contract) and getattr(cls, "backend_class", None) is not None}
     missing = []
     for name, value in sorted(backends.items()):
         try:
             backend = _load(value)
-        except ImportError as exc:  # an optional dependency: the backend still needs its contract class
+        except ImportError as exc:  # an optional dependency: the backend still needs its contract classes
             missing.append(f"{name} = {value} (cannot be imported: {exc})")
             continue
-        if backend not in covered:
-            missing.append(f"{name} = {value}")
-    assert not missing, (f"backends of {group} without a {contract.__name__} subclass in tests/contract "
-                         f"(add `class Test<Name>({contract.__name__})` with backend_class and a store "
-                         f"fixture): {', '.join(missing)}")
+        if backend not in _covered(contract):
+            missing.append(f"{name} = {value}: no {contract.__name__} subclass")
+        for kind in getattr(backend, "offers", ()) if contract is IndexBackendContract else ():
+            if backend not in _covered(STORE_CONTRACTS[kind]):
+                missing.append(f"{name} = {value} offers {kind}: no {STORE_CONTRACTS[kind].__name__} subclass")
+    assert not missing, (f"backends of {group} without contract tests in tests/contract (add `class "
+                         f"Test<Name>(<Contract>, <Backend fixtures>)` with backend_class and its fixture): "
+                         + "; ".join(missing))
+
+
+def test_a_slot_without_backends_has_none_declared():
+    """A kind whose contract does not exist yet must not have backends yet either."""
+    for group, contract in CONTRACTS.items():
+        if contract is None:
+            assert not _backends(group), f"{group} has backends: write its contract in tests/contract first"
 
 
 def test_the_meta_test_notices_a_backend_without_contract(monkeypatch):
@@ -97,3 +125,25 @@ def test_the_meta_test_notices_a_backend_without_contract(monkeypatch):
     monkeypatch.setattr(me, "_backends", lambda group: {**real(group), "orphan": "collections:OrderedDict"})
     with pytest.raises(AssertionError, match="orphan = collections:OrderedDict"):
         test_every_backend_has_a_contract_subclass("gateway.index_stores")
+
+
+def test_the_meta_test_notices_an_offered_store_without_contract(monkeypatch):
+    import tests.contract.test_entry_points as me
+    from storage.index.sqlite import SqliteIndexStore
+
+    real = me._contract_classes
+    monkeypatch.setattr(me, "_contract_classes",
+                        lambda: [c for c in real() if not (issubclass(c, JobQueueContract)
+                                                           and c.backend_class is SqliteIndexStore)])
+    with pytest.raises(AssertionError, match="offers jobs: no JobQueueContract subclass"):
+        test_every_backend_has_a_contract_subclass("gateway.index_stores")
+
+
+def test_the_built_in_plugins_are_entry_points():
+    """Built-in plugins register exactly as a third-party package's would."""
+    from plugins.manager import create_plugin_manager
+
+    declared = _declared_in_setup_cfg("gateway.plugins")
+    assert "forwarding" in declared
+    pm = create_plugin_manager()
+    assert set(declared) <= {name for name, _ in pm.list_name_plugin()}

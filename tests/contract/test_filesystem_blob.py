@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.register_assert_rewrite("tests.contract.blob")
 
 from storage.blob.filesystem import FilesystemBlobStore  # noqa: E402
 from storage.errors import Unavailable  # noqa: E402

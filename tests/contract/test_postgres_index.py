@@ -13,15 +13,18 @@ from importlib import resources
 
 import pytest
 
-pytest.register_assert_rewrite("tests.contract.index")
 
-from gateway.config import SettingsError, load_settings  # noqa: E402
-from storage.base import ForwardItem  # noqa: E402
+from gateway.config import load_settings  # noqa: E402
 from storage.errors import Unavailable  # noqa: E402
 from storage.index.postgres import PostgresIndexStore, _like_pattern  # noqa: E402
 from storage.query import Match, Query  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.contract.index import IndexStoreContract, make_instance  # noqa: E402
+from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
+from tests.contract.audit import AuditLogContract  # noqa: E402
+from tests.contract.backend import IndexBackendContract  # noqa: E402
+from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
+from tests.contract.jobs import JobQueueContract  # noqa: E402
+from tests.contract.shares import ShareStoreContract  # noqa: E402
 from tests.services import pg_connect  # noqa: E402
 
 pytestmark = pytest.mark.postgres
@@ -32,43 +35,48 @@ def _store(dsn: str, **kw) -> PostgresIndexStore:
     return PostgresIndexStore(dsn, **kw)
 
 
-class TestPostgresIndex(IndexStoreContract):
+class PostgresBackend:
     backend_class = PostgresIndexStore
 
     @pytest.fixture
-    def store(self, postgres_dsn):
-        store = _store(postgres_dsn)
-        applied = store.migrate()
+    def backend(self, postgres_dsn):
+        backend = _store(postgres_dsn)
+        applied = backend.migrate()
         assert applied[0] == "0001_initial.sql" and applied == sorted(applied)
-        yield store
-        store.close()
+        yield backend
+        backend.close()
 
+    @staticmethod
+    def backend_code(backend) -> str:
+        return f"from storage.index.postgres import PostgresIndexStore; backend = PostgresIndexStore({backend.dsn!r})"
+
+
+class TestPostgresBackend(IndexBackendContract, PostgresBackend):
     # --- schema ----------------------------------------------------------------------------
     def test_every_sqlite_migration_has_a_postgresql_mirror(self):
-        folder = resources.files("storage.index.sql")
+        folder = resources.files("storage.index.migrations")
         names = {dialect: sorted(p.name for p in folder.joinpath(dialect).iterdir() if p.name.endswith(".sql"))
                  for dialect in ("sqlite", "postgresql")}
         assert names["postgresql"] == names["sqlite"]
 
-    def test_tables_and_indexes(self, store, postgres_dsn):
+    def test_tables_and_indexes(self, backend, postgres_dsn):
         with pg_connect(postgres_dsn) as conn:
             tables = {r[0] for r in conn.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
             indexes = {r[0] for r in conn.execute(
                 "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
-        assert {"studies", "series", "instances", "patients", "schema_migrations", "shares", "audit_log"} <= tables
+        assert {"studies", "series", "instances", "patients", "schema_migrations", "shares", "audit_log", "jobs"} <= tables
+        assert "forward_queue" not in tables
         assert {"studies_by_date", "studies_by_name", "studies_name_alpha_words_trgm",
                 "studies_patient_id_trgm", "instances_by_series"} <= indexes
 
-    def test_audit_log_is_append_only(self, store):
-        from storage.base import AuditQuery, AuditRecord
-
-        store.append_audit([AuditRecord(at=1, action="read", outcome="ok")])
+    def test_audit_log_is_append_only(self, backend):
+        backend.audit.append([AuditRecord(at=1, action="read", outcome="ok")])
         for statement in ("UPDATE audit_log SET outcome = 'denied'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
             with pytest.raises(Exception, match="append-only"):
-                with store._transaction() as cur:
+                with backend.transaction() as cur:
                     cur.execute(statement)
-        assert [r.outcome for r in store.search_audit(AuditQuery())] == ["ok"]
+        assert [r.outcome for r in backend.audit.search(AuditQuery())] == ["ok"]
 
     def test_concurrent_migrations_apply_once(self, postgres_dsn):
         stores = [_store(postgres_dsn, pool_max=1) for _ in range(6)]
@@ -89,9 +97,68 @@ class TestPostgresIndex(IndexStoreContract):
         with pg_connect(postgres_dsn) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(applied[0])
 
+    # --- failures and recovery --------------------------------------------------------------
+    def test_unreachable_server_is_unavailable(self):
+        store = PostgresIndexStore(f"host=127.0.0.1 port={free_port()} user=postgres dbname=x",
+                                   pool_timeout=0.5, connect_timeout=1)
+        try:
+            for call in (store.ping, store.migrate,
+                         lambda: store.instances.search(Query(level="study", clinic_id="c1")),
+                         lambda: store.instances.add_instance(make_instance(), replace=False),
+                         lambda: store.jobs.claim("w", kinds=["forward"], now_ms=1, lease_ms=1, limit=1),
+                         lambda: store.shares.get_share("s1"), lambda: store.audit.search(AuditQuery())):
+                with pytest.raises(Unavailable):
+                    call()
+        finally:
+            store.close()
+
+    def test_recovers_when_its_connections_are_killed(self, backend, postgres_dsn):
+        store = backend.instances
+        assert InstanceIndexContract.add(store) == "stored"
+        with pg_connect(postgres_dsn) as conn:
+            killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE application_name = 'dental-pacs-gateway' AND datname = current_database() "
+                                  "AND pid <> pg_backend_pid()"
+                                  ).fetchone()[0]
+        assert killed >= 1
+        # The pool checks a connection before handing it out and replaces dead ones.
+        assert store.find_instance("c1", "1.1.1.1") is not None
+        assert InstanceIndexContract.add(store, sop="1.1.1.2") == "stored"
+
+    def test_statement_timeout_is_unavailable(self, postgres_dsn):
+        store = _store(postgres_dsn, statement_timeout=0.2)
+        try:
+            store.migrate()
+            with pytest.raises(Unavailable), store.read() as cur:
+                cur.execute("SELECT pg_sleep(2)")
+            store.ping()  # the connection is still good
+        finally:
+            store.close()
+
+    # --- settings ------------------------------------------------------------------------------
+    def test_from_settings(self, postgres_dsn):
+        settings = load_settings(overrides={"storage.index_backend": "postgresql",
+                                            "storage.postgres_dsn": postgres_dsn,
+                                            "storage.postgres_pool_max": 3,
+                                            "storage.postgres_pool_timeout": 2.5}, environ={})
+        store = PostgresIndexStore.from_settings(settings)
+        try:
+            assert (store.dsn, store.pool_max, store.pool_timeout) == (postgres_dsn, 3, 2.5)
+            assert store.migrate()[0] == "0001_initial.sql"
+        finally:
+            store.close()
+        assert settings.masked()["storage.postgres_dsn"] == "********"
+
+    def test_settings_without_dsn_are_refused(self):
+        with pytest.raises(ValueError, match="storage.postgres_dsn"):
+            PostgresIndexStore.from_settings(load_settings(overrides={"storage.index_backend": "postgresql"},
+                                                           environ={}))
+
+
+class TestPostgresInstances(InstanceIndexContract, PostgresBackend):
     # --- concurrent writers (several gateway processes) -------------------------------------
     def test_the_same_instance_stored_concurrently_is_stored_once(self, store, postgres_dsn):
-        others = [_store(postgres_dsn, pool_max=2) for _ in range(3)]
+        others = [_store(postgres_dsn, pool_max=2).instances for _ in range(3)]
         writers = [store, *others] * 2
         barrier = threading.Barrier(len(writers))
 
@@ -104,12 +171,12 @@ class TestPostgresIndex(IndexStoreContract):
                 outcomes = list(pool.map(add, writers))
         finally:
             for other in others:
-                other.close()
+                other.db.close()
         assert sorted(outcomes) == ["duplicate"] * (len(writers) - 1) + ["stored"]
         assert store.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
 
     def test_concurrent_adds_to_one_new_study_keep_counters_true(self, store, postgres_dsn):
-        others = [_store(postgres_dsn, pool_max=2) for _ in range(3)]
+        others = [_store(postgres_dsn, pool_max=2).instances for _ in range(3)]
         writers = [store, *others]
         barrier = threading.Barrier(8)
 
@@ -125,7 +192,7 @@ class TestPostgresIndex(IndexStoreContract):
                 outcomes = [o for batch in pool.map(add, range(8)) for o in batch]
         finally:
             for other in others:
-                other.close()
+                other.db.close()
         assert outcomes == ["stored"] * 24
         row = self.study_row(store, "1.1")
         assert (row["num_series"], row["num_instances"]) == (2, 24)
@@ -133,7 +200,8 @@ class TestPostgresIndex(IndexStoreContract):
         assert store.counts() == {"patients": 1, "studies": 1, "series": 2, "instances": 24}
 
     def test_delete_seen_by_another_store(self, store, postgres_dsn):
-        other = _store(postgres_dsn)
+        backend = _store(postgres_dsn)
+        other = backend.instances
         try:
             self.add(store)
             assert other.find_instance("c1", "1.1.1.1") is not None
@@ -141,50 +209,7 @@ class TestPostgresIndex(IndexStoreContract):
             assert store.find_instance("c1", "1.1.1.1") is None
             assert self.uids(store) == []
         finally:
-            other.close()
-
-    # --- the forward queue (its statements are shared with SQLite: run them here) -------------
-    def test_forward_queue(self, store):
-        def item(sop, clinic="default"):
-            return ForwardItem(clinic, "PACS", "1.2", "1.2.3", sop, rule="r")
-
-        store.enqueue_forwards([item("1.1"), item("1.2"), item("1.3", clinic="c2")], now_ms=1000)
-        claimed = store.claim_forwards("a", now_ms=1000, lease_ms=60_000, limit=2)
-        assert [i.sop_uid for i in claimed] == ["1.1", "1.2"] and all(i.lease_owner == "a" for i in claimed)
-        assert store.forward_lease_owners() == ["a"]
-        assert not store.finish_forward(claimed[0].id, "b")
-        assert store.finish_forward(claimed[0].id, "a")
-        assert store.fail_forward(claimed[1].id, "a", error="down", next_attempt_ms=5000, give_up=True, now_ms=1000)
-        assert store.forward_counts() == {"pending": 1, "failed": 1}
-        assert store.forward_counts("c2") == {"pending": 1, "failed": 0}
-        assert [i.sop_uid for i in store.list_forwards(status="failed")] == ["1.2"]
-        assert store.retry_forwards(now_ms=2000) == 1
-        store.enqueue_forwards([item("1.2")], now_ms=2500)  # queued again: one row, from scratch
-        assert [(i.sop_uid, i.attempts) for i in store.list_forwards(clinic_id="default")] == [("1.2", 0)]
-        assert store.release_forwards("a") == 0
-
-    def test_concurrent_claimers_never_share_an_item(self, store, postgres_dsn):
-        store.enqueue_forwards([ForwardItem("default", "PACS", "1.2", "1.2.3", f"1.{i}") for i in range(60)],
-                               now_ms=1000)
-        others = [_store(postgres_dsn, pool_max=1) for _ in range(3)]
-        barrier = threading.Barrier(4)
-
-        def claim(args):
-            owner, claimer = args
-            barrier.wait()
-            got = []
-            while batch := claimer.claim_forwards(owner, now_ms=1000, lease_ms=60_000, limit=7):
-                got.extend(i.id for i in batch)
-            return got
-
-        try:
-            with ThreadPoolExecutor(4) as pool:
-                claims = list(pool.map(claim, [("w0", store), *((f"w{i + 1}", o) for i, o in enumerate(others))]))
-        finally:
-            for other in others:
-                other.close()
-        ids = [i for got in claims for i in got]
-        assert len(ids) == 60 and len(set(ids)) == 60
+            backend.close()
 
     # --- matching details of the dialect ------------------------------------------------------
     def test_like_specials_are_literal(self, store):
@@ -196,15 +221,16 @@ class TestPostgresIndex(IndexStoreContract):
         assert sorted(self.uids(store, "study", Match("AccessionNumber", "wildcard", "A*1"))) == ["2.1", "2.2"]
         assert _like_pattern("a*b?c%d_e\\f") == "a%b_c\\%d\\_e\\\\f"
 
-    # --- the query plans (PERFORMANCE.md) ----------------------------------------------------
+    # --- the query plans (the name-search trap: see _study_order) ----------------------------------------------------
     @pytest.fixture(scope="class")
     @classmethod
     def big(cls, postgres_database):
         """10,000 synthetic studies of clinic c1 (rows only), analyzed: enough for PostgreSQL to
         choose plans as on a real clinic's database. Built once for the plan tests."""
         dsn = postgres_database.new_schema()
-        store = _store(dsn)
-        store.migrate()
+        backend = _store(dsn)
+        backend.migrate()
+        store = backend.instances
         with pg_connect(dsn) as conn:
             conn.execute("""
                 INSERT INTO studies (clinic_id, study_uid, patient_id, patient_name, patient_name_alpha,
@@ -218,7 +244,7 @@ class TestPostgresIndex(IndexStoreContract):
                                      || '^' || substr(md5(g::text), 1, 6) AS name) AS n""")
             conn.execute("ANALYZE studies")
         yield store
-        store.close()
+        backend.close()
 
     @staticmethod
     def explain(store, monkeypatch, *matches: Match) -> str:
@@ -234,7 +260,7 @@ class TestPostgresIndex(IndexStoreContract):
             def __getattr__(self, name):
                 return getattr(self.cur, name)
 
-        read = store._read
+        read = store.db.read
 
         @contextlib.contextmanager
         def explaining():
@@ -242,7 +268,7 @@ class TestPostgresIndex(IndexStoreContract):
                 yield Explaining(cur)
 
         with monkeypatch.context() as m:
-            m.setattr(store, "_read", explaining)
+            m.setattr(store.db, "read", explaining)
             rows = store.search(Query(level="study", clinic_id="c1", matches=list(matches), limit=101)).rows
         return "\n".join(r["QUERY PLAN"] for r in rows)
 
@@ -264,55 +290,38 @@ class TestPostgresIndex(IndexStoreContract):
         plan = self.explain(big, monkeypatch, match)
         assert index in plan and "studies_by_date" not in plan, plan
 
-    # --- failures and recovery --------------------------------------------------------------
-    def test_unreachable_server_is_unavailable(self):
-        store = PostgresIndexStore(f"host=127.0.0.1 port={free_port()} user=postgres dbname=x",
-                                   pool_timeout=0.5, connect_timeout=1)
+
+
+class TestPostgresJobs(JobQueueContract, PostgresBackend):
+    def test_claimers_on_separate_pools_never_hold_the_same_job(self, store, postgres_dsn):
+        """As several worker processes do: each has its own connections (FOR UPDATE SKIP LOCKED)."""
+        store.enqueue([Job("forward", f"1.{i}", "default", {}) for i in range(60)], now_ms=1000)
+        others = [_store(postgres_dsn, pool_max=1) for _ in range(3)]
+        barrier = threading.Barrier(4)
+
+        def claim(args):
+            owner, claimer = args
+            got = []
+            for _ in range(4):  # 4 × 7 a round: the queue is empty in the third
+                barrier.wait()
+                got.extend(j.id for j in claimer.claim(owner, kinds=["forward"], now_ms=1000, lease_ms=60_000,
+                                                       limit=7))
+            return got
+
         try:
-            for call in (store.ping, store.migrate, lambda: store.search(Query(level="study", clinic_id="c1")),
-                         lambda: store.add_instance(make_instance(), replace=False)):
-                with pytest.raises(Unavailable):
-                    call()
+            with ThreadPoolExecutor(4) as pool:
+                claims = list(pool.map(claim, [("w0", store), *((f"w{i + 1}", o.jobs) for i, o in enumerate(others))]))
         finally:
-            store.close()
+            for other in others:
+                other.close()
+        ids = [i for got in claims for i in got]
+        assert len(ids) == 60 and len(set(ids)) == 60
+        assert all(claims)
 
-    def test_recovers_when_its_connections_are_killed(self, store, postgres_dsn):
-        self.add(store)
-        with pg_connect(postgres_dsn) as conn:
-            killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                  "WHERE application_name = 'dental-pacs-gateway' AND datname = current_database() "
-                                  "AND pid <> pg_backend_pid()"
-                                  ).fetchone()[0]
-        assert killed >= 1
-        # The pool checks a connection before handing it out and replaces dead ones.
-        assert store.find_instance("c1", "1.1.1.1") is not None
-        assert self.add(store, sop="1.1.1.2") == "stored"
 
-    def test_statement_timeout_is_unavailable(self, postgres_dsn):
-        store = _store(postgres_dsn, statement_timeout=0.2)
-        try:
-            store.migrate()
-            with pytest.raises(Unavailable), store._read() as cur:
-                cur.execute("SELECT pg_sleep(2)")
-            store.ping()  # the connection is still good
-        finally:
-            store.close()
+class TestPostgresShares(ShareStoreContract, PostgresBackend):
+    pass
 
-    # --- settings ------------------------------------------------------------------------------
-    def test_from_settings(self, postgres_dsn):
-        settings = load_settings(overrides={"storage.index_backend": "postgresql",
-                                            "storage.postgres_dsn": postgres_dsn,
-                                            "storage.postgres_pool_max": 3,
-                                            "storage.postgres_pool_timeout": 2.5}, environ={})
-        store = PostgresIndexStore.from_settings(settings)
-        try:
-            assert (store.dsn, store.pool_max, store.pool_timeout) == (postgres_dsn, 3, 2.5)
-            assert store.migrate()[0] == "0001_initial.sql"
-        finally:
-            store.close()
-        assert settings.masked()["storage.postgres_dsn"] == "********"
 
-    def test_settings_without_dsn_are_refused(self):
-        with pytest.raises(SettingsError, match="storage.postgres_dsn"):
-            PostgresIndexStore.from_settings(load_settings(overrides={"storage.index_backend": "postgresql"},
-                                                           environ={}))
+class TestPostgresAudit(AuditLogContract, PostgresBackend):
+    pass

@@ -108,7 +108,8 @@ class Gateway:
         assert response.status_code == 201, response.text
         return response.json()["shares"][0]
 
-    def index(self):
+    def database(self):
+        """The server's index database, opened beside it (SQLite: the embedded default)."""
         from storage.index.sqlite import SqliteIndexStore
 
         return SqliteIndexStore(self.server.data_dir / "index.sqlite3", synchronous="NORMAL")
@@ -141,17 +142,17 @@ def make_study(gw: Gateway, scenario: str) -> Study:
         study.share_id = gw.share(uid, permissions=["view"], ttl=3600)["id"]
     elif scenario == "expired":
         # Shares cannot be made with a past expiry: this one was made a day ago for an hour.
-        from storage.base import ShareRecord
+        from storage.records import ShareRecord
 
         now = int(time.time() * 1000)
-        index = gw.index()
+        database = gw.database()
         try:
-            index.add_share(ShareRecord(id=uuid.uuid4().hex, clinic_id=OWNER, study_uid=uid, series_uid=None,
+            database.shares.add_share(ShareRecord(id=uuid.uuid4().hex, clinic_id=OWNER, study_uid=uid, series_uid=None,
                                         target_type="clinic", target_id=ME, permissions=("view", "download"),
                                         created_by=f"doctor@{OWNER}", created_at=now - 86_400_000,
                                         expires_at=now - 82_800_000))
         finally:
-            index.close()
+            database.close()
     if scenario == "revoked":
         assert gw.call("DELETE", f"/api/v1/shares/{study.share_id}", clinic=OWNER).status_code == 204
     return study

@@ -3,9 +3,7 @@ stored changes (neither the instances QIDO lists nor the files of the blob folde
 from __future__ import annotations
 
 import io
-import os
 import socket
-import warnings
 from pathlib import Path
 
 import pydicom

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config, build_role, evt

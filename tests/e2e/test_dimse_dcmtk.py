@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 
 from tests.e2e.dimse_support import DCMTK_ENV, SAMPLES, SCP_AE, dcmtk, fresh_copy, storescu
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import CTImageStorage

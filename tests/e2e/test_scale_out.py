@@ -16,7 +16,6 @@ from types import SimpleNamespace
 
 import pydicom
 import pytest
-import requests
 from pydicom.uid import generate_uid
 
 from storage.index.postgres import PostgresIndexStore
@@ -72,7 +71,7 @@ def pair(stores, tmp_path_factory):
 
 
 def test_both_processes_migrated_the_schema_once(pair, stores):
-    names = sorted(p.name for p in resources.files("storage.index.sql").joinpath("postgresql").iterdir()
+    names = sorted(p.name for p in resources.files("storage.index.migrations").joinpath("postgresql").iterdir()
                    if p.name.endswith(".sql"))
     with pg_connect(stores.dsn) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")] == names
@@ -158,10 +157,9 @@ def _embedded_deployment(data_dir, files_by_clinic: dict[str, list[bytes]]) -> N
     from auth.base import Principal
     from gateway.config import load_settings
     from gateway.services import Services
-    from plugins.manager import create_plugin_manager
 
     settings = load_settings(overrides={"storage.data_dir": str(data_dir), "storage.fsync": False}, environ={})
-    services = Services.build(settings, create_plugin_manager(load_entry_points=False))
+    services = Services.build(settings, plugins=False)
     try:
         for clinic, files in files_by_clinic.items():
             for data in files:
@@ -201,13 +199,14 @@ def test_migrate_an_embedded_deployment(pair, stores, tmp_path):
         assert retrieve_parts(f"{b.dicomweb}/studies/{s}/series/{se}/instances/{sop}", headers=b.auth_headers) == [data]
     [found] = qido(a, "studies", StudyInstanceUID=study)
     assert found[NUMBER_OF_INSTANCES]["Value"] == [3]
-    index = PostgresIndexStore(stores.dsn)
+    database = PostgresIndexStore(stores.dsn)
+    index = database.instances
     try:
         copy = index.find_instance("clinic2", uids(clinic2[0])[2])
         assert copy.sha256 == hashlib.sha256(clinic2[0]).hexdigest()
         assert index.find_instance("default", uids(clinic2[0])[2]) is None  # still the other clinic's
     finally:
-        index.close()
+        database.close()
     assert objects(stores, "previews/")["previews/default/p1.jpg"] == b"\xff\xd8 a derived object"
 
     again = _migrate(source, stores)

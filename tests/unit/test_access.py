@@ -6,7 +6,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from gateway.config import load_settings
-from storage.base import AuditQuery
+from storage.records import AuditQuery
 from tests.services import dicom_instance
 
 
@@ -80,7 +80,7 @@ def test_reads_are_recorded_once_per_window_refusals_always(app, client, auth):
     for _ in range(3):
         assert client.get(f"/dicom-web/studies/{study}/metadata", headers=headers).status_code == 200
         assert client.delete(f"/dicom-web/studies/{study}", headers=auth.headers("A", "s", ["staff"])).status_code == 403
-    records = app.extensions["gateway"].index.search_audit(AuditQuery(resource=f"study:{study}"))
+    records = app.extensions["gateway"].audit.search(AuditQuery(resource=f"study:{study}"))
     actions = [(r.action, r.outcome) for r in reversed(records)]
     assert actions.count(("read", "ok")) == 1
     assert actions.count(("delete", "denied")) == 3

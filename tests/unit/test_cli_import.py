@@ -79,7 +79,8 @@ def test_import_folder_with_dicomdir_tree(tmp_path, env, source):
     assert f"rejected {source / TRUNCATED}" in result.stderr
     assert "DICOMDIR" not in result.stderr  # a DICOMDIR is skipped, not a rejected instance
 
-    index = open_index(tmp_path)
+    backend = open_index(tmp_path)
+    index = backend.instances
     blobs = FilesystemBlobStore(tmp_path / "data" / "blobs", fsync=False)
     try:
         assert index.counts(DEFAULT_CLINIC)["instances"] == len(GOOD) + len(in_tree)
@@ -97,7 +98,7 @@ def test_import_folder_with_dicomdir_tree(tmp_path, env, source):
         good_size = data.sample_file("MR_small.dcm").stat().st_size
         assert index.find_instance(DEFAULT_CLINIC, mr.SOPInstanceUID).size == good_size
     finally:
-        index.close()
+        backend.close()
 
 
 def test_reimport_reports_duplicates_and_stores_nothing(tmp_path, env, source):
@@ -109,11 +110,12 @@ def test_reimport_reports_duplicates_and_stores_nothing(tmp_path, env, source):
                                "rejected": 1, "not DICOM": 3}
     assert result.exit_code == 1
     assert sorted(FilesystemBlobStore(tmp_path / "data" / "blobs", fsync=False).keys()) == blobs_before
-    index = open_index(tmp_path)
+    backend = open_index(tmp_path)
+    index = backend.instances
     try:
         assert index.counts()["instances"] == first["stored"]
     finally:
-        index.close()
+        backend.close()
 
 
 def test_import_without_rejections_exits_zero(tmp_path, env, source):

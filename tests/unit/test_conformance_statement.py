@@ -58,7 +58,7 @@ def expected_tables() -> dict[str, list[tuple[str, ...]]]:
     from pynetdicom import AllStoragePresentationContexts
 
     from gateway import errors
-    from gateway.attributes import COMPUTED, DEFAULT_RETURN, INDEXED
+    from storage.attributes import COMPUTED, DEFAULT_RETURN, INDEXED
     from gateway.dimse.scu import TRANSFER_SYNTAXES, UNCOMPRESSED
     from gateway.imaging.pixeldata import MEDIA_TYPES, NATIVE_TRANSFER_SYNTAXES
     from gateway.services.query import PATIENT_COUNTS, PATIENT_KEYWORDS

@@ -17,7 +17,6 @@ from gateway.config import load_settings
 from gateway.dimse.handlers import IMPLEMENTATION_CLASS_UID, file_meta_bytes
 from gateway.dimse.listener import Listener
 from gateway.services import Services
-from plugins.manager import create_plugin_manager
 from tests.data import sample_file as sample_file
 
 
@@ -37,7 +36,7 @@ def listener(tmp_path, request):
                                  {"ae_title": "NOMOVE", "allow": ["echo", "store", "find", "get"]}],
                  **getattr(request, "param", {})}
     settings = load_settings(overrides=overrides, environ={})
-    services = Services.build(settings, create_plugin_manager(load_entry_points=False))
+    services = Services.build(settings, plugins=False)
     srv = Listener(settings, services).start()
     yield srv
     srv.stop()

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from gateway.config import SettingsError, load_settings
-from gateway.dimse.forwarding import rules_from_settings
+from plugins.forwarding import rules_from_settings
 from gateway.dimse.peers import Destination, Peer, PeerTable
 
 

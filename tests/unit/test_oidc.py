@@ -9,7 +9,7 @@ import pytest
 from auth.oidc import JwksCache, OidcAuthenticator, fetch_json
 from gateway.config import SettingsError, load_settings
 from gateway.errors import BackendUnavailable, NotAuthenticated
-from storage.base import AuditQuery
+from storage.records import AuditQuery
 from tests.idp import AUDIENCE, Key, TestIdP, hmac_token, tampered_token, unsigned_token
 
 
@@ -135,7 +135,7 @@ def test_settings_refuse_symmetric_algorithms(tmp_path, idp):
 
 
 def test_missing_settings_are_named(tmp_path, idp):
-    with pytest.raises(SettingsError, match="oidc_audience"):
+    with pytest.raises(ValueError, match="oidc_audience"):
         OidcAuthenticator.from_settings(oidc_settings(tmp_path, idp, **{"auth.oidc_audience": ""}))
 
 
@@ -171,7 +171,7 @@ def test_the_app_answers_401_and_audits(tmp_path, idp):
         assert bad.status_code == 401
         assert bad.headers["WWW-Authenticate"].startswith('Bearer realm="dental-pacs-gateway", error="invalid_token"')
         assert bad.get_json()["code"] == 401
-        [record] = [r for r in app.extensions["gateway"].index.search_audit(AuditQuery())
+        [record] = [r for r in app.extensions["gateway"].audit.search(AuditQuery())
                     if r.request_id == "oidc-none"]
         assert (record.action, record.outcome, record.user_id) == ("login", "denied", None)
         assert "alg none" in record.detail

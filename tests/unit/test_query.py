@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.attributes import BY_KEYWORD, INDEXED
+from storage.attributes import BY_KEYWORD, INDEXED
 from gateway.errors import BadRequest
 from gateway.services.query import build_match, resolve_attribute
 from storage.query import Match

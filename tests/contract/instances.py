@@ -1,15 +1,11 @@
-"""The contract every index store keeps (fsspec style).
+"""The contract every instance index keeps (fsspec style).
 
-A backend's test module subclasses :class:`IndexStoreContract` and provides a
-``store`` fixture returning a migrated, empty store of its class, and sets
-``backend_class`` to that class::
+An index backend's test module combines :class:`InstanceIndexContract` with the backend's
+fixture mixin (``backend_class`` and a ``backend`` fixture returning a migrated, empty
+backend, see :mod:`tests.contract.backend`)::
 
-    class TestSqliteIndex(IndexStoreContract):
-        backend_class = SqliteIndexStore
-
-        @pytest.fixture
-        def store(self, tmp_path):
-            ...
+    class TestSqliteInstances(InstanceIndexContract, SqliteBackend):
+        pass
 
 Instances are built from small pydicom datasets through the same functions
 ingest uses (:func:`gateway.headers.index_attributes` and
@@ -26,8 +22,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway import headers
-from gateway.attributes import BY_KEYWORD
-from storage.base import AuditQuery, AuditRecord, IndexStore, InstanceRecord, NewInstance, ShareRecord
+from storage.attributes import BY_KEYWORD
+from storage.base import InstanceIndex
+from storage.records import InstanceRecord, NewInstance
+from tests.contract.backend import StoreContract
 from storage.errors import Conflict
 from storage.query import Match, Query, SharedScope
 
@@ -61,15 +59,6 @@ def make_instance(clinic: str = "c1", study: str = "1.1", series: str = "1.1.1",
     )
     return NewInstance(record, values, headers.dumps(body), headers.dumps(headers.level_subset(body, "study")),
                        headers.dumps(headers.level_subset(body, "series")))
-
-
-def make_share(share_id: str = "s1", clinic: str = "c1", study: str = "1.1", series: str | None = None, *,
-               target: tuple[str, str | None] = ("clinic", "c2"), target_clinic: str | None = None,
-               permissions: tuple[str, ...] = ("view",), created_at: int = 1_000, expires_at: int = 10_000,
-               token_hash: str | None = None) -> ShareRecord:
-    return ShareRecord(id=share_id, clinic_id=clinic, study_uid=study, series_uid=series, target_type=target[0],
-                       target_id=target[1], permissions=permissions, created_by="dr", created_at=created_at,
-                       expires_at=expires_at, target_clinic=target_clinic, token_hash=token_hash)
 
 
 def col(keyword: str) -> str:
@@ -114,10 +103,11 @@ SEARCH_DATA: list[dict[str, Any]] = [
 ]
 
 
-class IndexStoreContract:
-    """Behaviour every ``gateway.index_stores`` backend must show."""
+class InstanceIndexContract(StoreContract):
+    """Behaviour every instance index (``backend.instances``) must show."""
 
-    backend_class: type
+    kind = "instances"
+    protocol = InstanceIndex
 
     # --- helpers -----------------------------------------------------------------------
     @staticmethod
@@ -150,18 +140,9 @@ class IndexStoreContract:
         return store
 
     # --- the store itself ----------------------------------------------------------------
-    def test_fixture_builds_the_declared_backend(self, store):
-        assert type(store) is self.backend_class
-        missing = [name for name, member in vars(IndexStore).items()
-                   if not name.startswith("_") and callable(member) and not callable(getattr(store, name, None))]
-        assert not missing, f"{type(store).__name__} lacks IndexStore methods: {', '.join(missing)}"
-        assert isinstance(store, IndexStore)
-
-    def test_migrate_is_idempotent(self, store):
-        assert store.migrate() == []
-        assert store.migrate() == []
-        store.ping()
+    def test_empty(self, store):
         assert store.counts() == {"patients": 0, "studies": 0, "series": 0, "instances": 0}
+        assert store.clinic_ids() == []
 
     # --- add_instance outcomes -----------------------------------------------------------------
     def test_add_stored_then_duplicate(self, store):
@@ -630,88 +611,5 @@ class IndexStoreContract:
         assert two_clinics.clinics_with_study("2.1") == ["c2"]
         assert two_clinics.clinics_with_study("9.9") == []
 
-    # --- shares ---------------------------------------------------------------------------------
-    def test_share_round_trip(self, store):
-        share = make_share(series="1.1.1", permissions=("view", "download"), target=("user", "u7"),
-                           target_clinic="c2")
-        store.add_share(share)
-        assert store.get_share("s1") == share
-        assert store.get_share("nope") is None
-        assert share.active(9_999) and not share.active(10_000)
-        assert share.allows("download") and not make_share().allows("download")
-
-    def test_share_by_token(self, store):
-        store.add_share(make_share("s1", target=("link", None), token_hash="ab" * 32))
-        store.add_share(make_share("s2"))
-        assert store.share_by_token("ab" * 32).id == "s1"
-        assert store.share_by_token("cd" * 32) is None
-
-    def test_active_shares_by_target(self, store):
-        store.add_share(make_share("to-clinic", target=("clinic", "c2")))
-        store.add_share(make_share("to-user", target=("user", "u7")))
-        store.add_share(make_share("to-user-of-c3", target=("user", "u7"), target_clinic="c3"))
-        store.add_share(make_share("expired", target=("clinic", "c2"), expires_at=5_000))
-        store.add_share(make_share("revoked", target=("clinic", "c2")))
-        store.add_share(make_share("link", target=("link", None), token_hash="ef" * 32))
-        assert store.revoke_share("revoked", by="dr", now_ms=2_000)
-        ids = lambda **kw: sorted(s.id for s in store.active_shares(now_ms=6_000, **kw))  # noqa: E731
-        assert ids(user_id="u7", clinic_id="c2") == ["to-clinic", "to-user"]
-        assert ids(user_id="u7", clinic_id="c3") == ["to-user", "to-user-of-c3"]
-        assert ids(user_id=None, clinic_id="c2") == ["to-clinic"]
-        assert ids(user_id="u8", clinic_id="c9") == []
-        assert ids(user_id=None, clinic_id=None) == []
-        assert sorted(s.id for s in store.active_shares(user_id=None, clinic_id="c2", now_ms=4_000)) == \
-            ["expired", "to-clinic"]
-
-    def test_revoke_share(self, store):
-        store.add_share(make_share())
-        assert store.revoke_share("s1", by="admin", now_ms=3_000)
-        assert not store.revoke_share("s1", by="admin", now_ms=4_000)  # once
-        assert not store.revoke_share("nope", by="admin", now_ms=4_000)
-        revoked = store.get_share("s1")
-        assert (revoked.revoked_at, revoked.revoked_by) == (3_000, "admin")
-        assert not revoked.active(3_001)
-
-    def test_list_shares(self, store):
-        store.add_share(make_share("a", created_at=1_000))
-        store.add_share(make_share("b", created_at=2_000, target=("user", "u1")))
-        store.add_share(make_share("c", clinic="c9", created_at=3_000))
-        store.add_share(make_share("d", created_at=4_000, expires_at=4_500))
-        assert [s.id for s in store.list_shares(clinic_id="c1")] == ["d", "b", "a"]  # newest first
-        assert [s.id for s in store.list_shares(clinic_id="c1", active_at=5_000)] == ["b", "a"]
-        assert [s.id for s in store.list_shares(target_type="user", target_id="u1")] == ["b"]
-        assert [s.id for s in store.list_shares(limit=2, offset=1)] == ["c", "b"]
-
-    # --- the audit log ----------------------------------------------------------------------------
-    @staticmethod
-    def audit(at: int, action: str = "read", outcome: str = "ok", **kw) -> AuditRecord:
-        return AuditRecord(at=at, action=action, outcome=outcome, **kw)
-
-    def test_audit_append_and_search(self, store):
-        store.append_audit([])
-        store.append_audit([
-            self.audit(1_000, "login", "denied", client="10.0.0.9", detail="token expired"),
-            self.audit(2_000, "read", user_id="u1", clinic_id="c1", resource="study:1.1", resource_clinic="c1",
-                       request_id="r1", door="dicomweb"),
-            self.audit(3_000, "read", "denied", user_id="u2", clinic_id="c2", resource="study:1.1/series:1.1.1",
-                       resource_clinic="c1"),
-            self.audit(4_000, "store", user_id="u3", clinic_id="c3", resource="study:3.1", resource_clinic="c3"),
-        ])
-        everything = store.search_audit(AuditQuery())
-        assert [r.at for r in everything] == [4_000, 3_000, 2_000, 1_000]  # newest first
-        assert all(r.id is not None for r in everything)
-        second = everything[2]
-        assert (second.user_id, second.request_id, second.door, second.resource_clinic) == ("u1", "r1", "dicomweb",
-                                                                                             "c1")
-        at = lambda **kw: [r.at for r in store.search_audit(AuditQuery(**kw))]  # noqa: E731
-        assert at(clinic_id="c1") == [3_000, 2_000]  # as actor or as the resource's owner
-        assert at(clinic_id="c2") == [3_000]
-        assert at(user_id="u1") == [2_000]
-        assert at(action="login") == [1_000]
-        assert at(outcome="denied") == [3_000, 1_000]
-        assert at(resource="study:1.1") == [3_000, 2_000]  # a prefix
-        assert at(resource="study:1.1/series") == [3_000]
-        assert at(since_ms=2_000, until_ms=4_000) == [3_000, 2_000]
-        assert at(newest_first=False, limit=2) == [1_000, 2_000]
-        assert at(newest_first=False, after_id=everything[2].id) == [3_000, 4_000]
-        assert at(limit=1, offset=1) == [3_000]
+    def test_clinic_ids(self, two_clinics):
+        assert two_clinics.clinic_ids() == ["c1", "c2"]

@@ -1,20 +1,18 @@
-"""What every SQL index store shares: schema migrations, writes, and query translation.
-
-Subclasses provide connections (``_connect``/``_transaction``), the parameter
-style and the wildcard operator of their dialect.
+"""The instance index in SQL: studies (with their patient's attributes), series and
+instances, each QIDO-RS / C-FIND key a column, counters for the computed attributes, and
+each instance's DICOM JSON; the one query model (:class:`storage.query.Query`) translated
+to SQL. The statements run on SQLite and PostgreSQL alike; the dialect comes from the
+database (:class:`storage.index.database.SqlDatabase`).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from importlib import resources
 from typing import Any, Iterator
 
-from gateway.attributes import BY_KEYWORD
-from storage.base import (AddResult, AuditQuery, AuditRecord, ForwardItem, InstanceRecord, NewInstance,
-                          SearchResult, ShareRecord)
+from storage.attributes import BY_KEYWORD
 from storage.errors import Conflict
 from storage.query import Match, Query
+from storage.records import AddResult, InstanceRecord, NewInstance, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -48,97 +46,20 @@ def _record(row) -> InstanceRecord:
     return InstanceRecord(*row)
 
 
-FORWARD_COLUMNS = (
-    "clinic_id", "destination", "study_uid", "series_uid", "sop_uid", "rule", "id", "status",
-    "attempts", "next_attempt_at", "last_error", "created_at", "updated_at", "lease_owner",
-)
 # Two studies "of one patient" share their PatientID, or both have none.
 _SAME_PATIENT = "(s.patient_id = p.patient_id OR (s.patient_id IS NULL AND p.patient_id IS NULL))"
 
 
-def _forward(row) -> ForwardItem:
-    return ForwardItem(**dict(zip(FORWARD_COLUMNS, row)))
+class SqlInstanceIndex:
+    """:class:`storage.base.InstanceIndex` on a :class:`~storage.index.database.SqlDatabase`."""
 
-
-SHARE_COLUMNS = ("id", "clinic_id", "study_uid", "series_uid", "target_type", "target_id", "permissions",
-                 "created_by", "created_at", "expires_at", "target_clinic", "token_hash", "revoked_at", "revoked_by")
-AUDIT_COLUMNS = ("at", "action", "outcome", "user_id", "clinic_id", "resource", "resource_clinic", "client",
-                 "request_id", "door", "detail", "id")
-
-
-def _share(row) -> ShareRecord:
-    values = dict(zip(SHARE_COLUMNS, row))
-    values["permissions"] = tuple(p for p in values["permissions"].split(",") if p)
-    return ShareRecord(**values)
-
-
-def _audit(row) -> AuditRecord:
-    return AuditRecord(**dict(zip(AUDIT_COLUMNS, row)))
-
-
-class SqlIndexStore:
-    dialect = "sql"
-    migrations_package = "storage.index.sql"
-
-    # --- provided by subclasses -------------------------------------------------
-    def _transaction(self) -> contextlib.AbstractContextManager:
-        """A context manager yielding a cursor inside one write transaction."""
-        raise NotImplementedError
-
-    def _read(self) -> contextlib.AbstractContextManager:
-        """A context manager yielding a cursor for reads."""
-        raise NotImplementedError
-
-    def _sql(self, statement: str) -> str:
-        """Translate ``?`` parameters to the dialect's style."""
-        return statement
-
-    def _wildcard(self, expr: str, pattern: str) -> tuple[str, list[Any]]:
-        raise NotImplementedError
-
-    def _applied_migrations(self, cur) -> set[str]:
-        raise NotImplementedError
-
-    def _lock_migrations(self, cur) -> None:
-        """Serialize concurrent :meth:`migrate` calls of several processes, first thing in
-        its transaction (SQLite: ``BEGIN IMMEDIATE`` already does)."""
-
-    def _study_order(self, query: Query) -> str:
-        """ORDER BY of study-level searches: the study list, newest first, dateless last."""
-        return "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
-
-    # --- migrations ---------------------------------------------------------------
-    def _migration_scripts(self) -> list[tuple[str, str]]:
-        folder = resources.files(self.migrations_package).joinpath(self.dialect)
-        names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-        return [(n, folder.joinpath(n).read_text(encoding="utf-8")) for n in names]
-
-    def migrate(self) -> list[str]:
-        applied: list[str] = []
-        with self._transaction() as cur:
-            self._lock_migrations(cur)
-            cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-            done = self._applied_migrations(cur)
-            for name, script in self._migration_scripts():
-                if name in done:
-                    continue
-                logger.info("applying index migration %s", name)
-                self._run_script(cur, script)
-                cur.execute(self._sql("INSERT INTO schema_migrations (name, applied_at) VALUES (?, CURRENT_TIMESTAMP)"), (name,))
-                applied.append(name)
-        return applied
-
-    def _run_script(self, cur, script: str) -> None:
-        for statement in script.split(";\n"):
-            if statement.strip() and not all(
-                line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
-            ):
-                cur.execute(statement)
+    def __init__(self, db):
+        self.db = db
 
     # --- writes --------------------------------------------------------------------
     def find_instance(self, clinic_id: str, sop_uid: str) -> InstanceRecord | None:
-        with self._read() as cur:
-            cur.execute(self._sql(
+        with self.db.read() as cur:
+            cur.execute(self.db.sql(
                 f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
                 "JOIN studies s ON s.id = i.study_pk WHERE i.clinic_id = ? AND i.sop_uid = ?"),
                 (clinic_id, sop_uid))
@@ -157,8 +78,11 @@ class SqlIndexStore:
         Each item runs under its own savepoint, so one item's Conflict leaves the
         others stored; that item's result is the Conflict itself.
         """
+        return self.db.retrying(lambda: self._add_all(items, replace))
+
+    def _add_all(self, items: list[NewInstance], replace: bool) -> list[AddResult | Conflict]:
         results: list[AddResult | Conflict] = []
-        with self._transaction() as cur:
+        with self.db.transaction() as cur:
             for new in items:
                 cur.execute("SAVEPOINT add_instance")
                 try:
@@ -171,7 +95,7 @@ class SqlIndexStore:
 
     def _add(self, cur, new: NewInstance, replace: bool) -> AddResult:
         rec = new.record
-        cur.execute(self._sql(
+        cur.execute(self.db.sql(
             f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
             "JOIN studies s ON s.id = i.study_pk WHERE i.clinic_id = ? AND i.sop_uid = ?"),
             (rec.clinic_id, rec.sop_uid))
@@ -191,28 +115,28 @@ class SqlIndexStore:
         values = (series_pk, study_pk, rec.clinic_id, rec.sop_uid, rec.sop_class_uid,
                   *(attrs.get(c) for c in INSTANCE_COLUMNS[2:]), rec.transfer_syntax,
                   rec.blob_key, rec.size, rec.sha256, rec.dataset_sha256, rec.frame_index, new.header_json)
-        cur.execute(self._sql(
+        cur.execute(self.db.sql(
             f"INSERT INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"), values)
-        cur.execute(self._sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))
-        cur.execute(self._sql("UPDATE studies SET num_instances = num_instances + 1 WHERE id = ?"), (study_pk,))
+        cur.execute(self.db.sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))
+        cur.execute(self.db.sql("UPDATE studies SET num_instances = num_instances + 1 WHERE id = ?"), (study_pk,))
         return AddResult("replaced" if existing else "stored", existing)
 
     def _upsert_study(self, cur, new: NewInstance) -> int:
         clinic, uid = new.record.clinic_id, new.record.study_uid
-        cur.execute(self._sql("SELECT id FROM studies WHERE clinic_id = ? AND study_uid = ?"), (clinic, uid))
+        cur.execute(self.db.sql("SELECT id FROM studies WHERE clinic_id = ? AND study_uid = ?"), (clinic, uid))
         row = cur.fetchone()
         if row:
             return row[0]
         columns = ("clinic_id", *STUDY_COLUMNS, "study_json")
         values = (clinic, uid, *(new.attributes.get(c) or ("" if c.endswith(("_alpha", "_ideo", "_phon")) else None)
                                  for c in STUDY_COLUMNS[1:]), new.study_json)
-        cur.execute(self._sql(
+        cur.execute(self.db.sql(
             f"INSERT INTO studies ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) RETURNING id"), values)
         return cur.fetchone()[0]
 
     def _upsert_series(self, cur, new: NewInstance, study_pk: int) -> int:
         clinic, uid = new.record.clinic_id, new.record.series_uid
-        cur.execute(self._sql("SELECT id, study_pk FROM series WHERE clinic_id = ? AND series_uid = ?"), (clinic, uid))
+        cur.execute(self.db.sql("SELECT id, study_pk FROM series WHERE clinic_id = ? AND series_uid = ?"), (clinic, uid))
         row = cur.fetchone()
         if row:
             if row[1] != study_pk:
@@ -220,52 +144,56 @@ class SqlIndexStore:
             return row[0]
         columns = ("study_pk", "clinic_id", *SERIES_COLUMNS, "series_json")
         values = (study_pk, clinic, uid, *(new.attributes.get(c) for c in SERIES_COLUMNS[1:]), new.series_json)
-        cur.execute(self._sql(
+        cur.execute(self.db.sql(
             f"INSERT INTO series ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) RETURNING id"), values)
         series_pk = cur.fetchone()[0]
-        cur.execute(self._sql("UPDATE studies SET num_series = num_series + 1 WHERE id = ?"), (study_pk,))
+        cur.execute(self.db.sql("UPDATE studies SET num_series = num_series + 1 WHERE id = ?"), (study_pk,))
         self._refresh_modalities(cur, study_pk)
         return series_pk
 
     def _refresh_modalities(self, cur, study_pk: int) -> None:
-        cur.execute(self._sql(
+        cur.execute(self.db.sql(
             "SELECT DISTINCT modality FROM series WHERE study_pk = ? AND modality IS NOT NULL ORDER BY modality"),
             (study_pk,))
         modalities = [r[0] for r in cur.fetchall() if r[0]]
         joined = "\\" + "\\".join(modalities) + "\\" if modalities else ""
-        cur.execute(self._sql("UPDATE studies SET modalities = ? WHERE id = ?"), (joined, study_pk))
+        cur.execute(self.db.sql("UPDATE studies SET modalities = ? WHERE id = ?"), (joined, study_pk))
 
     def _delete_instances(self, cur, records: list[InstanceRecord]) -> None:
         """Delete instance rows, keep counters true and drop emptied series and studies."""
         touched_series: set[int] = set()
         touched_studies: set[int] = set()
         for rec in records:
-            cur.execute(self._sql(
+            cur.execute(self.db.sql(
                 "DELETE FROM instances WHERE clinic_id = ? AND sop_uid = ? RETURNING series_pk, study_pk"),
                 (rec.clinic_id, rec.sop_uid))
             row = cur.fetchone()
             if not row:
                 continue
             series_pk, study_pk = row
-            cur.execute(self._sql("UPDATE series SET num_instances = num_instances - 1 WHERE id = ?"), (series_pk,))
-            cur.execute(self._sql("UPDATE studies SET num_instances = num_instances - 1 WHERE id = ?"), (study_pk,))
+            cur.execute(self.db.sql("UPDATE series SET num_instances = num_instances - 1 WHERE id = ?"), (series_pk,))
+            cur.execute(self.db.sql("UPDATE studies SET num_instances = num_instances - 1 WHERE id = ?"), (study_pk,))
             touched_series.add(series_pk)
             touched_studies.add(study_pk)
         for series_pk in touched_series:
-            cur.execute(self._sql("DELETE FROM series WHERE id = ? AND num_instances <= 0 RETURNING study_pk"),
+            cur.execute(self.db.sql("DELETE FROM series WHERE id = ? AND num_instances <= 0 RETURNING study_pk"),
                         (series_pk,))
             row = cur.fetchone()
             if row:
-                cur.execute(self._sql("UPDATE studies SET num_series = num_series - 1 WHERE id = ?"), (row[0],))
+                cur.execute(self.db.sql("UPDATE studies SET num_series = num_series - 1 WHERE id = ?"), (row[0],))
         for study_pk in touched_studies:
-            cur.execute(self._sql("DELETE FROM studies WHERE id = ? AND num_instances <= 0"), (study_pk,))
+            cur.execute(self.db.sql("DELETE FROM studies WHERE id = ? AND num_instances <= 0"), (study_pk,))
             self._refresh_modalities(cur, study_pk)
 
     def delete(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None) -> list[InstanceRecord]:
-        with self._transaction() as cur:
+        return self.db.retrying(lambda: self._delete(clinic_id, study_uid, series_uid, sop_uid))
+
+    def _delete(self, clinic_id: str, study_uid: str, series_uid: str | None,
+                sop_uid: str | None) -> list[InstanceRecord]:
+        with self.db.transaction() as cur:
             where, params = self._scope(clinic_id, study_uid, series_uid, sop_uid)
-            cur.execute(self._sql(
+            cur.execute(self.db.sql(
                 f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
                 f"JOIN studies s ON s.id = i.study_pk WHERE {where}"), params)
             records = [_record(r) for r in cur.fetchall()]
@@ -286,8 +214,8 @@ class SqlIndexStore:
     def instances(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                   sop_uid: str | None = None) -> list[InstanceRecord]:
         where, params = self._scope(clinic_id, study_uid, series_uid, sop_uid)
-        with self._read() as cur:
-            cur.execute(self._sql(
+        with self.db.read() as cur:
+            cur.execute(self.db.sql(
                 f"SELECT {', '.join(RECORD_COLUMNS)} FROM instances i JOIN series se ON se.id = i.series_pk "
                 f"JOIN studies s ON s.id = i.study_pk WHERE {where} "
                 "ORDER BY se.series_number, se.id, i.instance_number, i.id"), params)
@@ -296,8 +224,8 @@ class SqlIndexStore:
     def instance_headers(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                          sop_uid: str | None = None) -> Iterator[str]:
         where, params = self._scope(clinic_id, study_uid, series_uid, sop_uid)
-        with self._read() as cur:
-            cur.execute(self._sql(
+        with self.db.read() as cur:
+            cur.execute(self.db.sql(
                 "SELECT i.header_json FROM instances i JOIN series se ON se.id = i.series_pk "
                 f"JOIN studies s ON s.id = i.study_pk WHERE {where} "
                 "ORDER BY se.series_number, se.id, i.instance_number, i.id"), params)
@@ -308,10 +236,10 @@ class SqlIndexStore:
     def counts(self, clinic_id: str | None = None) -> dict[str, int]:
         where, params = ("WHERE clinic_id = ?", [clinic_id]) if clinic_id else ("", [])
         result = {}
-        with self._read() as cur:
+        with self.db.read() as cur:
             for name, table in (("patients", "patients"), ("studies", "studies"),
                                 ("series", "series"), ("instances", "instances")):
-                cur.execute(self._sql(f"SELECT count(*) FROM {table} {where}"), params)
+                cur.execute(self.db.sql(f"SELECT count(*) FROM {table} {where}"), params)
                 result[name] = cur.fetchone()[0]
         return result
 
@@ -319,10 +247,9 @@ class SqlIndexStore:
     def search(self, query: Query) -> SearchResult:
         if query.level == "patient":
             return self._search_patients(query)
-        alias = _TABLE_ALIAS[query.level]
         select = ["s.*"]
         from_ = "studies s"
-        order = self._study_order(query)
+        order = self.db.study_order(query)
         if query.level in ("series", "instance"):
             select.append("se.*")
             from_ += " JOIN series se ON se.study_pk = s.id"
@@ -346,14 +273,13 @@ class SqlIndexStore:
         statement = (f"SELECT {', '.join(select)} FROM {from_} WHERE {' AND '.join(conditions)} "
                      f"ORDER BY {order} LIMIT ? OFFSET ?")
         params.extend([query.limit + 1, query.offset])
-        with self._read() as cur:
-            cur.execute(self._sql(statement), params)
+        with self.db.read() as cur:
+            cur.execute(self.db.sql(statement), params)
             names = [d[0] for d in cur.description]
             rows = cur.fetchall()
         truncated = len(rows) > query.limit
         # Columns repeat across joined tables (id, clinic_id, num_instances...):
         # later tables win, so the level's own num_instances is what remains.
-        del alias
         return SearchResult([dict(zip(names, r)) for r in rows[: query.limit]], truncated)
 
     def _tenant(self, query: Query) -> tuple[str, list[Any]]:
@@ -407,8 +333,8 @@ class SqlIndexStore:
                      f"AND EXISTS (SELECT 1 FROM studies s WHERE {' AND '.join(conditions)}) "
                      "ORDER BY p.patient_name NULLS LAST, p.patient_id NULLS LAST LIMIT ? OFFSET ?")
         params.extend([query.limit + 1, query.offset])
-        with self._read() as cur:
-            cur.execute(self._sql(statement), params)
+        with self.db.read() as cur:
+            cur.execute(self.db.sql(statement), params)
             names = [d[0] for d in cur.description]
             rows = cur.fetchall()
         return SearchResult([dict(zip(names, r)) for r in rows[: query.limit]], len(rows) > query.limit)
@@ -420,7 +346,7 @@ class SqlIndexStore:
             values = match.value if match.kind == "uids" else (match.value,)
             parts, params = [], []
             for value in values:
-                sql, p = self._wildcard(column, f"*\\{value}\\*")
+                sql, p = self.db.wildcard(column, f"*\\{value}\\*")
                 parts.append(sql)
                 params.extend(p)
             return "(" + " OR ".join(parts) + ")", params
@@ -442,12 +368,12 @@ class SqlIndexStore:
                 params.append(high)
             return " AND ".join(parts) or "1=1", params
         if match.kind == "wildcard":
-            return self._wildcard(column, match.value)
+            return self.db.wildcard(column, match.value)
         if attr.vr in ("IS", "US"):
             return f"{column} = ?", [int(match.value)]
         if attr.vr == "TM":
             # A time matches at the precision it was given ("10" matches 10:xx:xx).
-            return self._wildcard(column, match.value + "*")
+            return self.db.wildcard(column, match.value + "*")
         return f"{column} = ?", [match.value]
 
     def _person_name(self, column: str, match: Match) -> tuple[str, list[Any]]:
@@ -460,209 +386,26 @@ class SqlIndexStore:
             for word in value.replace("^", " ").replace("=", " ").split():
                 any_group = []
                 for g in groups:
-                    sql, p = self._wildcard(f"(' ' || replace({g}, '^', ' '))", f"* {word}*")
+                    sql, p = self.db.wildcard(f"(' ' || replace({g}, '^', ' '))", f"* {word}*")
                     any_group.append(sql)
                     params.extend(p)
                 parts.append("(" + " OR ".join(any_group) + ")")
             return "(" + (" AND ".join(parts) or "1=1") + ")", params
         for g in groups:
             if match.kind == "wildcard":
-                sql, p = self._wildcard(g, value)
+                sql, p = self.db.wildcard(g, value)
             else:
                 sql, p = f"{g} = ?", [value]
             parts.append(sql)
             params.extend(p)
         return "(" + " OR ".join(parts) + ")", params
 
-    # --- the forward queue ---------------------------------------------------------
-    def enqueue_forwards(self, items: list[ForwardItem], *, now_ms: int) -> None:
-        if not items:
-            return
-        with self._transaction() as cur:
-            for item in items:
-                cur.execute(self._sql(
-                    "INSERT INTO forward_queue (clinic_id, destination, rule, study_uid, series_uid, sop_uid, "
-                    "status, attempts, next_attempt_at, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) "
-                    "ON CONFLICT (clinic_id, destination, sop_uid) DO UPDATE SET rule = excluded.rule, "
-                    "study_uid = excluded.study_uid, series_uid = excluded.series_uid, status = 'pending', "
-                    "attempts = 0, next_attempt_at = excluded.next_attempt_at, lease_owner = NULL, "
-                    "lease_until = NULL, last_error = NULL, updated_at = excluded.updated_at"),
-                    (item.clinic_id, item.destination, item.rule, item.study_uid, item.series_uid,
-                     item.sop_uid, item.next_attempt_at or now_ms, now_ms, now_ms))
-
-    def claim_forwards(self, owner: str, *, now_ms: int, lease_ms: int, limit: int) -> list[ForwardItem]:
-        free = "status = 'pending' AND (lease_until IS NULL OR lease_until < ?)"
-        with self._transaction() as cur:
-            # The outer condition repeats the inner one: a concurrent claimer that locked the
-            # same rows first has leased them, and they no longer qualify.
-            cur.execute(self._sql(
-                "UPDATE forward_queue SET lease_owner = ?, lease_until = ? WHERE id IN "
-                f"(SELECT id FROM forward_queue WHERE {free} AND next_attempt_at <= ? "
-                f"ORDER BY next_attempt_at, id LIMIT ?) AND {free} RETURNING {', '.join(FORWARD_COLUMNS)}"),
-                (owner, now_ms + lease_ms, now_ms, now_ms, limit, now_ms))
-            items = [_forward(r) for r in cur.fetchall()]
-        return sorted(items, key=lambda i: (i.next_attempt_at, i.id))
-
-    def finish_forward(self, item_id: int, owner: str) -> bool:
-        with self._transaction() as cur:
-            cur.execute(self._sql("DELETE FROM forward_queue WHERE id = ? AND lease_owner = ?"), (item_id, owner))
-            return cur.rowcount > 0
-
-    def fail_forward(self, item_id: int, owner: str, *, error: str, next_attempt_ms: int,
-                     give_up: bool, now_ms: int) -> bool:
-        with self._transaction() as cur:
-            cur.execute(self._sql(
-                "UPDATE forward_queue SET attempts = attempts + 1, status = ?, next_attempt_at = ?, "
-                "last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? "
-                "WHERE id = ? AND lease_owner = ?"),
-                ("failed" if give_up else "pending", next_attempt_ms, error[:2000], now_ms, item_id, owner))
-            return cur.rowcount > 0
-
-    def forward_lease_owners(self) -> list[str]:
-        with self._read() as cur:
-            cur.execute("SELECT DISTINCT lease_owner FROM forward_queue WHERE lease_owner IS NOT NULL")
+    def clinic_ids(self) -> list[str]:
+        with self.db.read() as cur:
+            cur.execute("SELECT DISTINCT clinic_id FROM studies ORDER BY clinic_id")
             return [r[0] for r in cur.fetchall()]
-
-    def release_forwards(self, owner: str) -> int:
-        with self._transaction() as cur:
-            cur.execute(self._sql(
-                "UPDATE forward_queue SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"), (owner,))
-            return cur.rowcount
-
-    def list_forwards(self, *, status: str | None = None, clinic_id: str | None = None,
-                      limit: int = 100, offset: int = 0) -> list[ForwardItem]:
-        where, params = self._forward_filter(status, clinic_id)
-        with self._read() as cur:
-            cur.execute(self._sql(
-                f"SELECT {', '.join(FORWARD_COLUMNS)} FROM forward_queue {where} ORDER BY id LIMIT ? OFFSET ?"),
-                [*params, limit, offset])
-            return [_forward(r) for r in cur.fetchall()]
-
-    def retry_forwards(self, *, ids: list[int] | None = None, clinic_id: str | None = None,
-                       now_ms: int) -> int:
-        where, params = self._forward_filter("failed", clinic_id)
-        if ids is not None:
-            if not ids:
-                return 0
-            where += f" AND id IN ({', '.join('?' * len(ids))})"
-            params.extend(ids)
-        with self._transaction() as cur:
-            cur.execute(self._sql(
-                "UPDATE forward_queue SET status = 'pending', attempts = 0, next_attempt_at = ?, "
-                f"lease_owner = NULL, lease_until = NULL, updated_at = ? {where}"), [now_ms, now_ms, *params])
-            return cur.rowcount
-
-    def forward_counts(self, clinic_id: str | None = None) -> dict[str, int]:
-        where, params = self._forward_filter(None, clinic_id)
-        counts = {"pending": 0, "failed": 0}
-        with self._read() as cur:
-            cur.execute(self._sql(f"SELECT status, count(*) FROM forward_queue {where} GROUP BY status"), params)
-            for status, count in cur.fetchall():
-                counts[status] = count
-        return counts
-
-    @staticmethod
-    def _forward_filter(status: str | None, clinic_id: str | None) -> tuple[str, list[Any]]:
-        where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if clinic_id is not None:
-            where.append("clinic_id = ?")
-            params.append(clinic_id)
-        return ("WHERE " + " AND ".join(where)) if where else "", params
-
-    # --- shares --------------------------------------------------------------------
-    def add_share(self, share: ShareRecord) -> None:
-        values = [getattr(share, c) for c in SHARE_COLUMNS]
-        values[SHARE_COLUMNS.index("permissions")] = ",".join(share.permissions)
-        with self._transaction() as cur:
-            cur.execute(self._sql(f"INSERT INTO shares ({', '.join(SHARE_COLUMNS)}) "
-                                  f"VALUES ({', '.join('?' * len(SHARE_COLUMNS))})"), values)
-
-    def _shares(self, where: str, params: list[Any], suffix: str = "") -> list[ShareRecord]:
-        with self._read() as cur:
-            cur.execute(self._sql(f"SELECT {', '.join(SHARE_COLUMNS)} FROM shares {where} {suffix}"), params)
-            return [_share(r) for r in cur.fetchall()]
-
-    def get_share(self, share_id: str) -> ShareRecord | None:
-        found = self._shares("WHERE id = ?", [share_id])
-        return found[0] if found else None
-
-    def share_by_token(self, token_hash: str) -> ShareRecord | None:
-        found = self._shares("WHERE token_hash = ?", [token_hash])
-        return found[0] if found else None
-
-    def list_shares(self, *, clinic_id: str | None = None, target_type: str | None = None,
-                    target_id: str | None = None, active_at: int | None = None, limit: int = 100,
-                    offset: int = 0) -> list[ShareRecord]:
-        where, params = [], []
-        for column, value in (("clinic_id", clinic_id), ("target_type", target_type), ("target_id", target_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if active_at is not None:
-            where.append("revoked_at IS NULL AND expires_at > ?")
-            params.append(active_at)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return self._shares(clause, [*params, limit, offset], "ORDER BY created_at DESC, id LIMIT ? OFFSET ?")
-
-    def active_shares(self, *, user_id: str | None, clinic_id: str | None, now_ms: int) -> list[ShareRecord]:
-        targets, params = [], []
-        if user_id is not None:
-            targets.append("(target_type = 'user' AND target_id = ? AND (target_clinic IS NULL OR target_clinic = ?))")
-            params.extend([user_id, clinic_id])
-        if clinic_id is not None:
-            targets.append("(target_type = 'clinic' AND target_id = ?)")
-            params.append(clinic_id)
-        if not targets:
-            return []
-        return self._shares(f"WHERE ({' OR '.join(targets)}) AND revoked_at IS NULL AND expires_at > ?",
-                            [*params, now_ms], "ORDER BY created_at, id")
-
-    def revoke_share(self, share_id: str, *, by: str, now_ms: int) -> bool:
-        with self._transaction() as cur:
-            cur.execute(self._sql("UPDATE shares SET revoked_at = ?, revoked_by = ? "
-                                  "WHERE id = ? AND revoked_at IS NULL"), (now_ms, by, share_id))
-            return cur.rowcount > 0
 
     def clinics_with_study(self, study_uid: str) -> list[str]:
-        with self._read() as cur:
-            cur.execute(self._sql("SELECT clinic_id FROM studies WHERE study_uid = ? ORDER BY clinic_id"), (study_uid,))
+        with self.db.read() as cur:
+            cur.execute(self.db.sql("SELECT clinic_id FROM studies WHERE study_uid = ? ORDER BY clinic_id"), (study_uid,))
             return [r[0] for r in cur.fetchall()]
-
-    # --- the audit log ---------------------------------------------------------------
-    def append_audit(self, records: list[AuditRecord]) -> None:
-        if not records:
-            return
-        columns = AUDIT_COLUMNS[:-1]  # id is the database's
-        with self._transaction() as cur:
-            for record in records:
-                cur.execute(self._sql(f"INSERT INTO audit_log ({', '.join(columns)}) "
-                                      f"VALUES ({', '.join('?' * len(columns))})"),
-                            [getattr(record, c) for c in columns])
-
-    def search_audit(self, query: AuditQuery) -> list[AuditRecord]:
-        where, params = [], []
-        if query.clinic_id is not None:
-            where.append("(clinic_id = ? OR resource_clinic = ?)")
-            params.extend([query.clinic_id, query.clinic_id])
-        for column, value in (("user_id", query.user_id), ("action", query.action), ("outcome", query.outcome)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if query.resource:
-            where.append("substr(resource, 1, ?) = ?")
-            params.extend([len(query.resource), query.resource])
-        for condition, value in (("at >= ?", query.since_ms), ("at < ?", query.until_ms),
-                                 ("id > ?", query.after_id)):
-            if value is not None:
-                where.append(condition)
-                params.append(value)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        order = "id DESC" if query.newest_first else "id"
-        with self._read() as cur:
-            cur.execute(self._sql(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_log {clause} "
-                                  f"ORDER BY {order} LIMIT ? OFFSET ?"), [*params, query.limit, query.offset])
-            return [_audit(r) for r in cur.fetchall()]

@@ -1,17 +1,18 @@
-"""Authentication of every HTTP request, before any view runs.
+"""Which credentials a request carries, and the principal they establish.
 
-Every request is authenticated except the probes (``/healthz``, ``/readyz``), the OpenAPI
-document and its browsable page (``/api/openapi.json``, ``/api/docs``), and CORS preflights.
-What counts as credentials, in order:
+Every HTTP request is authenticated (by the app, :func:`gateway.app.create_app`, before any
+view runs) except the probes, the OpenAPI document and its browsable page, and CORS
+preflights. What counts as credentials, in order:
 
 1. a signed URL (``gw_sig`` and its companions in the query, :mod:`auth.signing`);
 2. ``Authorization: Bearer <token>``: a link share's token (``gwl_...``), else a JWT checked by
    the provider of ``auth.provider`` (entry-point group ``gateway.auth_providers``);
 3. ``?share=<link token>`` when no Authorization header is sent (a plain link).
 
-The principal goes on ``flask.g.principal`` (:func:`dicomweb.common.principal` returns it).
-No credentials or bad ones answer 401 with ``WWW-Authenticate: Bearer`` and are audited
-(``login``, ``denied``). There is no anonymous access: an open server cannot be configured.
+No credentials or bad ones raise :class:`NotAuthenticated` (401 with ``WWW-Authenticate:
+Bearer``) and are audited (``login``, ``denied``). There is no anonymous access: an open
+server cannot be configured. Requests are read duck-typed (``method``, ``path``, ``args``,
+``headers``), so nothing here depends on the web framework.
 """
 from __future__ import annotations
 
@@ -19,9 +20,7 @@ import logging
 import re
 from importlib.metadata import entry_points
 
-from flask import g, request
-
-from auth.audit import DENIED, audit_context
+from auth.audit import DENIED
 from auth.base import Authenticator, Principal, bearer_token
 from auth.shares import is_link_token
 from auth.signing import PARAMS as SIGNED_URL_PARAMS
@@ -44,12 +43,11 @@ def redact(path: str) -> str:
 
 
 def provider_class(name: str) -> type:
+    """The provider class named ``name``; :class:`LookupError` naming the known ones."""
     matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not matches:
         known = ", ".join(sorted(ep.name for ep in entry_points(group=GROUP))) or "none (is the package installed?)"
-        from gateway.config import SettingsError
-
-        raise SettingsError(f"auth.provider: no provider named {name!r} in entry-point group {GROUP}; known: {known}")
+        raise LookupError(f"auth.provider: no provider named {name!r} in entry-point group {GROUP}; known: {known}")
     return matches[0].load()
 
 
@@ -81,35 +79,3 @@ class RequestAuthenticator:
         except NotAuthenticated as exc:
             self.audit.record("login", DENIED, resource=redact(req.path), detail=exc.message)
             raise
-
-
-def init_app(app, api) -> None:
-    from auth import views
-
-    services = app.extensions["gateway"]
-    settings = services.settings
-    authenticator = RequestAuthenticator(create_provider(settings), services.shares,
-                                         UrlSigner.from_settings(settings), services.audit)
-    app.extensions["gateway_auth"] = authenticator
-
-    @app.before_request
-    def _authenticate():
-        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
-            return None
-        g.audit_context = audit_context(client=request.remote_addr, door="api" if request.path.startswith("/api/")
-                                        else "dicomweb")
-        g.audit_context.__enter__()
-        g.principal = authenticator.authenticate(request)
-        return None
-
-    @app.teardown_request
-    def _leave(_exc=None):
-        context = g.pop("audit_context", None)
-        if context is not None:
-            try:
-                context.__exit__(None, None, None)
-            except ValueError:  # the request ran in another context (streamed responses)
-                pass
-
-    for blueprint in views.blueprints():
-        api.register_blueprint(blueprint)

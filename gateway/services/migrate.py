@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from storage.base import BlobStore, IndexStore, InstanceRecord
+from auth.base import Principal
+from storage.base import InstanceIndex
 from storage.errors import ObjectNotFound, StorageError
 from storage.query import Query
+from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +69,10 @@ def _sha256_of(fh) -> str:
     return digest.hexdigest()
 
 
-def _clinics(index: IndexStore, blobs: BlobStore) -> list[str]:
-    """Every clinic of the source: from the index where it can tell, and from blob keys."""
-    clinics: set[str] = set()
-    read = getattr(index, "_read", None)  # SQL index stores can list them directly
-    if read is not None:
-        with read() as cur:
-            cur.execute("SELECT DISTINCT clinic_id FROM studies")
-            clinics.update(r[0] for r in cur.fetchall())
-    for key in blobs.keys(DICOM_PREFIX):
+def _clinics(source) -> list[str]:
+    """Every clinic of the source: from its index, and from blob keys (``dicom/{clinic}/...``)."""
+    clinics = set(source.index.clinic_ids())
+    for key in source.blobs.keys(DICOM_PREFIX):
         parts = key.split("/")
         if len(parts) > 2:
             clinics.add(parts[1])
@@ -93,7 +90,7 @@ def _batches(items: Iterator[InstanceRecord], size: int) -> Iterator[list[Instan
         yield batch
 
 
-def source_instances(index: IndexStore, clinic: str, page: int = 500) -> Iterator[InstanceRecord]:
+def source_instances(index: InstanceIndex, clinic: str, page: int = 500) -> Iterator[InstanceRecord]:
     """Every indexed instance of a clinic, study by study."""
     offset = 0
     while True:
@@ -106,33 +103,22 @@ def source_instances(index: IndexStore, clinic: str, page: int = 500) -> Iterato
 
 
 class StoreMigration:
-    def __init__(self, source_index: IndexStore, source_blobs: BlobStore, target_settings, *,
-                 target_index: IndexStore | None = None, target_blobs: BlobStore | None = None,
-                 verify_blobs: bool = True, jobs: int = 4):
-        from gateway.services.ingest import IngestService
-        from plugins.manager import create_plugin_manager
-        from storage import registry
+    """Copies ``source`` to ``target`` (two :class:`gateway.services.Services`, both built
+    without plugins: the copies are not new instances)."""
 
-        self.source_index = source_index
-        self.source_blobs = source_blobs
-        self.target_blobs = target_blobs or registry.create("blob", target_settings["storage.blob_backend"],
-                                                            target_settings)
-        self.target_index = target_index or registry.create("index", target_settings["storage.index_backend"],
-                                                            target_settings)
-        self.target_index.migrate()
-        # A plugin manager without plugins: no forwarding, no preview jobs for the copies.
-        self.ingest = IngestService(self.target_blobs, self.target_index, target_settings,
-                                    create_plugin_manager(load_entry_points=False))
+    def __init__(self, source, target, *, verify_blobs: bool = True, jobs: int = 4):
+        self.source = source
+        self.target = target
         self.verify_blobs = verify_blobs
         self.jobs = max(1, jobs)
         self.report = MigrationReport()
 
     def run(self, *, clinics: list[str] | None = None,
             progress: Callable[[InstanceRecord], None] | None = None) -> MigrationReport:
-        clinics = clinics or _clinics(self.source_index, self.source_blobs)
+        clinics = clinics or _clinics(self.source)
         with ThreadPoolExecutor(self.jobs) as pool:
             for clinic in clinics:
-                for batch in _batches(source_instances(self.source_index, clinic), self.jobs * 16):
+                for batch in _batches(source_instances(self.source.index, clinic), self.jobs * 16):
                     for record in pool.map(self._copy_one, batch):  # bounded: one batch in flight
                         if progress:
                             progress(record)
@@ -146,21 +132,19 @@ class StoreMigration:
             self.report.failed.append((f"{record.clinic_id}/{record.sop_uid}", why))
 
     def _copy_one(self, record: InstanceRecord) -> InstanceRecord:
-        from auth.base import Principal
-
         try:
             try:
-                source = self.source_blobs.open(record.blob_key)
+                source = self.source.blobs.open(record.blob_key)
             except ObjectNotFound:
                 self._fail(record, f"blob {record.blob_key} is missing in the source")
                 return record
             with source:
-                staged = self.ingest.stage(source)
+                staged = self.target.ingest.stage(source)
             if staged.sha256 != record.sha256:
                 staged.discard()
                 self._fail(record, f"source blob sha256 {staged.sha256} differs from the indexed {record.sha256}")
                 return record
-            outcome = self.ingest.commit(staged, principal=Principal.system(record.clinic_id, "migration"))
+            outcome = self.target.ingest.commit(staged, principal=Principal.system(record.clinic_id, "migration"))
             if not outcome.ok:
                 self._fail(record, f"target refused it: {outcome.error.message}")
                 return record
@@ -176,11 +160,11 @@ class StoreMigration:
         return record
 
     def _verify(self, record: InstanceRecord) -> None:
-        copy = self.target_index.find_instance(record.clinic_id, record.sop_uid)
+        copy = self.target.index.find_instance(record.clinic_id, record.sop_uid)
         if copy is None or copy.sha256 != record.sha256 or copy.size != record.size:
             raise StorageError(f"target index has {copy and copy.sha256} for sha256 {record.sha256}")
         if self.verify_blobs:
-            with self.target_blobs.open(copy.blob_key) as fh:
+            with self.target.blobs.open(copy.blob_key) as fh:
                 got = _sha256_of(fh)
             if got != record.sha256:
                 raise StorageError(f"target blob {copy.blob_key} hashes to {got}, expected {record.sha256}")
@@ -189,26 +173,26 @@ class StoreMigration:
 
     # --- other objects -------------------------------------------------------------------
     def _copy_derived(self) -> None:
-        staging = Path(self.target_blobs.staging_dir())
+        staging = Path(self.target.blobs.staging_dir())
         staging.mkdir(parents=True, exist_ok=True)
-        for key in self.source_blobs.keys():
+        for key in self.source.blobs.keys():
             if key.startswith(DICOM_PREFIX):
                 continue
             tmp: Path | None = None
             try:
-                with self.source_blobs.open(key) as src, tempfile.NamedTemporaryFile(
+                with self.source.blobs.open(key) as src, tempfile.NamedTemporaryFile(
                         dir=staging, suffix=".part", delete=False) as out:
                     tmp = Path(out.name)
                     shutil.copyfileobj(src, out, _CHUNK)
                 with tmp.open("rb") as fh:
                     want = _sha256_of(fh)
-                if self.target_blobs.exists(key):
-                    with self.target_blobs.open(key) as fh:
+                if self.target.blobs.exists(key):
+                    with self.target.blobs.open(key) as fh:
                         if _sha256_of(fh) == want:
                             self.report.derived_already_there += 1
                             continue
-                self.target_blobs.put_file(key, tmp)
-                with self.target_blobs.open(key) as fh:
+                self.target.blobs.put_file(key, tmp)
+                with self.target.blobs.open(key) as fh:
                     if _sha256_of(fh) != want:
                         raise StorageError(f"target copy of {key} differs from the source")
                 self.report.derived_copied += 1
@@ -218,9 +202,3 @@ class StoreMigration:
             finally:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        for store in (self.target_index, self.target_blobs):
-            close = getattr(store, "close", None)
-            if close:
-                close()

@@ -2,7 +2,7 @@
 
 The lists follow PS3.18 Table 10.6.1-5 (QIDO-RS required return keys), PS3.4 C.6
 (Query/Retrieve information model) and the union of keys other servers index
-(see CONFORMANCE.md).
+(see conformance/STATEMENT.md).
 """
 from __future__ import annotations
 

@@ -1,0 +1,21 @@
+"""The fast API's front door, under ``/api/v1``: the clinic's own viewer and its administrators.
+
+A front door like :mod:`dicomweb`: thin blueprints (flask-smorest, with marshmallow schemas
+in :mod:`proprietary.schemas`, so that ``/api/openapi.json`` describes every body) over the
+core services. It never imports another front door.
+
+- :mod:`proprietary.shares`: shares of studies and series (users, clinics, links);
+- :mod:`proprietary.signed_urls`: URLs usable without an Authorization header;
+- :mod:`proprietary.audit`: the audit log;
+- :mod:`proprietary.admin`: the job queue and its forwards.
+"""
+from __future__ import annotations
+
+from proprietary import admin, audit, shares, signed_urls
+
+BLUEPRINTS = (shares.blp, signed_urls.blp, audit.blp, admin.blp)
+
+
+def init_app(app, api) -> None:
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)

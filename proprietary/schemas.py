@@ -1,0 +1,220 @@
+"""Request and response bodies of the fast API, as marshmallow schemas.
+
+flask-smorest validates requests with them (a body or query that does not fit answers 400
+naming the field) and writes them into the OpenAPI document at ``/api/openapi.json``.
+Semantic checks (an expiry in the past, a study the clinic does not hold) stay in the core
+services, which answer with the same error shape.
+"""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
+
+from auth.credentials import AUTH_PARAMS
+
+MAX_LIMIT = 1000
+
+
+class StrictSchema(Schema):
+    """Unknown keys are an error (a typo is not silently ignored)."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class QuerySchema(StrictSchema):
+    """Query parameters; those that carry credentials (``share``, ``gw_*``) are not the view's."""
+
+    @pre_load
+    def _drop_credentials(self, data, **kwargs):
+        return {k: v for k, v in data.items() if k not in AUTH_PARAMS}
+
+
+def _limit(default: int = 100) -> fields.Integer:
+    return fields.Integer(load_default=default, validate=validate.Range(0, MAX_LIMIT),
+                          metadata={"description": f"at most {MAX_LIMIT}"})
+
+
+def _offset() -> fields.Integer:
+    return fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class TimeField(fields.Raw):
+    """ISO 8601 (``2025-01-31T12:00:00Z``, a date) or milliseconds since the epoch."""
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata={"type": "string", "example": "2025-01-31T12:00:00Z",
+                                   "description": "ISO 8601 time or milliseconds since the epoch"}, **kwargs)
+
+
+# --- shares ---------------------------------------------------------------------------------
+
+class ShareTargetSchema(StrictSchema):
+    type = fields.String(required=True, validate=validate.OneOf(["user", "clinic", "link"]))
+    id = fields.String(metadata={"description": "user or clinic id (not for a link)"})
+    clinic = fields.String(metadata={"description": "a user target: only when the user acts for this clinic"})
+
+
+class ShareCreateSchema(StrictSchema):
+    study = fields.String(required=True, metadata={"description": "Study Instance UID"})
+    series = fields.String(metadata={"description": "Series Instance UID: share this series only"})
+    targets = fields.List(fields.Dict(), required=True,
+                          metadata={"description": 'e.g. [{"type": "clinic", "id": "lab-1"}, {"type": "link"}]'})
+    permissions = fields.List(fields.String(validate=validate.OneOf(["view", "download"])),
+                              metadata={"description": 'default ["view"]; "download" also allows the originals'})
+    expires_at = TimeField()
+    ttl = fields.Integer(strict=True, metadata={"description": "seconds (instead of expires_at)"})
+
+
+class ShareSchema(Schema):
+    id = fields.String()
+    clinic = fields.String(metadata={"description": "the owning clinic"})
+    study = fields.String()
+    series = fields.String(allow_none=True)
+    target = fields.Nested(ShareTargetSchema)
+    permissions = fields.List(fields.String())
+    created_by = fields.String()
+    created_at = fields.String()
+    expires_at = fields.String()
+    revoked_at = fields.String(allow_none=True)
+    active = fields.Boolean()
+    token = fields.String(metadata={"description": "a link's token, shown once (only its sha256 is kept)"})
+    url = fields.String(metadata={"description": "a link's URL (auth.share_link_url)"})
+
+
+class ShareListSchema(Schema):
+    shares = fields.List(fields.Nested(ShareSchema))
+
+
+class ShareListQuery(QuerySchema):
+    direction = fields.String(load_default="outgoing", validate=validate.OneOf(["outgoing", "incoming"]))
+    study = fields.String()
+    all = fields.Boolean(load_default=False, metadata={"description": "with revoked and expired shares"})
+    limit = _limit()
+    offset = _offset()
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+class AuditQueryArgs(QuerySchema):
+    user = fields.String()
+    action = fields.String(metadata={"description": "login, search, read, store, delete, share, revoke, sign, admin"})
+    outcome = fields.String(metadata={"description": "ok, denied, not_found"})
+    resource = fields.String(metadata={"description": "a prefix, e.g. study:1.2.3"})
+    since = TimeField()
+    until = TimeField()
+    clinic = fields.String(metadata={"description": "operators only: another clinic's records"})
+    limit = _limit()
+    offset = _offset()
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "jsonl"]))
+
+
+class AuditRecordSchema(Schema):
+    id = fields.Integer()
+    at = fields.Integer(metadata={"description": "milliseconds since the epoch"})
+    time = fields.String()
+    action = fields.String()
+    outcome = fields.String()
+    user_id = fields.String(allow_none=True)
+    clinic_id = fields.String(allow_none=True)
+    resource = fields.String()
+    resource_clinic = fields.String(allow_none=True)
+    client = fields.String(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    door = fields.String(allow_none=True)
+    detail = fields.String(allow_none=True)
+
+
+class AuditListSchema(Schema):
+    records = fields.List(fields.Nested(AuditRecordSchema))
+
+
+# --- signed URLs ------------------------------------------------------------------------------
+
+class SignedUrlRequest(StrictSchema):
+    path = fields.String(metadata={"description": "a path under /dicom-web/"})
+    method = fields.String(load_default="GET", validate=validate.OneOf(["GET", "HEAD", "get", "head"]))
+    params = fields.Dict(keys=fields.String(), load_default=dict, metadata={"description": "query parameters"})
+    ttl = fields.Integer(strict=True, metadata={"description": "seconds, at most auth.signed_url_max_ttl"})
+    study = fields.String()
+    series = fields.String()
+    instance = fields.String(metadata={"description": "with study and series: a download URL of the instance"})
+
+
+class SignedUrlSchema(Schema):
+    url = fields.String()
+    method = fields.String()
+    expires_at = fields.String()
+    kind = fields.String(metadata={"description": "gateway (a signed gateway URL) or s3 (presigned)"})
+
+
+# --- the job queue (administration) ------------------------------------------------------------
+
+class JobQueryArgs(QuerySchema):
+    status = fields.String(validate=validate.OneOf(["pending", "failed"]))
+    clinic = fields.String(metadata={"description": "operators only: another clinic's jobs"})
+    limit = _limit()
+    offset = _offset()
+
+
+class JobListQueryArgs(JobQueryArgs):
+    kind = fields.String(metadata={"description": "e.g. forward"})
+
+
+class RetryRequest(StrictSchema):
+    ids = fields.List(fields.Integer(strict=True), metadata={"description": "no ids: every failed one"})
+
+
+class RetriedSchema(Schema):
+    retried = fields.Integer()
+
+
+class CountsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    pending = fields.Integer()
+    running = fields.Integer()
+    failed = fields.Integer()
+
+
+class ForwardSchema(Schema):
+    id = fields.Integer()
+    clinic_id = fields.String()
+    destination = fields.String()
+    study_uid = fields.String()
+    series_uid = fields.String()
+    sop_uid = fields.String()
+    rule = fields.String()
+    status = fields.String(metadata={"description": "pending (also while being sent) or failed"})
+    attempts = fields.Integer()
+    next_attempt_at = fields.Integer(metadata={"description": "milliseconds since the epoch"})
+    last_error = fields.String(allow_none=True)
+    created_at = fields.Integer()
+    updated_at = fields.Integer()
+
+
+class ForwardListSchema(Schema):
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                         metadata={"description": "pending and failed"})
+    items = fields.List(fields.Nested(ForwardSchema))
+
+
+class JobSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String()
+    clinic_id = fields.String()
+    key = fields.String()
+    status = fields.String(metadata={"description": "pending, running (leased by a worker) or failed"})
+    attempts = fields.Integer()
+    next_attempt_at = fields.Integer()
+    lease_until = fields.Integer(allow_none=True)
+    progress = fields.Dict(allow_none=True)
+    payload = fields.Dict()
+    last_error = fields.String(allow_none=True)
+    created_at = fields.Integer()
+    updated_at = fields.Integer()
+
+
+class JobListSchema(Schema):
+    counts = fields.Nested(CountsSchema)
+    items = fields.List(fields.Nested(JobSchema))

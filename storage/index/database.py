@@ -1,0 +1,113 @@
+"""What every SQL index backend shares: the stores it offers, schema migrations, and the
+dialect hooks the stores' statements use.
+
+A backend (:mod:`storage.index.sqlite`, :mod:`storage.index.postgres`) subclasses
+:class:`SqlDatabase` and provides connections (:meth:`SqlDatabase.transaction`,
+:meth:`SqlDatabase.read`) and its dialect (parameter style, wildcard operator, row
+locking). The stores themselves (:mod:`storage.index.instances`, ``jobs``, ``shares``,
+``audit``) are written once, in SQL both dialects run.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from importlib import resources
+from typing import Any, Callable, TypeVar
+
+from storage.index.audit import SqlAuditLog
+from storage.index.instances import SqlInstanceIndex
+from storage.index.jobs import SqlJobQueue
+from storage.index.shares import SqlShareStore
+from storage.query import Query
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SqlDatabase:
+    """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``."""
+
+    dialect = "sql"
+    migrations_package = "storage.index.migrations"
+    offers = ("instances", "jobs", "shares", "audit")
+    # Appended to the row selection of a job claim (PostgreSQL: FOR UPDATE SKIP LOCKED).
+    claim_lock = ""
+
+    def __init__(self) -> None:
+        self.instances = SqlInstanceIndex(self)
+        self.jobs = SqlJobQueue(self)
+        self.shares = SqlShareStore(self)
+        self.audit = SqlAuditLog(self)
+
+    # --- provided by subclasses -------------------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager:
+        """A context manager yielding a cursor inside one write transaction."""
+        raise NotImplementedError
+
+    def read(self) -> contextlib.AbstractContextManager:
+        """A context manager yielding a cursor for reads."""
+        raise NotImplementedError
+
+    def sql(self, statement: str) -> str:
+        """Translate ``?`` parameters to the dialect's style."""
+        return statement
+
+    def wildcard(self, expr: str, pattern: str) -> tuple[str, list[Any]]:
+        """SQL matching ``expr`` against a DICOM wildcard pattern (``*``, ``?``)."""
+        raise NotImplementedError
+
+    def id_in(self, select: str) -> str:
+        """``id`` is one of the ids the sub-select returns, the sub-select evaluated once."""
+        return f"id IN ({select})"
+
+    def study_order(self, query: Query) -> str:
+        """ORDER BY of study-level searches: the study list, newest first, dateless last."""
+        return "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
+
+    def retrying(self, func: Callable[[], T]) -> T:
+        """Run a write transaction, again if a concurrent writer got in its way."""
+        return func()
+
+    def ping(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _applied_migrations(self, cur) -> set[str]:
+        cur.execute("SELECT name FROM schema_migrations")
+        return {r[0] for r in cur.fetchall()}
+
+    def _lock_migrations(self, cur) -> None:
+        """Serialize concurrent :meth:`migrate` calls of several processes, first thing in
+        its transaction (SQLite: ``BEGIN IMMEDIATE`` already does)."""
+
+    # --- migrations ---------------------------------------------------------------
+    def _migration_scripts(self) -> list[tuple[str, str]]:
+        folder = resources.files(self.migrations_package).joinpath(self.dialect)
+        names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+        return [(n, folder.joinpath(n).read_text(encoding="utf-8")) for n in names]
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self.transaction() as cur:
+            self._lock_migrations(cur)
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = self._applied_migrations(cur)
+            for name, script in self._migration_scripts():
+                if name in done:
+                    continue
+                logger.info("applying index migration %s", name)
+                self._run_script(cur, script)
+                cur.execute(self.sql("INSERT INTO schema_migrations (name, applied_at) VALUES (?, CURRENT_TIMESTAMP)"),
+                            (name,))
+                applied.append(name)
+        return applied
+
+    def _run_script(self, cur, script: str) -> None:
+        for statement in script.split(";\n"):
+            if statement.strip() and not all(
+                line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
+            ):
+                cur.execute(statement)

@@ -1,0 +1,150 @@
+"""The records the stores keep and hand back: instances, jobs, shares, audit lines.
+
+Plain dataclasses with no behaviour beyond small predicates, shared by every backend
+(see :mod:`storage.base` for the interfaces that take and return them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class InstanceRecord:
+    clinic_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    blob_key: str
+    size: int
+    sha256: str
+    frame_index: str | None = None
+    number_of_frames: int | None = None
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    dataset_sha256: str | None = None  # of the data set without file meta (duplicate detection)
+
+    def same_dataset(self, other: "InstanceRecord") -> bool:
+        """The same bytes, or the same data set under another file meta header."""
+        return self.sha256 == other.sha256 or (
+            self.dataset_sha256 is not None and self.dataset_sha256 == other.dataset_sha256)
+
+
+@dataclass
+class NewInstance:
+    record: InstanceRecord
+    attributes: dict[str, Any]  # index columns, see storage.attributes
+    header_json: str  # the instance's DICOM JSON
+    study_json: str  # study/patient-level attributes (kept from the first instance)
+    series_json: str  # series-level attributes
+
+
+@dataclass
+class AddResult:
+    outcome: Literal["stored", "duplicate", "conflict", "replaced"]
+    existing: InstanceRecord | None = None
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass
+class ShareRecord:
+    """A study (or one series of it) of clinic ``clinic_id`` shared with a user, a clinic or a link."""
+
+    id: str
+    clinic_id: str  # the owner
+    study_uid: str
+    series_uid: str | None
+    target_type: Literal["user", "clinic", "link"]
+    target_id: str | None  # user id, clinic id; None for a link
+    permissions: tuple[str, ...]  # "view", "download"
+    created_by: str
+    created_at: int  # milliseconds since the epoch
+    expires_at: int
+    target_clinic: str | None = None  # a user target: only when the user acts for this clinic
+    token_hash: str | None = None  # sha256 hex of a link's token
+    revoked_at: int | None = None
+    revoked_by: str | None = None
+
+    def active(self, now_ms: int) -> bool:
+        return self.revoked_at is None and self.expires_at > now_ms
+
+    def allows(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+@dataclass
+class AuditRecord:
+    """One line of the append-only audit log."""
+
+    at: int  # milliseconds since the epoch
+    action: str  # login, search, read, store, delete, share, revoke, sign, admin
+    outcome: str  # ok, denied, not_found, failed
+    user_id: str | None = None
+    clinic_id: str | None = None  # the actor's clinic (None: unauthenticated)
+    resource: str = ""  # e.g. "study:1.2.3/series:1.2.3.4"
+    resource_clinic: str | None = None  # the clinic owning the resource
+    client: str | None = None  # IP address, or AE title@address
+    request_id: str | None = None
+    door: str | None = None  # dicomweb, dimse, api, cli
+    detail: str | None = None
+    id: int | None = None
+
+
+@dataclass
+class AuditQuery:
+    """Filters of :meth:`storage.base.AuditLog.search`; ``clinic_id`` matches the actor's clinic or the
+    resource's (None: every clinic, and rows without one)."""
+
+    clinic_id: str | None = None
+    user_id: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    resource: str | None = None  # prefix, e.g. "study:1.2.3"
+    since_ms: int | None = None
+    until_ms: int | None = None
+    after_id: int | None = None  # rows with a greater id (export paging)
+    newest_first: bool = True
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass
+class Job:
+    """One unit of background work in the durable job queue (:class:`storage.base.JobQueue`).
+
+    ``kind`` names the handler that runs it (``forward``, later previews...); ``(kind,
+    clinic_id, key)`` is its idempotency key: enqueuing the same key again updates the one
+    job instead of adding a second. ``payload`` is JSON. A job is ``pending`` (due at
+    ``next_attempt_at``; *running* while a worker holds its lease, ``lease_until``) or
+    ``failed`` (dead-lettered after its last attempt, with ``last_error``). Finished jobs are
+    removed. ``generation`` grows each time the job is enqueued again, so that a worker that
+    claimed an older generation does not remove the newer request when it finishes.
+    """
+
+    kind: str
+    key: str
+    clinic_id: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    next_attempt_at: int = 0  # milliseconds since the epoch; 0: now
+    id: int | None = None
+    status: Literal["pending", "failed"] = "pending"
+    attempts: int = 0
+    generation: int = 1
+    lease_owner: str | None = None
+    lease_until: int | None = None
+    progress: dict[str, Any] | None = None
+    last_error: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+    def running(self, now_ms: int) -> bool:
+        """Held by a worker whose lease has not expired."""
+        return self.status == "pending" and self.lease_until is not None and self.lease_until >= now_ms
