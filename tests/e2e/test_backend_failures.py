@@ -83,6 +83,34 @@ def test_s3_down_then_back(postgres_dsn, tmp_path):
         moto.stop()
 
 
+# Every endpoint family that needs the index: DICOMweb and the fast API, its administration included.
+def _index_endpoints(study: str, series: str, sop: str) -> list[tuple[str, str, dict]]:
+    instance = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+    return [
+        ("GET", "/dicom-web/studies", {"params": {"PatientID": "x"}}),
+        ("GET", "/dicom-web/series", {}),
+        ("GET", "/dicom-web/instances", {}),
+        ("GET", f"/dicom-web/studies/{study}/series", {}),
+        ("GET", f"/dicom-web/studies/{study}/metadata", {}),
+        ("GET", instance, {"headers": {"Accept": "multipart/related; type=\"application/dicom\"; transfer-syntax=*"}}),
+        ("GET", instance + "/frames/1", {"headers": {"Accept": "multipart/related; type=\"application/octet-stream\""}}),
+        ("GET", instance + "/rendered", {"headers": {"Accept": "image/jpeg"}}),
+        ("GET", f"/dicom-web/studies/{study}/thumbnail", {"headers": {"Accept": "image/jpeg"}}),
+        ("DELETE", instance, {}),
+        ("GET", "/api/v1/shares", {}),
+        ("POST", "/api/v1/shares", {"json": {"study": study, "targets": [{"type": "clinic", "id": "other"}]}}),
+        ("GET", "/api/v1/shares/nope", {}),
+        ("DELETE", "/api/v1/shares/nope", {}),
+        ("POST", "/api/v1/signed-urls", {"json": {"study": study, "series": series, "instance": sop}}),
+        ("GET", "/api/v1/audit", {}),
+        ("GET", "/api/v1/admin/forwards", {}),
+        ("POST", "/api/v1/admin/forwards/retry", {}),
+        ("POST", "/api/v1/admin/forwards/1/retry", {}),
+        ("GET", "/api/v1/admin/jobs", {}),
+        ("POST", "/api/v1/admin/jobs/retry", {}),
+    ]
+
+
 def test_postgres_down_then_back(moto_server, s3_bucket, tmp_path):
     try:
         pg = ThrowawayPostgres().start()  # a PostgreSQL of this test's own, to stop
@@ -95,10 +123,17 @@ def test_postgres_down_then_back(moto_server, s3_bucket, tmp_path):
         before, during = generate_uid(), generate_uid()
         assert stow(server.url, [dicom_instance(before, seed=3)], headers=server.auth_headers).status_code == 200
 
+        [instance] = server.http.get(f"{server.dicomweb}/studies/{before}/instances", timeout=30).json()
+        series, sop = instance["0020000E"]["Value"][0], instance["00080018"]["Value"][0]
+
         pg.stop()
         assert_unavailable(studies(server, before))
         body = studies(server, before).json()
         assert body["code"] == 503 and "PostgreSQL" in body["message"]
+        for method, path, kwargs in _index_endpoints(before, series, sop):
+            response = server.http.request(method, server.url + path, timeout=30, **kwargs)
+            assert response.status_code == 503, (method, path, response.status_code, response.text[:300])
+            assert int(response.headers["Retry-After"]) > 0 and response.json()["code"] == 503, (method, path)
         data = dicom_instance(during, seed=4)
         response = stow(server.url, [data], headers=server.auth_headers)
         assert_unavailable(response)
