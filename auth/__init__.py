@@ -7,6 +7,12 @@
 - :mod:`auth.shares`, :mod:`auth.audit`, :mod:`auth.signing`: the services;
 - :mod:`auth.web`, :mod:`auth.views`: the HTTP side (authentication of every request, the API).
 """
-from auth.base import DEFAULT_CLINIC, EMBEDDED_PRINCIPAL, Authenticator, NotAuthenticated, Principal
+from auth.base import (
+    DEFAULT_CLINIC,
+    EMBEDDED_PRINCIPAL,
+    Authenticator,
+    NotAuthenticated,
+    Principal,
+)
 
 __all__ = ["DEFAULT_CLINIC", "EMBEDDED_PRINCIPAL", "Authenticator", "NotAuthenticated", "Principal"]

@@ -23,9 +23,9 @@ from auth import policy
 from auth.audit import DENIED, NOT_FOUND, OK, AuditService, resource_name
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, NotAuthorized, NotFound
-from storage.records import ShareRecord
 from storage.errors import StorageError
 from storage.query import SharedScope
+from storage.records import ShareRecord
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from dataclasses import asdict
 from typing import Iterator
 
 from auth.base import Principal
-from gateway.logs import request_id_var
-from storage.records import AuditQuery, AuditRecord
 from gateway.errors import BackendUnavailable
+from gateway.logs import request_id_var
 from storage.errors import StorageError
+from storage.records import AuditQuery, AuditRecord
 
 logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("gateway.audit")

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from auth.base import Principal, TokenAuthenticator, claim, decode_jwt, unverified_header
+from auth.base import (
+    Principal,
+    TokenAuthenticator,
+    claim,
+    decode_jwt,
+    unverified_header,
+)
 from auth.policy import normalize_roles
 from gateway.errors import NotAuthenticated
 

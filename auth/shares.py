@@ -25,8 +25,8 @@ from auth.access import DOWNLOAD, PERMISSIONS, VIEW, AccessControl, now_ms
 from auth.audit import OK, AuditService, resource_name
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, BadRequest, NotAuthenticated, NotFound
-from storage.records import ShareRecord
 from storage.errors import StorageError
+from storage.records import ShareRecord
 
 logger = logging.getLogger(__name__)
 

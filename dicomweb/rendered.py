@@ -10,7 +10,13 @@ from auth.credentials import AUTH_PARAMS
 from dicomweb.common import PREFIX
 from dicomweb.negotiation import choose_rendered
 from dicomweb.wado import parse_frame_list
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound
+from gateway.imaging import (
+    parse_viewport,
+    parse_window,
+    parse_window_function,
+    render_frame,
+)
 from gateway.web import principal, services
 from storage.records import InstanceRecord
 
@@ -23,8 +29,6 @@ _RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "icc
 
 
 def _params(thumbnail: bool) -> dict:
-    from gateway.imaging import parse_viewport, parse_window, parse_window_function
-
     unknown = sorted(set(request.args) - _RENDER_PARAMS - AUTH_PARAMS)
     if unknown:
         raise BadRequest(f"unknown query parameter(s) for a rendered resource: {', '.join(unknown)}")
@@ -49,8 +53,6 @@ def _params(thumbnail: bool) -> dict:
 
 
 def _render(record: InstanceRecord, number: int, *, thumbnail: bool = False) -> Response:
-    from gateway.imaging import render_frame
-
     media_type = choose_rendered()
     params = _params(thumbnail)
     pixels, header = services().retrieve.decoded_frame(record, number)
@@ -68,8 +70,6 @@ def _representative(study: str, series: str | None = None) -> InstanceRecord:
     """The middle image of the series (or of the study's first series with pixel data)."""
     records = [r for r in services().retrieve.instances(principal(), study, series) if r.frame_index]
     if not records:
-        from gateway.errors import NotFound
-
         raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
     first_series = records[0].series_uid
     in_series = [r for r in records if r.series_uid == first_series]

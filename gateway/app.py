@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Mapping
-
 from http import HTTPStatus
+from typing import Any, Mapping
 
 from flask import Flask, g, jsonify, request
 from flask_smorest import Api
@@ -17,7 +16,13 @@ from werkzeug.exceptions import HTTPException
 import dicomweb
 import proprietary
 from auth.audit import audit_context
-from auth.credentials import PUBLIC_PATHS, PUBLIC_PREFIXES, RequestAuthenticator, create_provider, redact
+from auth.credentials import (
+    PUBLIC_PATHS,
+    PUBLIC_PREFIXES,
+    RequestAuthenticator,
+    create_provider,
+    redact,
+)
 from gateway import __version__, health
 from gateway.config import Settings, SettingsError, load_settings
 from gateway.errors import GatewayError, NotAuthenticated

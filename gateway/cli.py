@@ -11,12 +11,18 @@ from pathlib import Path
 
 import click
 
-from auth.audit import record_json
+from auth.audit import audit_context, record_json
+from auth.base import Principal
+from auth.local import LocalIssuer, LocalKeyStore, key_dir, parse_ttl
+from auth.signing import rotate_generated_keys
 from gateway.config import SETTINGS, SettingsError, load_settings
+from gateway.dimse.supervisor import ChildSupervisor
 from gateway.errors import BadRequest
+from gateway.logs import configure_logging
 from gateway.services import Services
 from gateway.services.jobs import job_summary
 from gateway.services.migrate import StoreMigration
+from gateway.synthetic import write_cbct
 from gateway.times import parse_time
 from gateway.worker import JobWorker
 from storage.records import AuditQuery
@@ -85,7 +91,9 @@ def serve(host, port, workers, threads) -> None:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            from gateway.app import create_app
+            from gateway.app import (
+                create_app,  # in each worker, after the fork: the master has no app
+            )
 
             return create_app(load_settings())
 
@@ -114,8 +122,6 @@ def _token_hint(settings) -> str:
 def _child(settings, kinds: list[str]):
     """The DIMSE listener and the job worker beside the HTTP server (``dimse.enabled``), or the
     job worker alone when some kind of job has work (forwarding rules are set)."""
-    from gateway.dimse.supervisor import ChildSupervisor
-
     if settings["dimse.enabled"]:
         return ChildSupervisor(["dimse"], name="DIMSE listener").start()
     if kinds:
@@ -194,9 +200,6 @@ def import_(paths: tuple[str, ...], clinic: str, quiet: bool) -> None:
 
     Re-running it is harmless: identical instances count as duplicates.
     """
-    from auth.audit import audit_context
-    from auth.base import Principal
-
     principal = Principal.system(clinic, "cli-import")
     settings = _settings()
     services = _services(settings)
@@ -243,8 +246,6 @@ def import_(paths: tuple[str, ...], clinic: str, quiet: bool) -> None:
 @click.option("--size", default=512, show_default=True, help="rows and columns of each slice")
 def demo_data(folder: str, slices: int, size: int) -> None:
     """Write a synthetic CBCT series (no patient data) into FOLDER."""
-    from gateway.synthetic import write_cbct
-
     paths = write_cbct(Path(folder), n_slices=slices, size=size)
     click.echo(f"wrote {len(paths)} files to {folder}")
 
@@ -271,8 +272,9 @@ def dimse(host, port, ae_title, no_worker, parent_pid) -> None:
 def _run_listener(*, listen: bool, work: bool = True, kinds: list[str] | None = None,
                   parent_pid: int | None = None) -> None:
     settings = _settings()
-    from gateway.dimse.listener import run
-    from gateway.logs import configure_logging
+    from gateway.dimse.listener import (
+        run,  # pynetdicom: only the commands that run DIMSE load it
+    )
 
     configure_logging(settings["log.level"], settings["log.format"])
     try:
@@ -367,8 +369,6 @@ def token(clinic: str, user: str, roles: tuple[str, ...], ttl: str) -> None:
     Use it as `Authorization: Bearer <token>`. The signing key is created on first use in
     auth.key_dir (default <data_dir>/auth).
     """
-    from auth.local import LocalIssuer, parse_ttl
-
     settings = _settings()
     if settings["auth.provider"] != "local":
         click.echo(f"warning: auth.provider is {settings['auth.provider']!r}: this gateway does not accept "
@@ -388,8 +388,6 @@ def auth_keys(ctx) -> None:
         return
     import time
 
-    from auth.local import LocalKeyStore, key_dir
-
     settings = _settings()
     store = LocalKeyStore(key_dir(settings), algorithm=settings["auth.local_algorithm"])
     for i, key in enumerate(store.load()):
@@ -402,12 +400,8 @@ def auth_keys(ctx) -> None:
 def auth_keys_rotate(url_signing: bool) -> None:
     """Make a new key the signing key; the old ones still verify until retired. Running
     gateways pick the new key up by themselves (tokens: on the first unknown kid)."""
-    from auth.local import LocalKeyStore, key_dir
-
     settings = _settings()
     if url_signing:
-        from auth.signing import rotate_generated_keys
-
         if settings["auth.url_signing_keys"]:
             raise click.ClickException("auth.url_signing_keys is set: rotate by editing it (new key first)")
         click.echo(f"new URL-signing key {rotate_generated_keys(key_dir(settings))}; restart the gateway to sign "
@@ -421,8 +415,6 @@ def auth_keys_rotate(url_signing: bool) -> None:
 @click.argument("kid")
 def auth_keys_retire(kid: str) -> None:
     """Stop accepting tokens signed with KID."""
-    from auth.local import LocalKeyStore, key_dir
-
     settings = _settings()
     try:
         LocalKeyStore(key_dir(settings), algorithm=settings["auth.local_algorithm"]).retire(kid)

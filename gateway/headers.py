@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from storage.attributes import COMPUTED, INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from gateway.errors import DatasetMismatch, InvalidDicom, MissingAttribute
+from storage.attributes import COMPUTED, INDEXED, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 
 logger = logging.getLogger(__name__)
 

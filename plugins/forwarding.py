@@ -32,7 +32,13 @@ from pynetdicom import AE, evt
 
 from gateway.config import SettingsError
 from gateway.dimse.peers import PeerTable
-from gateway.dimse.scu import NoAcceptedContext, configure_pynetdicom, send_stored, set_nodelay, store_contexts
+from gateway.dimse.scu import (
+    NoAcceptedContext,
+    configure_pynetdicom,
+    send_stored,
+    set_nodelay,
+    store_contexts,
+)
 from gateway.errors import GatewayError
 from gateway.services.jobs import JobRun, RetryPolicy
 from plugins.hookspecs import hookimpl

@@ -16,8 +16,14 @@ from gateway.errors import NotFound
 from gateway.services.jobs import job_summary, now_ms
 from gateway.web import principal, services
 from proprietary.common import BODY, QUERY, requires
-from proprietary.schemas import (ForwardListSchema, JobListQueryArgs, JobListSchema, JobQueryArgs, RetriedSchema,
-                                 RetryRequest)
+from proprietary.schemas import (
+    ForwardListSchema,
+    JobListQueryArgs,
+    JobListSchema,
+    JobQueryArgs,
+    RetriedSchema,
+    RetryRequest,
+)
 from storage.records import Job
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,12 @@ from auth import policy
 from gateway.times import iso, parse_time
 from gateway.web import principal, public_base, services
 from proprietary.common import BODY, QUERY, requires
-from proprietary.schemas import ShareCreateSchema, ShareListQuery, ShareListSchema, ShareSchema
+from proprietary.schemas import (
+    ShareCreateSchema,
+    ShareListQuery,
+    ShareListSchema,
+    ShareSchema,
+)
 from storage.records import ShareRecord
 
 blp = Blueprint("shares", __name__, url_prefix="/api/v1/shares",

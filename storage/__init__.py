@@ -5,11 +5,26 @@ store, instance index, job queue, share store, audit log), :mod:`storage.records
 they keep, :mod:`storage.query` the one query model, :mod:`storage.attributes` the indexed
 DICOM attributes, :mod:`storage.registry` finds backends by entry point.
 """
-from storage.base import (AuditLog, BlobStore, IndexBackend, InstanceIndex, JobQueue, ShareStore)
+from storage.base import (
+                             AuditLog,
+                             BlobStore,
+                             IndexBackend,
+                             InstanceIndex,
+                             JobQueue,
+                             ShareStore,
+)
 from storage.errors import Conflict, ObjectNotFound, StorageError, Unavailable
 from storage.query import Match, Query
-from storage.records import (AddResult, AuditQuery, AuditRecord, InstanceRecord, Job, NewInstance, SearchResult,
-                             ShareRecord)
+from storage.records import (
+                             AddResult,
+                             AuditQuery,
+                             AuditRecord,
+                             InstanceRecord,
+                             Job,
+                             NewInstance,
+                             SearchResult,
+                             ShareRecord,
+)
 
 __all__ = [
     "AddResult", "AuditLog", "AuditQuery", "AuditRecord", "BlobStore", "Conflict", "IndexBackend", "InstanceIndex",

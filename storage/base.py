@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol, Sequence, runtime_checkable
 
 from storage.query import Query
-from storage.records import (AddResult, AuditQuery, AuditRecord, InstanceRecord, Job, NewInstance, SearchResult,
-                             ShareRecord)
+from storage.records import (
+    AddResult,
+    AuditQuery,
+    AuditRecord,
+    InstanceRecord,
+    Job,
+    NewInstance,
+    SearchResult,
+    ShareRecord,
+)
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from plugins.manager import create_plugin_manager
 from storage import registry
-from storage.base import BlobStore, INDEX_KINDS, IndexBackend, InstanceIndex
+from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,17 @@ from auth import policy
 from auth.audit import OK, resource_name
 from auth.base import Principal
 from gateway import headers
-from gateway.errors import (BackendUnavailable, DatasetMismatch, GatewayError, InstanceExists,
-                            InvalidDicom, NotAuthorized, PayloadTooLarge, StudyMismatch)
+from gateway.errors import (
+    BackendUnavailable,
+    DatasetMismatch,
+    GatewayError,
+    InstanceExists,
+    InvalidDicom,
+    NotAuthorized,
+    PayloadTooLarge,
+    StudyMismatch,
+)
+from gateway.imaging import PixelDataError, index_pixel_data
 from storage.base import BlobStore, InstanceIndex
 from storage.errors import Conflict, StorageError, Unavailable
 from storage.records import InstanceRecord, NewInstance
@@ -180,8 +189,6 @@ class IngestService:
     def _inspect(self, staged: StagedInstance) -> None:
         if staged.size == 0:
             raise InvalidDicom("empty body: no DICOM bytes")
-        from gateway.imaging import PixelDataError, index_pixel_data
-
         with open(staged.path, "rb") as fp:
             ds = headers.read_header(fp)
             staged.header = headers.validate(ds)

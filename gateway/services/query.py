@@ -17,8 +17,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from auth.audit import OK
 from auth.base import Principal
-from storage.attributes import BY_KEYWORD, DEFAULT_RETURN, INDEXED, PARENT_RETURN
 from gateway.errors import BackendUnavailable, BadRequest
+from storage.attributes import BY_KEYWORD, DEFAULT_RETURN, INDEXED, PARENT_RETURN
 from storage.base import InstanceIndex
 from storage.errors import StorageError
 from storage.query import Match, Query

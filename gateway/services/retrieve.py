@@ -13,6 +13,13 @@ from auth.access import VIEW, Source
 from auth.base import Principal
 from gateway import headers
 from gateway.errors import BackendUnavailable, BadRequest, NotFound
+from gateway.imaging import (
+    FrameIndex,
+    PixelDataError,
+    decode_frame,
+    frame_as_explicit_le,
+    read_stored_frame,
+)
 from storage.base import BlobStore, InstanceIndex
 from storage.errors import ObjectNotFound, StorageError
 from storage.records import InstanceRecord
@@ -103,8 +110,6 @@ class RetrieveService:
 
     def frames(self, record: InstanceRecord, numbers: list[int], *, as_stored: bool) -> list[Frame]:
         """Selected frames (1-based), as stored or as Explicit VR Little Endian pixel bytes."""
-        from gateway.imaging import FrameIndex, PixelDataError, frame_as_explicit_le, read_stored_frame
-
         if not record.frame_index:
             raise NotFound(f"instance {record.sop_uid} has no pixel data")
         index = FrameIndex.from_json(record.frame_index)
@@ -129,8 +134,6 @@ class RetrieveService:
 
     def decoded_frame(self, record: InstanceRecord, number: int):
         """(pixels as numpy array, header dataset) of one frame, for rendering."""
-        from gateway.imaging import FrameIndex, PixelDataError, decode_frame
-
         if not record.frame_index:
             raise NotFound(f"instance {record.sop_uid} has no pixel data to render")
         index = FrameIndex.from_json(record.frame_index)
