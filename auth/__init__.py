@@ -5,7 +5,10 @@
 - :mod:`auth.policy`: roles × actions, in one table;
 - :mod:`auth.access`: decisions on resources (tenant, role, shares);
 - :mod:`auth.shares`, :mod:`auth.audit`, :mod:`auth.signing`: the services;
-- :mod:`auth.web`, :mod:`auth.views`: the HTTP side (authentication of every request, the API).
+- :mod:`auth.credentials`: which credentials a request carries (signed URL, link, bearer token).
+
+Nothing here knows the web framework: the HTTP endpoints of shares, signed URLs and the
+audit log are in :mod:`proprietary`.
 """
 from auth.base import (
     DEFAULT_CLINIC,

@@ -6,7 +6,7 @@ Actions:
 - ``write``: store (STOW-RS, C-STORE, imports);
 - ``delete``: delete studies, series, instances;
 - ``share``: create, list and revoke shares of the clinic's studies;
-- ``admin``: the clinic's audit log and forward queue.
+- ``admin``: the clinic's audit log and job queue (forwards).
 
 A cell of :data:`POLICY` is the scope an action has for a role:
 

@@ -305,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("forward.retry_initial", 5.0, _positive(_float), "seconds before the first retry of a failed forward; doubles on each failure"),
     Setting("forward.retry_max", 600.0, _positive(_float), "longest wait between two retries, in seconds"),
     Setting("forward.max_attempts", 20, _positive(_int), "attempts after which a forward is marked failed (retry it with 'gateway forwards retry')"),
-    Setting("forward.poll_interval", 1.0, _positive(_float), "seconds between two looks at the forward queue"),
+    Setting("forward.poll_interval", 1.0, _positive(_float), "seconds between two looks at the job queue for forwards (when idle)"),
     Setting("forward.batch_size", 50, _positive(_int), "forwards sent on one association"),
     Setting("forward.lease_seconds", 600, _positive(_int), "a claimed batch not finished in this time is claimed again by another worker"),
     Setting("worker.threads", 1, _positive(_int), "threads of each job worker ('gateway worker', and beside the DIMSE listener), each claiming jobs on its own"),
