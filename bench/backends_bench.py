@@ -15,7 +15,7 @@ latency is *not* in these numbers), then prints them side by side.
 a gateway on each (blobs on a folder: only the index is measured) and measures QIDO-RS over
 HTTP, client side to the last byte: p50/p99 with one client, and the default study list with
 8 clients. It also measures, in process, the name searches with the PostgreSQL store's
-"sort after filtering" order turned off, to show the planner trap of PERFORMANCE.md. With
+"sort after filtering" order turned off, to show the planner trap (a rare name walks the whole date index). With
 ``--orthanc`` (only inside ``unshare -n``, see bench/README.md) Orthanc is loaded with the first
 10,000 studies (one small instance each: Orthanc cannot take synthetic index rows) and gets
 the same queries.

@@ -5,7 +5,7 @@ PS3.4, PS3.7 or PS3.8 section, or the client behaviour that needs it) and a *lev
 
 - ``standard``: the cited section says *shall* (or the HTTP/URI RFCs PS3.18 builds on do);
 - ``interop``: what real clients need beyond the letter of the standard (OHIF, browsers,
-  dicomweb-client; see ``../shared/CONFORMANCE.md``), or a security expectation.
+  dicomweb-client, PACS practice), or a security expectation.
 
 A failure at either level is a failure (exit status 1); the report keeps them apart so a
 reader can tell "breaks the standard" from "breaks OHIF".

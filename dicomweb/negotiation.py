@@ -1,6 +1,6 @@
 """Accept-header negotiation for WADO-RS (PS3.18 8.7): which representation to send.
 
-Lenient by design (CONFORMANCE.md, complaints 4 and 5): quoted or unquoted
+Lenient by design (strict Accept parsing is a top complaint about DICOMweb servers): quoted or unquoted
 parameters, several media ranges, duplicated ``transfer-syntax`` parameters,
 ``multipart/*`` and ``*/*`` are all understood; 406 only when nothing fits.
 """

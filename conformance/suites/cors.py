@@ -12,7 +12,7 @@ from conformance.suites.common import DICOM_JSON, expect_status
 suite = Suite("cors", "CORS (browser viewers)", needs="dicomweb")
 
 ORIGIN = "https://viewer.example.org"
-FETCH = "WHATWG Fetch 3.2 (CORS protocol); CONFORMANCE.md"
+FETCH = "WHATWG Fetch 3.2 (CORS protocol); browser viewers (OHIF) read error bodies too"
 
 
 def _allowed(ctx: Context, response, what: str) -> None:

@@ -315,7 +315,7 @@ def get_study(ctx: Context) -> None:
 
 
 @suite.check("get-as-stored", "C-GET returns a JPEG 2000 instance as it was stored (same syntax, same bytes)",
-             "PS3.4 B.4.1 (storage SCP level 2: no loss); CONFORMANCE.md (stored as received)", level="interop")
+             "PS3.4 B.4.1 (storage SCP level 2: no loss); PACS practice (Orthanc, dcm4chee: stored as received)", level="interop")
 def get_as_stored(ctx: Context) -> None:
     study = _stored(ctx)
     item = next(i for i in study.instances if i.transfer_syntax != "1.2.840.10008.1.2.1")
@@ -331,8 +331,8 @@ def get_as_stored(ctx: Context) -> None:
 # --- access control -------------------------------------------------------------------------------
 
 @suite.check("unknown-calling-ae", "an association from an unknown calling AE title is rejected (or refused "
-             "every query)", "PS3.8 9.3.4 (A-ASSOCIATE-RJ: calling AE title not recognized); CONFORMANCE.md "
-             "(access control per peer)", level="interop")
+             "every query)", "PS3.8 9.3.4 (A-ASSOCIATE-RJ: calling AE title not recognized); PACS practice "
+             "(access control per peer: Orthanc DicomModalities, dcm4chee per-AE lists)", level="interop")
 def unknown_calling_ae(ctx: Context) -> None:
     study = _stored(ctx)
     try:

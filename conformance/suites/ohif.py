@@ -1,7 +1,9 @@
 """OHIF v3's call sequence (DicomWebDataSource, lazy study load): list, open, pixels, store.
 
-The requests are the ones OHIF v3 sends, header for header (see CONFORMANCE.md, "What
-OHIF v3 calls, in order"); each step is a check so a report says where a viewer breaks.
+The requests are the ones OHIF v3 sends, header for header (read from OHIF v3's
+DicomWebDataSource: study list, series, series metadata in parallel, frames with
+``transfer-syntax=*``, STOW of measurements); each step is a check so a report says where a
+viewer breaks.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from conformance.suites.wado import VIEWER_ATTRIBUTES
 
 suite = Suite("ohif", "OHIF v3 call sequence", needs="dicomweb")
 
-OHIF = "CONFORMANCE.md (OHIF v3 DicomWebDataSource)"
+OHIF = "OHIF v3 DicomWebDataSource"
 
 
 def _study(ctx: Context):

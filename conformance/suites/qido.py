@@ -178,7 +178,7 @@ def uid_list(ctx: Context) -> None:
 
 
 @suite.check("match-uid-list-backslash", "a backslash-separated UID list (DIMSE style) matches each UID",
-             "PS3.4 C.2.2.2.2 (backslash as value delimiter); CONFORMANCE.md", level="interop")
+             "PS3.4 C.2.2.2.2 (backslash as value delimiter); DIMSE-minded clients", level="interop")
 def uid_list_backslash(ctx: Context) -> None:
     s = _studies(ctx)
     wanted = {s["main"].uid, s["other"].uid}
@@ -245,7 +245,7 @@ def fuzzy_parameter(ctx: Context) -> None:
 
 
 @suite.check("fuzzy-name-component", "fuzzymatching=true finds a patient by one name component, any case",
-             "PS3.18 8.3.4.2 (fuzzy semantic matching of person names); CONFORMANCE.md",
+             "PS3.18 8.3.4.2 (fuzzy semantic matching of person names); OHIF (supportsFuzzyMatching)",
              level="interop")
 def fuzzy_component(ctx: Context) -> None:
     a = _studies(ctx)["main"]
@@ -338,7 +338,7 @@ def limit_offset(ctx: Context) -> None:
 
 
 @suite.check("truncation-warning", "a page cut by limit says so in a Warning header (299)",
-             "PS3.18 8.3.4.4 (Warning 299); CONFORMANCE.md (clients page by it)", level="interop")
+             "PS3.18 8.3.4.4 (Warning 299); clients page by it (OHIF, dicomweb-client)", level="interop")
 def truncation_warning(ctx: Context) -> None:
     _studies(ctx)
     response = qido(ctx, "studies", _ours(ctx) + [("limit", "1")])

@@ -96,7 +96,7 @@ def chunked(ctx: Context) -> None:
 
 
 @suite.check("duplicate-identical", "re-sending an identical instance (a client retry) is not an error",
-             "PS3.18 10.5.3.1 (200/202); CONFORMANCE.md duplicates", level="interop")
+             "PS3.18 10.5.3.1 (200/202); client retries (dicomweb-client, PACS re-sends)", level="interop")
 def duplicate_identical(ctx: Context) -> None:
     study = ctx.data.small_study("S5", 1)
     stored_ok(ctx, stow(ctx, study.instances), study.instances, "first STOW")
@@ -111,7 +111,7 @@ def duplicate_identical(ctx: Context) -> None:
 
 
 @suite.check("duplicate-conflict", "same SOP Instance UID with other content: the answer says what was kept",
-             "PS3.18 10.5.3.1; Annex I (Failed SOP Sequence / Warning Reason); CONFORMANCE.md duplicates",
+             "PS3.18 10.5.3.1; Annex I (Failed SOP Sequence / Warning Reason); duplicate policies of PACS",
              level="interop")
 def duplicate_conflict(ctx: Context) -> None:
     study = ctx.data.small_study("S6", 1)

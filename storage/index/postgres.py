@@ -213,7 +213,7 @@ class PostgresIndexStore(SqlDatabase):
         an expression no index provides: PostgreSQL then finds the matches through their own
         index and sorts them, instead of walking the date index backwards in the hope of
         meeting ``limit`` matches early, which costs a scan of every study when the name is
-        rare (PERFORMANCE.md: p50 0.4 ms but p99 40 ms)."""
+        rare (measured on 60,000 studies: p50 0.4 ms but p99 40 ms)."""
         order = super().study_order(query)
         if self.fence_selective_searches and any(m.keyword in _SELECTIVE for m in query.matches):
             return order.replace("s.study_date DESC", "(s.study_date || '') DESC", 1)
