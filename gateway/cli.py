@@ -120,11 +120,13 @@ def _token_hint(settings) -> str:
 
 
 def _child(settings, kinds: list[str]):
-    """The DIMSE listener and the job worker beside the HTTP server (``dimse.enabled``), or the
-    job worker alone when some kind of job has work (forwarding rules are set)."""
+    """The DIMSE listener (``dimse.enabled``) and the job worker (``worker.embedded``) beside the
+    HTTP server, in one child process; or the job worker alone when some kind of job has work
+    (forwarding rules are set)."""
+    embedded = settings["worker.embedded"]
     if settings["dimse.enabled"]:
-        return ChildSupervisor(["dimse"], name="DIMSE listener").start()
-    if kinds:
+        return ChildSupervisor(["dimse"] + ([] if embedded else ["--no-worker"]), name="DIMSE listener").start()
+    if kinds and embedded:
         return ChildSupervisor(["worker"], name="job worker").start()
     return None
 

@@ -308,6 +308,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("forward.poll_interval", 1.0, _positive(_float), "seconds between two looks at the job queue for forwards (when idle)"),
     Setting("forward.batch_size", 50, _positive(_int), "forwards sent on one association"),
     Setting("forward.lease_seconds", 600, _positive(_int), "a claimed batch not finished in this time is claimed again by another worker"),
+    Setting("worker.embedded", True, _bool, "'gateway serve' runs a job worker beside the HTTP server (in the DIMSE child, or in a child of its own when some kind of job has work); false: only 'gateway worker' processes run jobs"),
     Setting("worker.threads", 1, _positive(_int), "threads of each job worker ('gateway worker', and beside the DIMSE listener), each claiming jobs on its own"),
     Setting("storage.postgres_dsn", "", str, "PostgreSQL connection string for storage.index_backend = postgresql (postgresql://user@host:5432/db or key=value)", secret=True),
     Setting("storage.postgres_password", "", str, "PostgreSQL password when it is not in the DSN (else PGPASSWORD or ~/.pgpass)", secret=True),

@@ -16,7 +16,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, generate_ui
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.conftest import free_port
+from tests.conftest import ServerProcess, free_port
 from tests.e2e.dimse_support import DimseServer, associate, dataset_bytes, fresh_copy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -171,5 +171,73 @@ def test_forwarding_remote_down_then_up_across_a_restart(tmp_path):
         _wait(lambda: _forwards(server)["counts"] == {"pending": 0, "failed": 0}, what="the retried forward")
         assert remote.sops() == sorted(expected + [_sop(refused)])
     finally:
+        server.stop()
+        remote.stop()
+
+
+class SlowSCP(RecordingSCP):
+    """A remote that holds each C-STORE for ``delay`` seconds while ``slow`` is set."""
+
+    def __init__(self, port: int, delay: float):
+        super().__init__(port)
+        self.delay = delay
+        self.slow = threading.Event()
+        self.storing = threading.Event()  # a C-STORE has begun
+
+    def _on_store(self, event):
+        self.storing.set()
+        if self.slow.is_set():
+            time.sleep(self.delay)
+        return super()._on_store(event)
+
+
+def _worker(server, tmp_path, name: str) -> subprocess.Popen:
+    log = open(tmp_path / f"{name}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--kind", "forward"], env=server.env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_job_workers_without_a_listener_one_killed_mid_batch(tmp_path):
+    """Without a DIMSE listener, `gateway serve` runs a worker child of its own; with
+    worker.embedded = false only `gateway worker` processes send, and when one is killed with
+    SIGKILL in the middle of a batch, another on the same host takes its jobs over."""
+    remote_port = free_port()
+    http_only = {**FAST_RETRIES, "GATEWAY_DIMSE__ENABLED": "false",
+                 "GATEWAY_DIMSE__DESTINATIONS": json.dumps([{"ae_title": "FWDDEST", "host": "127.0.0.1",
+                                                             "port": remote_port}]),
+                 "GATEWAY_FORWARD__RULES": json.dumps([{"name": "everything", "to": ["FWDDEST"]}])}
+    remote = SlowSCP(remote_port, delay=30).start()
+    embedded = ServerProcess(tmp_path / "embedded", env=http_only).start()
+    try:
+        sent = fresh_copy("CT_small.dcm", tmp_path / "in", StudyInstanceUID=generate_uid())
+        _stow(embedded, [sent])
+        _wait(lambda: _sop(sent) in remote.sops(), what="the embedded worker's forward")
+    finally:
+        embedded.stop()
+
+    server = ServerProcess(tmp_path / "data", env={**http_only, "GATEWAY_WORKER__EMBEDDED": "false"}).start()
+    first = second = None
+    try:
+        study = generate_uid()
+        paths = [fresh_copy("CT_small.dcm", tmp_path / "in", StudyInstanceUID=study) for _ in range(3)]
+        remote.slow.set()
+        remote.storing.clear()
+        _stow(server, paths)
+        time.sleep(1.5)
+        assert not remote.storing.is_set()  # nobody sends: the server runs no worker
+        first = _worker(server, tmp_path, "first")
+        assert remote.storing.wait(60), "the first worker never sent"
+        first.kill()  # SIGKILL, in the middle of the batch: its jobs stay leased to a dead process
+        first.wait(timeout=30)
+        remote.slow.clear()
+        second = _worker(server, tmp_path, "second")
+        _wait(lambda: _forwards(server)["counts"] == {"pending": 0, "failed": 0}, timeout=90,
+              what="the second worker to take the jobs over")
+        assert set(remote.sops()) >= {_sop(p) for p in paths}  # every instance arrived (at least once)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
         server.stop()
         remote.stop()
