@@ -1,0 +1,32 @@
+"""The OpenAPI document describes the fast API's bodies: every /api/v1 operation answers a
+schema (but 204s), and every one that takes a JSON body or query parameters declares them."""
+from __future__ import annotations
+
+WITH_BODY = {("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post", "/api/v1/admin/jobs/retry"),
+             ("post", "/api/v1/admin/forwards/retry")}
+
+
+def test_every_api_operation_has_schemas(client):
+    doc = client.get("/api/openapi.json").get_json()
+    operations = {(method, path): op for path, ops in doc["paths"].items() if path.startswith("/api/v1/")
+                  for method, op in ops.items() if method != "parameters"}
+    assert len(operations) >= 11
+    for (method, path), op in operations.items():
+        success = {code: r for code, r in op["responses"].items() if code.startswith("2")}
+        assert success, (method, path)
+        for code, response in success.items():
+            if code != "204":
+                assert "schema" in response["content"]["application/json"], (method, path, code)
+        if (method, path) in WITH_BODY:
+            assert "schema" in op["requestBody"]["content"]["application/json"], (method, path)
+        if method == "get" and not path.endswith("}"):
+            assert op.get("parameters"), (method, path)
+
+
+def test_a_body_that_does_not_fit_names_the_field(client, auth):
+    response = client.post("/api/v1/shares", headers=auth.headers(roles=["doctor"]),
+                           json={"study": "1.2", "targets": "everyone", "colour": "red"})
+    assert response.status_code == 400
+    body = response.get_json()
+    assert "targets" in body["message"] and "colour" in body["message"], body
+    assert set(body["errors"]["fields"]["json"]) == {"targets", "colour"}
