@@ -53,8 +53,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dicomweb_bench import (MultipartFileBody, RssSampler, SessionPool, boundary_of,  # noqa: E402
-                                  count_delimiters, percentile)
+from bench.common import MultipartFileBody, free_port, multipart_body, multipart_content_type  # noqa: E402
+from bench.dicomweb_bench import RssSampler, SessionPool, boundary_of, count_delimiters, percentile  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,6 @@ LABELS = {"gateway": "gateway (SQLite + folder)", "gateway-pg-s3": "gateway (Pos
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -248,7 +242,7 @@ def stow_paths(url: str, paths: list[Path], batch: int, in_flight: int, headers=
         body = MultipartFileBody(chunk, boundary)
         try:
             response = pool.get().post(f"{url}/studies", data=body, timeout=TIMEOUT, headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Content-Type": multipart_content_type(boundary),
                 "Accept": DICOM_JSON, **(headers or {})})
         finally:
             body.close()
@@ -276,10 +270,8 @@ def stow_bytes(url: str, instances: list[bytes], batch: int, in_flight: int, hea
 
     def post(chunk: list[bytes]) -> None:
         boundary = f"bench-{uuid.uuid4().hex}"
-        body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n"
-                        for d in chunk) + f"--{boundary}--\r\n".encode()
-        response = pool.get().post(f"{url}/studies", data=body, timeout=TIMEOUT, headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        response = pool.get().post(f"{url}/studies", data=multipart_body(chunk, boundary), timeout=TIMEOUT, headers={
+            "Content-Type": multipart_content_type(boundary),
             "Accept": DICOM_JSON, **(headers or {})})
         if response.status_code != 200 or _referenced(response) != len(chunk):
             raise RuntimeError(f"STOW of header-only studies: HTTP {response.status_code}: {response.text[:200]}")

@@ -35,6 +35,7 @@ import pydicom
 import requests
 from pydicom.uid import generate_uid
 
+from bench.common import MultipartFileBody, multipart_content_type
 from gateway import synthetic
 
 logger = logging.getLogger(__name__)
@@ -112,60 +113,6 @@ def count_delimiters(chunks: Iterable[bytes], boundary: str) -> tuple[int, int]:
         hits += data.count(delimiter)
         tail = data[-keep:]
     return total, max(hits - 1, 0)  # the close delimiter "--boundary--" matches too
-
-
-class MultipartFileBody:
-    """A multipart/related body read lazily from files.
-
-    It has a length, so requests sends Content-Length instead of chunked encoding
-    (not every server accepts chunked uploads), and it is read block by block, so a
-    batch never sits in client memory.
-    """
-
-    def __init__(self, paths: list[Path], boundary: str, part_type: str = "application/dicom") -> None:
-        self._segments: list[bytes | Path] = []
-        length = 0
-        for path in paths:
-            size = path.stat().st_size
-            head = f"--{boundary}\r\nContent-Type: {part_type}\r\nContent-Length: {size}\r\n\r\n".encode()
-            self._segments += [head, path, b"\r\n"]
-            length += len(head) + size + 2
-        close = f"--{boundary}--\r\n".encode()
-        self._segments.append(close)
-        self.length = length + len(close)
-        self._index = 0
-        self._offset = 0
-        self._file: Any = None
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, size: int = -1) -> bytes:
-        out: list[bytes] = []
-        wanted = self.length if size is None or size < 0 else size
-        while wanted > 0 and self._index < len(self._segments):
-            segment = self._segments[self._index]
-            if isinstance(segment, bytes):
-                piece = segment[self._offset : self._offset + wanted]
-                self._offset += len(piece)
-                if self._offset >= len(segment):
-                    self._index, self._offset = self._index + 1, 0
-            else:
-                if self._file is None:
-                    self._file = open(segment, "rb")
-                piece = self._file.read(wanted)
-                if len(piece) < wanted:
-                    self._file.close()
-                    self._file = None
-                    self._index += 1
-            out.append(piece)
-            wanted -= len(piece)
-        return b"".join(out)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class RssSampler:
@@ -282,7 +229,7 @@ def stow(url: str, series: SeriesOnDisk, batch: int, in_flight: int, res: Result
         boundary = f"bench-{uuid.uuid4().hex}"
         body = MultipartFileBody(paths, boundary)
         headers = {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Type": multipart_content_type(boundary),
             "Accept": DICOM_JSON,
         }
         t0 = time.perf_counter()

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from bench.common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SCU_AE = "BENCHSCU"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -53,12 +55,6 @@ class Result:
     @property
     def mb_per_s(self) -> float:
         return self.megabytes / self.seconds if self.seconds else 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -90,7 +86,7 @@ class Gateway:
 
     def __init__(self, workdir: Path, fsync: bool):
         self.workdir, self.fsync = workdir, fsync
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Gateway":
@@ -124,8 +120,8 @@ class OrthancTarget:
     ae_title = "ORTHANC_BENCH"
 
     def __init__(self, workdir: Path, fsync: bool):
-        self.port = _free_port()
-        self.http_port = _free_port()
+        self.port = free_port()
+        self.http_port = free_port()
         self.server = None
 
     def __enter__(self) -> "OrthancTarget":

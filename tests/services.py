@@ -29,19 +29,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port, multipart_body, multipart_content_type, multipart_parts
+
 # As in tests/conftest.py (which imports this module's fixtures, so it is not imported here).
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 ADMIN_DSN = os.environ.get("GATEWAY_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION = "testing-key", "testing-secret", "us-east-1"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_service(message: str):
@@ -325,23 +319,16 @@ def stow(base_url: str, instances: list[bytes], timeout: float = 120, *, headers
     import requests
 
     boundary = "shared-store-boundary"
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
-                    for data in instances) + b"--" + boundary.encode() + b"--\r\n"
-    return requests.post(f"{base_url}/dicom-web/studies", data=body, timeout=timeout,
-                         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+    return requests.post(f"{base_url}/dicom-web/studies", data=multipart_body(instances, boundary), timeout=timeout,
+                         headers={"Content-Type": multipart_content_type(boundary),
                                   "Accept": "application/dicom+json", **(headers or {})})
 
 
 def retrieve_parts(url: str, accept: str = DICOM_ANY, timeout: float = 120, *,
                    headers: dict | None = None) -> list[bytes]:
     """The parts of a WADO-RS multipart/related response."""
-    import io
-
     import requests
-
-    from dicomweb.multipart import MultipartReader, parse_boundary
 
     response = requests.get(url, headers={"Accept": accept, **(headers or {})}, timeout=timeout)
     assert response.status_code == 200, (response.status_code, response.text[:500])
-    reader = MultipartReader(io.BytesIO(response.content), parse_boundary(response.headers["Content-Type"]))
-    return [part.read() for part in reader]
+    return [body for _, body in multipart_parts(response)]

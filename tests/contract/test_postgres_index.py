@@ -18,13 +18,13 @@ from gateway.config import load_settings  # noqa: E402
 from storage.errors import Unavailable  # noqa: E402
 from storage.index.postgres import PostgresIndexStore, _like_pattern  # noqa: E402
 from storage.query import Match, Query  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 from tests.services import pg_connect  # noqa: E402
 
 pytestmark = pytest.mark.postgres

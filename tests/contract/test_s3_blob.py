@@ -22,7 +22,8 @@ from gateway.config import SettingsError, load_settings  # noqa: E402
 from storage.blob.s3 import S3BlobStore  # noqa: E402
 from storage.errors import ObjectNotFound, Unavailable  # noqa: E402
 from tests.contract.blob import BlobStoreContract  # noqa: E402
-from tests.services import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+from tests.services import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY  # noqa: E402
 
 pytestmark = pytest.mark.s3
 

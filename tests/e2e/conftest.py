@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import free_port
 from tests.e2e.dimse_support import DimseServer
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ import pydicom
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess
 from tests.data import sample_file
+from tests.helpers import free_port
 
 SCP_AE = "GWSCP"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # no Nagle stalls (dcmtk idles ~50 ms per instance without it)

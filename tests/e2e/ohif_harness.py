@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from tests.helpers import multipart_body, multipart_content_type
+
 OHIF_VERSION = os.environ.get("OHIF_VERSION", "3.13.2")
 OHIF_PACKAGE = "@ohif/app"
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
@@ -683,10 +685,9 @@ def stow(dicomweb_root: str, instances: list[bytes], timeout: float = 60, *, hea
     import requests
 
     boundary = "gateway-ohif-e2e-boundary"
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-                    for part in instances) + f"--{boundary}--\r\n".encode()
+    body = multipart_body(instances, boundary)
     return requests.post(f"{dicomweb_root}/studies", data=body, timeout=timeout, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Content-Type": multipart_content_type(boundary),
         "Accept": "application/dicom+json", **(headers or {})})
 
 

@@ -31,8 +31,9 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind, St
 
 from auth.local import LocalIssuer, new_signing_key
 from gateway.config import load_settings
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess
 from tests.e2e.dimse_support import SCP_AE, DimseServer, nodelay
+from tests.helpers import free_port, multipart_body, multipart_content_type
 from tests.idp import AUDIENCE, TestIdP, hmac_token, tampered_token, unsigned_token
 from tests.services import dicom_instance
 
@@ -95,12 +96,9 @@ class Gateway:
 
     def stow(self, instances: list[bytes], *, clinic: str = OWNER, role: str = "doctor", study: str | None = None,
              **kw) -> requests.Response:
-        boundary = "auth-e2e"
-        body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n"
-                        for d in instances) + f"--{boundary}--\r\n".encode()
         return self.call("POST", "/dicom-web/studies" + (f"/{study}" if study else ""), clinic=clinic, role=role,
-                         data=body, headers={"Content-Type": f'multipart/related; type="application/dicom"; '
-                                                             f"boundary={boundary}"}, **kw)
+                         data=multipart_body(instances, "auth-e2e"),
+                         headers={"Content-Type": multipart_content_type("auth-e2e")}, **kw)
 
     def share(self, study: str, *, clinic: str = OWNER, targets=None, **body) -> dict:
         response = self.call("POST", "/api/v1/shares", clinic=clinic, json={

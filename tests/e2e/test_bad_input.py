@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from tests.conftest import ServerProcess
 from tests.data import sample_file as data_file
 from tests.e2e.test_dicomweb_client import INSPECTED
+from tests.helpers import multipart_body
 
 pytestmark = pytest.mark.e2e
 
@@ -77,10 +78,7 @@ def post(server, body, content_type: str = "application/dicom", path: str = "/st
 
 
 def multipart(*parts: bytes, boundary: str = "bad-input", part_type: str = "application/dicom") -> bytes:
-    out = b""
-    for data in parts:
-        out += f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
+    return multipart_body(parts, boundary, part_type)
 
 
 def reencoded(name: str, **changes) -> bytes:

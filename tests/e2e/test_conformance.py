@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.e2e.dimse_support import SCP_AE, DimseServer
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.e2e]
 

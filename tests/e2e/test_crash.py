@@ -11,8 +11,8 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from dicomweb.multipart import MultipartReader, parse_boundary
 from tests.conftest import ServerProcess
+from tests.helpers import multipart_body, multipart_content_type, multipart_parts
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,6 @@ def _slices(study: str, series: str) -> dict[str, bytes]:
     return out
 
 
-def _multipart(parts: list[bytes], boundary: str = "crash-test") -> bytes:
-    body = b""
-    for data in parts:
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
-
-
 class Sender(threading.Thread):
     """STOWs the slices in small requests until the server goes away."""
 
@@ -54,10 +47,10 @@ class Sender(threading.Thread):
     def run(self) -> None:
         session = self.server.session()  # its own: this runs on a thread
         for batch in self.batches:
-            body = _multipart([data for _, data in batch])
+            body = multipart_body([data for _, data in batch], "crash-test")
             try:
                 r = session.post(self.server.dicomweb + "/studies", data=body, timeout=30, headers={
-                    "Content-Type": 'multipart/related; type="application/dicom"; boundary=crash-test'})
+                    "Content-Type": multipart_content_type("crash-test")})
             except requests.RequestException:
                 return  # the server was killed
             self.sent_batches += 1
@@ -75,7 +68,7 @@ def _retrieve(server, study: str, series: str, sop: str) -> bytes:
     r = server.http.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}",
                      headers={"Accept": DICOM_ANY}, timeout=30)
     assert r.status_code == 200, (sop, r.status_code, r.text[:300])
-    parts = [p.read() for p in MultipartReader(io.BytesIO(r.content), parse_boundary(r.headers["Content-Type"]))]
+    parts = [body for _, body in multipart_parts(r)]
     assert len(parts) == 1
     return parts[0]
 
@@ -145,8 +138,9 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(fresh_server, tmp_path):
         # as idempotent duplicates) are accepted, and then the whole series is there.
         for i in range(0, len(items), 50):
             batch = items[i: i + 50]
-            r = restarted.http.post(restarted.dicomweb + "/studies", data=_multipart([d for _, d in batch]), timeout=60,
-                              headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=crash-test'})
+            body = multipart_body([d for _, d in batch], "crash-test")
+            r = restarted.http.post(restarted.dicomweb + "/studies", data=body, timeout=60,
+                                    headers={"Content-Type": multipart_content_type("crash-test")})
             assert r.status_code == 200, r.text[:500]
         assert len(_listed(restarted, study)) == N_SLICES
         for sop in list(slices)[::37]:

@@ -14,7 +14,6 @@ encoding a test needs when another one of the same instance is stored.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import warnings
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from dicomweb_client.web import _Transaction
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 
-from dicomweb.multipart import MultipartReader, parse_boundary
 from tests.data import all_files, pydicom_files
+from tests.helpers import multipart_parts
 
 pytestmark = pytest.mark.e2e
 
@@ -203,11 +202,6 @@ def same_pixels(instance: Instance, data: bytes, expected: bytes) -> bool:
 
 
 # --- the server side ----------------------------------------------------------------------
-
-def multipart_parts(response: requests.Response) -> list[tuple[dict, bytes]]:
-    boundary = parse_boundary(response.headers["Content-Type"])
-    return [(part.headers, part.read()) for part in MultipartReader(io.BytesIO(response.content), boundary)]
-
 
 class Catalog:
     """Which encoding of each SOP Instance UID is on the server; swaps them on demand."""

@@ -1,7 +1,6 @@
 """One core behind two doors: C-STORE → QIDO-RS + WADO-RS, STOW-RS → C-FIND + C-GET, byte for byte."""
 from __future__ import annotations
 
-import io
 import uuid
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet
 
-from dicomweb.multipart import MultipartReader, parse_boundary
 from tests.e2e.dimse_support import associate, dataset_bytes, fresh_copy
+from tests.helpers import multipart_body, multipart_content_type, multipart_parts
 
 pytestmark = pytest.mark.e2e
 
@@ -44,8 +43,7 @@ def _wado_instance(server, path: Path) -> bytes:
     response = server.http.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
                                timeout=30)
     assert response.status_code == 200, response.text
-    boundary = parse_boundary(response.headers["Content-Type"])
-    (body,) = [part.read() for part in MultipartReader(io.BytesIO(response.content), boundary)]
+    ((_, body),) = multipart_parts(response)
     return body
 
 
@@ -81,10 +79,9 @@ def test_c_store_then_qido_and_wado_byte_equal(dimse_server, tmp_path):
 
 def _stow(server, paths: list[Path]) -> None:
     boundary = uuid.uuid4().hex
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
-                    for p in paths) + f"--{boundary}--\r\n".encode()
+    body = multipart_body([p.read_bytes() for p in paths], boundary)
     response = server.http.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Content-Type": multipart_content_type(boundary),
         "Accept": "application/dicom+json"})
     assert response.status_code == 200, response.text
 

@@ -93,7 +93,7 @@ def test_storescu_instances_retrieved_as_sent(dimse_server, stored_samples):
         response = dimse_server.http.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
                                                                  "transfer-syntax=*"}, timeout=30)
         assert response.status_code == 200, (path.name, response.text)
-        from tests.e2e.test_dicomweb_client import multipart_parts
+        from tests.helpers import multipart_parts
 
         (_headers, body), = multipart_parts(response)
         import io

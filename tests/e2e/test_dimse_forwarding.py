@@ -16,8 +16,9 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, generate_ui
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess
 from tests.e2e.dimse_support import DimseServer, associate, dataset_bytes, fresh_copy
+from tests.helpers import free_port, multipart_body, multipart_content_type
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -92,10 +93,9 @@ def _cli(server, *args: str) -> str:
 
 def _stow(server, paths: list[Path]) -> None:
     boundary = uuid.uuid4().hex
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
-                    for p in paths) + f"--{boundary}--\r\n".encode()
+    body = multipart_body([p.read_bytes() for p in paths], boundary)
     response = server.http.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        "Content-Type": multipart_content_type(boundary)})
     assert response.status_code == 200, response.text
 
 

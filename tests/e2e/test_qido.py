@@ -16,6 +16,8 @@ import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
+from tests.helpers import multipart_body, multipart_content_type
+
 pytestmark = pytest.mark.e2e
 
 PREFIX = "QIDOE2E-"
@@ -129,27 +131,17 @@ def _dataset(study: Study, series_index: int, instance_index: int) -> bytes:
     return buffer.getvalue()
 
 
-def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
-    boundary = f"qidoe2e-{uuid.uuid4().hex}"
-    body = io.BytesIO()
-    for part in parts:
-        body.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        body.write(part)
-        body.write(b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f'multipart/related; type="application/dicom"; boundary="{boundary}"'
-
-
 @pytest.fixture(scope="module")
 def qido(server):
     """Stores this module's studies once through STOW-RS; returns the QIDO base URL."""
     parts = [_dataset(study, s, i) for study in STUDIES for s, (_, count) in enumerate(study.series)
              for i in range(count)]
-    body, content_type = _multipart(parts)
+    boundary = f"qidoe2e-{uuid.uuid4().hex}"
     global http
     http = server.http
-    response = http.post(f"{server.dicomweb}/studies", data=body, timeout=60,
-                         headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+    response = http.post(f"{server.dicomweb}/studies", data=multipart_body(parts, boundary), timeout=60,
+                         headers={"Content-Type": multipart_content_type(boundary, quote_boundary=True),
+                                  "Accept": "application/dicom+json"})
     assert response.status_code == 200, response.text
     assert len(response.json()["00081199"]["Value"]) == len(parts)
     return server.dicomweb

@@ -13,7 +13,7 @@ import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicomweb.multipart import MultipartReader, parse_boundary
+from tests.helpers import multipart_body, multipart_content_type, multipart_parts
 
 pytestmark = pytest.mark.e2e
 
@@ -55,20 +55,12 @@ def uids(data: bytes) -> tuple[str, str, str]:
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
-def multipart(parts: list[bytes], boundary: str = "stow-boundary-42", part_type: str = "application/dicom") -> bytes:
-    out = b""
-    for data in parts:
-        out += f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
-
-
 def post(server, body, content_type: str, path: str = "/studies", **kw) -> requests.Response:
     return server.http.post(server.dicomweb + path, data=body, headers={"Content-Type": content_type, **kw}, timeout=60)
 
 
 def stow(server, parts: list[bytes], path: str = "/studies") -> requests.Response:
-    return post(server, multipart(parts), 'multipart/related; type="application/dicom"; boundary=stow-boundary-42',
-                path)
+    return post(server, multipart_body(parts, "stow-boundary-42"), multipart_content_type("stow-boundary-42"), path)
 
 
 def retrieve_bytes(server, data: bytes) -> bytes | None:
@@ -78,7 +70,7 @@ def retrieve_bytes(server, data: bytes) -> bytes | None:
     if r.status_code == 404:
         return None
     assert r.status_code == 200, r.text
-    parts = [part.read() for part in MultipartReader(io.BytesIO(r.content), parse_boundary(r.headers["Content-Type"]))]
+    parts = [body for _, body in multipart_parts(r)]
     assert len(parts) == 1
     return parts[0]
 
@@ -131,7 +123,7 @@ def test_multipart_parameter_forms(server, content_type):
     boundary = "b0undary-" + os.urandom(6).hex()
     study = generate_uid()
     parts = [instance(study), instance(study)]
-    r = post(server, multipart(parts, boundary), content_type.format(b=boundary))
+    r = post(server, multipart_body(parts, boundary), content_type.format(b=boundary))
     assert r.status_code == 200, r.text
     assert set(referenced(r.json())) == {uids(p)[2] for p in parts}
     assert study_instances(server, study) == {uids(p)[2] for p in parts}
@@ -141,14 +133,14 @@ def test_chunked_upload_stores_everything(server):
     study = generate_uid()
     series = generate_uid()
     parts = [instance(study, series, seed=i, size=64) for i in range(12)]
-    body = multipart(parts, "chunky")
+    body = multipart_body(parts, "chunky")
 
     def chunks():
         for offset in range(0, len(body), 7000):  # boundaries straddle chunk borders
             yield body[offset: offset + 7000]
 
     r = server.http.post(server.dicomweb + "/studies", data=chunks(), timeout=60,
-                      headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary="chunky"'})
+                      headers={"Content-Type": multipart_content_type("chunky", quote_boundary=True)})
     assert r.request.headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Length" not in r.request.headers
     assert r.status_code == 200, r.text
@@ -198,23 +190,21 @@ def test_nothing_stored_is_409(server):
                                           'multipart/related; type="application/dicom+json"; boundary=x',
                                           "multipart/form-data; boundary=x"])
 def test_unsupported_content_type_is_415(server, content_type):
-    r = post(server, multipart([instance()], "x"), content_type)
+    r = post(server, multipart_body([instance()], "x"), content_type)
     assert r.status_code == 415, r.text
     assert r.json()["message"]
 
 
 def test_malformed_multipart_is_400(server):
-    r = post(server, b"--other\r\nContent-Type: application/dicom\r\n\r\nxx\r\n--other--\r\n",
-             'multipart/related; type="application/dicom"; boundary=expected')
+    r = post(server, multipart_body([b"xx"], "other"), multipart_content_type("expected"))
     assert r.status_code == 400, r.text
     assert "boundary" in r.json()["message"]
 
 
 def test_part_with_other_media_type_fails_alone(server):
     good = instance()
-    body = (b"--mixed\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.4 nothing\r\n"
-            b"--mixed\r\nContent-Type: application/dicom\r\n\r\n" + good + b"\r\n--mixed--\r\n")
-    r = post(server, body, 'multipart/related; type="application/dicom"; boundary=mixed')
+    body = multipart_body([({"Content-Type": "application/pdf"}, b"%PDF-1.4 nothing"), good], "mixed")
+    r = post(server, body, multipart_content_type("mixed"))
     assert r.status_code == 202, r.text
     failures = list(failed(r.json()).values())
     assert len(failures) == 1 and "application/pdf" in failures[0]["00000902"]["Value"][0]

@@ -13,8 +13,8 @@ import requests
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from dicomweb.multipart import MultipartReader, parse_boundary
 from tests.data import sample_file as data_file
+from tests.helpers import multipart_body, multipart_content_type, multipart_parts
 
 pytestmark = pytest.mark.e2e
 
@@ -73,10 +73,8 @@ class Stored:
 
 
 def stow(server, datas: list[bytes]) -> list[Stored]:
-    boundary = "wado-tests"
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n" for d in datas)
-    r = http.post(server.dicomweb + "/studies", data=body + f"--{boundary}--\r\n".encode(), timeout=60,
-                      headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    r = http.post(server.dicomweb + "/studies", data=multipart_body(datas, "wado-tests"), timeout=60,
+                  headers={"Content-Type": multipart_content_type("wado-tests")})
     assert r.status_code == 200, r.text
     return [Stored(server, d) for d in datas]
 
@@ -95,8 +93,7 @@ def data(server):
 
 def parts(response: requests.Response) -> list[tuple[dict, bytes]]:
     assert response.headers["Content-Type"].startswith("multipart/related"), response.headers
-    reader = MultipartReader(io.BytesIO(response.content), parse_boundary(response.headers["Content-Type"]))
-    return [(p.headers, p.read()) for p in reader]
+    return multipart_parts(response)
 
 
 def image(response: requests.Response, media_type: str) -> Image.Image:

@@ -7,6 +7,7 @@ from pydicom.uid import generate_uid
 
 from gateway.config import load_settings
 from storage.records import AuditQuery
+from tests.helpers import multipart_body, multipart_content_type
 from tests.services import dicom_instance
 
 
@@ -22,9 +23,8 @@ def app(tmp_path):
 
 
 def stow(client, headers, *instances: bytes):
-    body = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\n" + d + b"\r\n" for d in instances) + b"--b--\r\n"
-    response = client.post("/dicom-web/studies", data=body, headers={
-        **headers, "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    response = client.post("/dicom-web/studies", data=multipart_body(instances, "b"), headers={
+        **headers, "Content-Type": multipart_content_type("b")})
     assert response.status_code == 200, response.get_json()
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import socket
 
 import pydicom
 import pytest
@@ -18,12 +17,7 @@ from gateway.dimse.handlers import IMPLEMENTATION_CLASS_UID, file_meta_bytes
 from gateway.dimse.listener import Listener
 from gateway.services import Services
 from tests.data import sample_file as sample_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 @pytest.fixture
@@ -31,7 +25,7 @@ def listener(tmp_path, request):
     saved = {k: getattr(_config, k) for k in ("STORE_RECV_CHUNKED_DATASET", "STORE_SEND_CHUNKED_DATASET",
                                               "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS")}
     overrides = {"storage.data_dir": str(tmp_path / "data"), "storage.fsync": False, "log.level": "warning",
-                 "dimse.port": _free_port(), "dimse.ae_title": "UNITSCP",
+                 "dimse.port": free_port(), "dimse.ae_title": "UNITSCP",
                  "dimse.peers": [{"ae_title": "UNIT", "hosts": ["127.0.0.1"]},
                                  {"ae_title": "NOMOVE", "allow": ["echo", "store", "find", "get"]}],
                  **getattr(request, "param", {})}

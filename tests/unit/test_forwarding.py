@@ -2,8 +2,6 @@
 job worker, the admin endpoints. (The queue itself has its contract: tests/contract/jobs.py.)"""
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from auth.base import EMBEDDED_PRINCIPAL
@@ -11,12 +9,7 @@ from gateway.config import load_settings
 from gateway.services.jobs import now_ms
 from gateway.worker import JobWorker, pid_alive
 from tests.data import sample_file as sample_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 # --- the plugin, the worker and the admin endpoint on a real app ------------------------------
@@ -26,8 +19,8 @@ def _app(tmp_path, rules, **overrides):
 
     settings = load_settings(overrides={
         "storage.data_dir": str(tmp_path / "data"), "storage.fsync": False, "log.level": "warning",
-        "dimse.destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": _free_port()},
-                               {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": _free_port()}],
+        "dimse.destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()},
+                               {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": free_port()}],
         "forward.rules": rules, "forward.retry_initial": 10.0, "forward.max_attempts": 2, **overrides,
     }, environ={})
     return create_app(settings)

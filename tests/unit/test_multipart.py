@@ -1,4 +1,5 @@
 import io
+import itertools
 import random
 import re
 import tracemalloc
@@ -13,6 +14,7 @@ from dicomweb.multipart import (
     new_boundary,
     parse_boundary,
 )
+from tests.helpers import iter_multipart_body
 
 BOUNDARY = "xyz-Boundary_42"
 
@@ -399,16 +401,10 @@ class LazyMultipartStream:
     """File-like object producing a ~200 MB multipart body on demand, never all at once."""
 
     def __init__(self, boundary: str, block: bytes, blocks: int) -> None:
-        self._segments = self._generate(boundary.encode(), block, blocks)
+        self._segments = iter_multipart_body([({"Content-Type": "application/dicom+json"}, b"{}"),
+                                              ({"Content-Type": "application/dicom"}, itertools.repeat(block, blocks)),
+                                              ({}, b"small")], boundary)
         self._current = memoryview(b"")
-
-    @staticmethod
-    def _generate(boundary: bytes, block: bytes, blocks: int):
-        yield b"--" + boundary + b"\r\nContent-Type: application/dicom+json\r\n\r\n{}"
-        yield b"\r\n--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n"
-        for _ in range(blocks):
-            yield block
-        yield b"\r\n--" + boundary + b"\r\n\r\nsmall\r\n--" + boundary + b"--\r\n"
 
     def read(self, n: int) -> bytes:
         while not self._current:
