@@ -4,9 +4,10 @@ Used by the C-GET and C-MOVE sub-operations and by the forward worker. An instan
 read through the retrieve service and its data set is sent byte for byte as it is stored
 (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: the file is streamed in PDU-sized pieces
 from the data set's offset) over a presentation context whose transfer syntax is the
-stored one. Only when the peer accepted no such context does the instance get converted:
-between uncompressed syntaxes, or decompressed to Explicit VR Little Endian; the
-conversion needs the data set in memory and is logged.
+stored one. Only when the peer accepted no such context does the instance get converted,
+and that is logged: to Explicit (or Implicit) VR Little Endian by the transcoding service,
+frame by frame into a temporary file that is then sent the same way (bounded memory);
+to Deflated or Big Endian, which the service does not produce, in memory by pydicom.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
+
+from gateway.services.transcode import TranscodeService
 
 if TYPE_CHECKING:
     from gateway.services.retrieve import RetrieveService
@@ -169,16 +172,29 @@ def send_stored(assoc: Association, retrieve: "RetrieveService", record: "Instan
                                             "TransferSyntaxUID")):
                     return send(path, **kwargs)
         # No context for the stored syntax (or a file meta without Media Storage UIDs).
+        native = (_context(assoc, record.sop_class_uid, [ExplicitVRLittleEndian])
+                  or _context(assoc, record.sop_class_uid, [ImplicitVRLittleEndian]))
+        if native is not None:
+            target = str(native.transfer_syntax[0])
+            with TranscodeService(retrieve).to_file(record, target) as path:
+                logger.info("instance %s sent converted from %s to %s (the peer did not accept it as stored)",
+                            record.sop_uid, UID(record.transfer_syntax).name, UID(target).name)
+                return send(str(path), **kwargs)
         target = _context(assoc, record.sop_class_uid, UNCOMPRESSED)
         if target is None and _context(assoc, record.sop_class_uid, [record.transfer_syntax]) is None:
             raise NoAcceptedContext(
                 f"{assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title} accepted no "
                 f"presentation context for {UID(record.sop_class_uid).name} in "
                 f"{UID(record.transfer_syntax).name} or an uncompressed syntax")
+        # Left in memory on purpose: the peer accepted only Deflated or Big Endian (which the
+        # transcoding service does not produce; pynetdicom encodes the data set into the
+        # context's syntax), or only the stored syntax with a file meta lacking its Media
+        # Storage UIDs. Both are rare; the whole data set is read.
+        logger.warning("instance %s converted in memory (%s accepted, stored as %s): the whole data set is read",
+                       record.sop_uid, UID(target.transfer_syntax[0]).name if target else "only the stored syntax",
+                       UID(record.transfer_syntax).name)
         fh.seek(0)
         ds = pydicom.dcmread(fh)
         if target is not None and ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()
-        logger.info("instance %s sent converted from %s (the peer did not accept it as stored)",
-                    record.sop_uid, UID(record.transfer_syntax).name)
+            ds.decompress(generate_instance_uid=False)
         return send(ds, **kwargs)
