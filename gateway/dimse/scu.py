@@ -7,7 +7,8 @@ from the data set's offset) over a presentation context whose transfer syntax is
 stored one. Only when the peer accepted no such context does the instance get converted,
 and that is logged: to Explicit (or Implicit) VR Little Endian by the transcoding service,
 frame by frame into a temporary file that is then sent the same way (bounded memory);
-to Deflated or Big Endian, which the service does not produce, in memory by pydicom.
+to Deflated Explicit VR Little Endian in memory by pydicom and pynetdicom. A peer that
+accepted only Big Endian gets nothing (pynetdicom cannot change the byte order).
 """
 from __future__ import annotations
 
@@ -180,16 +181,18 @@ def send_stored(assoc: Association, retrieve: "RetrieveService", record: "Instan
                 logger.info("instance %s sent converted from %s to %s (the peer did not accept it as stored)",
                             record.sop_uid, UID(record.transfer_syntax).name, UID(target).name)
                 return send(str(path), **kwargs)
-        target = _context(assoc, record.sop_class_uid, UNCOMPRESSED)
+        # Deflated: pynetdicom deflates an Explicit VR Little Endian data set itself, but only a
+        # data set in memory (a file is sent as it is). It cannot change the byte order, so a
+        # peer that accepted only Big Endian cannot be served.
+        target = _context(assoc, record.sop_class_uid, [DeflatedExplicitVRLittleEndian])
         if target is None and _context(assoc, record.sop_class_uid, [record.transfer_syntax]) is None:
             raise NoAcceptedContext(
                 f"{assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title} accepted no "
                 f"presentation context for {UID(record.sop_class_uid).name} in "
-                f"{UID(record.transfer_syntax).name} or an uncompressed syntax")
-        # Left in memory on purpose: the peer accepted only Deflated or Big Endian (which the
-        # transcoding service does not produce; pynetdicom encodes the data set into the
-        # context's syntax), or only the stored syntax with a file meta lacking its Media
-        # Storage UIDs. Both are rare; the whole data set is read.
+                f"{UID(record.transfer_syntax).name} or an uncompressed little endian syntax")
+        # Left in memory on purpose, both rare: a Deflated peer (above), or a peer that accepted
+        # only the stored syntax for a file whose meta lacks its Media Storage UIDs (pynetdicom
+        # then encodes the data set in that syntax). The whole data set is read.
         logger.warning("instance %s converted in memory (%s accepted, stored as %s): the whole data set is read",
                        record.sop_uid, UID(target.transfer_syntax[0]).name if target else "only the stored syntax",
                        UID(record.transfer_syntax).name)

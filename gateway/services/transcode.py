@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from gateway import headers as dicom_headers
@@ -153,7 +155,7 @@ class TranscodedStream:
         index = src.index
         # Frames are decoded with the header as stored; the copy written out gets the
         # attributes of the decoded frames
-        header = copy.deepcopy(src.header)
+        header = _shallow_copy(src.header)
         self.implicit = self.target == IMPLICIT_VR_LITTLE_ENDIAN
         self._first: bytes | None = None
         self._mode = "none"
@@ -171,7 +173,8 @@ class TranscodedStream:
                 del header[tag]
         if src.transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
             _swap_words(header)
-        charset = header.get("SpecificCharacterSet") or "ISO_IR 6"
+        charset = header.get("SpecificCharacterSet")
+        charset = [str(c) for c in charset] if isinstance(charset, MultiValue) else str(charset or "ISO_IR 6")
         if tail_offset is not None and tail_offset < src.size:
             self._tail = self._encode_tail(tail_offset, charset)
         self._head = self._encode_header(header)
@@ -195,36 +198,31 @@ class TranscodedStream:
             tail = index.pixel_data_offset + length
             vr = index.pixel_data_vr if index.pixel_data_vr in ("OB", "OW", "OF", "OD") else None
         else:
+            self._mode = "frames"
+            rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+            frame_bits = rows * columns * samples * bits_allocated
+            if not index.encapsulated and header.get("PhotometricInterpretation") == "YBR_FULL_422":
+                frame_bits = frame_bits // 3 * 2  # stays subsampled (PS3.3 C.7.6.3.1.2)
+            if bits_allocated == 1 and frame_bits % 8:
+                self._bits = _BitConcatenator(frame_bits)
+            self._frame_length = -(-frame_bits // 8)
+            total = -(-(frame_bits * frames) // 8)
+            self._pixel_length = total + total % 2
+            self._check_length()
             if index.encapsulated and len(index.frames) < frames:
                 raise TranscodeError(
                     f"{what} cannot be decoded to {_name(self.target)}: its encapsulated pixel data "
                     f"holds {len(index.frames)} of its {frames} frames")
-            self._mode = "frames"
             try:
                 first = frame_as_explicit_le(src.fh, src.header, index, 1)
             except PixelDataError as exc:
                 raise TranscodeError(f"{what} cannot be decoded to {_name(self.target)}: {exc}") from None
+            if len(first.data) != self._frame_length:
+                raise TranscodeError(
+                    f"{what} cannot be decoded to {_name(self.target)}: frame 1 decodes to "
+                    f"{len(first.data)} bytes, its header (Rows {rows}, Columns {columns}, Samples per "
+                    f"Pixel {samples}, Bits Allocated {bits_allocated}) says {self._frame_length}")
             self._first = first.data
-            rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
-            if bits_allocated == 1:
-                frame_bits = rows * columns * samples
-                if frame_bits % 8:
-                    self._bits = _BitConcatenator(frame_bits)
-                expected = -(-frame_bits // 8)
-                total = -(-(frame_bits * frames) // 8)
-            else:
-                expected = len(first.data)
-                if index.encapsulated and expected != rows * columns * samples * (bits_allocated // 8):
-                    raise TranscodeError(
-                        f"{what} cannot be decoded to {_name(self.target)}: frame 1 decodes to "
-                        f"{expected} bytes, its header (Rows {rows}, Columns {columns}, Samples per "
-                        f"Pixel {samples}, Bits Allocated {bits_allocated}) says "
-                        f"{rows * columns * samples * (bits_allocated // 8)}")
-                total = expected * frames
-            if len(first.data) != expected:
-                raise TranscodeError(f"{what}: frame 1 is {len(first.data)} bytes, {expected} expected")
-            self._frame_length = expected
-            self._pixel_length = total + total % 2
             # The Image Pixel attributes of what the frames now are (YBR decoded to RGB...)
             header.PhotometricInterpretation = first.photometric_interpretation
             if samples > 1 and first.planar_configuration is not None:
@@ -234,11 +232,7 @@ class TranscodedStream:
         if vr is None:
             vr = {0x7FE00008: "OF", 0x7FE00009: "OD"}.get(index.pixel_data_tag,
                                                           "OB" if bits_allocated <= 8 else "OW")
-        if self._pixel_length > MAX_VALUE_LENGTH:
-            raise TranscodeError(
-                f"{what} cannot be sent as {_name(self.target)}: its native pixel data would be "
-                f"{self._pixel_length} bytes, more than a Pixel Data element can hold (4 GiB - 2); "
-                "retrieve it as stored (transfer-syntax=*)")
+        self._check_length()
         tag = index.pixel_data_tag
         head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
         if self.implicit:
@@ -247,6 +241,13 @@ class TranscodedStream:
             head += vr.encode("ascii") + b"\0\0" + struct.pack("<L", self._pixel_length)
         self._pixel_head = head
         return tail
+
+    def _check_length(self) -> None:
+        if self._pixel_length > MAX_VALUE_LENGTH:
+            raise TranscodeError(
+                f"instance {self.record.sop_uid} cannot be sent as {_name(self.target)}: its native "
+                f"pixel data would be {self._pixel_length} bytes, more than a Pixel Data element can "
+                "hold (4 GiB - 2); retrieve it as stored (transfer-syntax=*)")
 
     def _encode_header(self, header: Dataset) -> bytes:
         meta = FileMetaDataset()
@@ -273,7 +274,7 @@ class TranscodedStream:
                                  f"{_name(self.target)}: {exc}") from None
         return out.getvalue()
 
-    def _encode_tail(self, offset: int, charset) -> bytes:
+    def _encode_tail(self, offset: int, charset: str | list[str]) -> bytes:
         """The elements stored after the pixel data, re-encoded (usually none, or padding)."""
         src = self._source
         implicit, little = _encoding(src.transfer_syntax)
@@ -531,6 +532,19 @@ def _read_meta(fh: BinaryIO, record: "InstanceRecord") -> FileMetaDataset:
         return FileMetaDataset(read_dataset(io.BytesIO(raw), False, True))
     except Exception as exc:  # pydicom raises many types
         raise TranscodeError(f"instance {record.sop_uid}: file meta information cannot be read: {exc}") from None
+
+
+def _shallow_copy(header: Dataset) -> Dataset:
+    """A data set of the same top-level elements, to change without changing ``header``: raw
+    elements are immutable tuples (replaced, not changed, when the copy converts them), the
+    others are copied (their values shared)."""
+    out = Dataset()
+    for tag in header.keys():
+        elem = header.get_item(tag)
+        out[tag] = copy.copy(elem) if isinstance(elem, DataElement) else elem
+    out.file_meta = header.file_meta
+    out.set_original_encoding(*header.original_encoding, header.original_character_set)
+    return out
 
 
 def _with_actual_encoding(header: Dataset) -> Dataset:
