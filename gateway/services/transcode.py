@@ -329,7 +329,7 @@ class TranscodedStream:
         while remaining > 0:
             chunk = src.fh.read(min(self._chunk, remaining))
             if not chunk:
-                raise PixelDataError(f"instance {self.record.sop_uid}: stored file ends "
+                raise TranscodeError(f"instance {self.record.sop_uid}: the stored file ends "
                                      f"{remaining} bytes before the end of its pixel data")
             remaining -= len(chunk)
             yield chunk
@@ -417,7 +417,7 @@ class TranscodeService:
         byte) when it cannot be produced."""
         self.check(record, target)
         stream = TranscodedStream(self, record, target)
-        logger.info("instance %s transcoded from %s to %s (%s, %d bytes)", record.sop_uid,
+        logger.debug("instance %s transcoded from %s to %s (%s, %d bytes)", record.sop_uid,
                     _name(stream._source.stored_syntax), _name(target), stream._mode, stream.length)
         return stream
 
@@ -507,7 +507,8 @@ class TranscodeService:
                     break
             spool.write(inflater.flush())
             spool.flush()
-            logger.debug("instance %s inflated into a %d byte spool", record.sop_uid, spool.tell())
+            logger.info("instance %s is deflated: inflated once into a %d byte spool file (its frames have "
+                        "no position in the stored file)", record.sop_uid, spool.tell())
             header = _with_actual_encoding(dicom_headers.read_header(_rewound(spool)))
             index = _index(spool, header, record)
             return _Source(spool, header, index, EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_TRANSFER_SYNTAX,
