@@ -1,7 +1,7 @@
 """Peak memory of the gateway while it transcodes a large JPEG 2000 instance for WADO-RS.
 
     python -m bench.transcode_bench [--size-mb 1024] [--distinct 8] [--rows 512]
-        [--modes single,multipart,stored] [--code DIR] [--label NAME] [--json out.jsonl]
+        [--modes stored,single,multipart] [--code DIR] [--label NAME] [--json out.jsonl]
     python -m bench.transcode_bench --compare out.jsonl
 
 Generates one multi-frame JPEG 2000 lossless instance of about ``--size-mb`` MB (``--distinct``
@@ -10,10 +10,10 @@ generator holds one frame), starts ``gateway serve`` on a free loopback port on 
 defaults (2 workers x 8 threads; only the data folder, the port and ``dimse.enabled = false``
 are set, as the test launcher does), stores the file with ``gateway import``, then retrieves it:
 
+* ``stored``: ``transfer-syntax=*`` on the instance, the baseline (the stored bytes, no decoding);
 * ``single``: ``Accept: application/dicom`` on the instance (default transfer syntax: Explicit
   VR Little Endian, so the server decodes every frame);
-* ``multipart``: ``Accept: multipart/related; type="application/dicom"`` on the series (same);
-* ``stored``: ``transfer-syntax=*`` on the instance, the baseline (the stored bytes, no decoding).
+* ``multipart``: ``Accept: multipart/related; type="application/dicom"`` on the series (same).
 
 Each response is read as a stream (1 MiB chunks, nothing kept). During each retrieve the RSS
 of the gunicorn master and all its children is sampled every 50 ms; reported are the idle RSS
@@ -22,7 +22,7 @@ the server (and ``gateway import``) from another checkout of the project, for ex
 commit before the transcoding service, to show the before/after figures::
 
     git archive <base commit> | tar -x -C /tmp/base
-    python -m bench.transcode_bench --code /tmp/base --label before --modes single,stored --json t.jsonl
+    python -m bench.transcode_bench --code /tmp/base --label before --json t.jsonl
     python -m bench.transcode_bench --label after --json t.jsonl
     python -m bench.transcode_bench --compare t.jsonl
 
@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size-mb", type=float, default=1024, help="stored size of the instance, MB")
     p.add_argument("--distinct", type=int, default=8, help="distinct frames encoded (then repeated)")
     p.add_argument("--rows", type=int, default=512, help="rows and columns of each frame")
-    p.add_argument("--modes", default="single,multipart,stored", help="retrieves to run, in order")
+    p.add_argument("--modes", default="stored,single,multipart",
+                   help="retrieves to run, in order (the baseline first: a worker keeps the heap that a "
+                        "whole-instance decode grew, which would inflate what follows)")
     p.add_argument("--code", default=str(ROOT), help="checkout the server runs from (default: this one)")
     p.add_argument("--label", default="this checkout")
     p.add_argument("--json", help="append the results to this JSON-lines file")
