@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import zlib
 from typing import Iterable, Iterator
@@ -14,9 +13,10 @@ from flask_smorest import Blueprint
 from auth.access import DOWNLOAD
 from dicomweb.common import PREFIX, base_url, json_array_stream, require_json_accept
 from dicomweb.multipart import iter_multipart, new_boundary
-from dicomweb.negotiation import IMPLICIT_LE, Choice, choose_dicom, choose_frames
+from dicomweb.negotiation import Choice, choose_dicom, choose_frames
 from gateway.errors import BadRequest, NotFound
 from gateway.headers import BASE_PLACEHOLDER
+from gateway.imaging import frame_media_type
 from gateway.web import principal, services
 from storage.records import InstanceRecord
 
@@ -51,45 +51,43 @@ def gzip_if_accepted(chunks: Iterable[bytes]) -> tuple[Iterable[bytes], dict]:
 
 # --- instances ----------------------------------------------------------------------
 
-def _transcoded(retrieve, record: InstanceRecord, target: str) -> bytes:
-    """The instance re-encoded as Explicit or Implicit VR Little Endian (decompressed)."""
-    with contextlib.closing(retrieve.open(record)) as fh:
-        ds = pydicom.dcmread(fh)
-        source = ds.file_meta.TransferSyntaxUID
-        if "PixelData" in ds and (source.is_compressed or not source.is_little_endian):
-            try:
-                if source.is_compressed:
-                    ds.decompress()
-                else:
-                    pixels = ds.pixel_array
-                    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-            except Exception as exc:  # the codec libraries raise many types
-                raise BadRequest(f"instance {record.sop_uid} cannot be decoded to {target}: {exc}") from None
-        ds.file_meta.TransferSyntaxUID = target
-        out = io.BytesIO()
-        ds.save_as(out, implicit_vr=target == IMPLICIT_LE, little_endian=True, enforce_file_format=True)
-        return out.getvalue()
+def _transcoded(transcoder, record: InstanceRecord, target: str) -> Iterator[bytes]:
+    """The instance re-encoded as Explicit or Implicit VR Little Endian, streamed frame by
+    frame (opened only when the multipart body reaches it)."""
+    yield from transcoder.stream(record, target)
 
 
-def _instance_parts(retrieve, records: list[InstanceRecord], choice: Choice):
-    """Runs while the response streams, outside the app context: gets its service passed in."""
+def _instance_parts(retrieve, transcoder, records: list[InstanceRecord], choice: Choice):
+    """Runs while the response streams, outside the app context: gets its services passed in."""
     for record in records:
         if choice.transfer_syntax in (None, record.transfer_syntax):
             headers = {"Content-Type": f"application/dicom; transfer-syntax={record.transfer_syntax}"}
             yield headers, retrieve.iter_bytes(record)
         else:
             headers = {"Content-Type": f"application/dicom; transfer-syntax={choice.transfer_syntax}"}
-            yield headers, _transcoded(retrieve, record, choice.transfer_syntax)
+            yield headers, _transcoded(transcoder, record, choice.transfer_syntax)
 
 
 def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
     retrieve_service = services().retrieve
     records = retrieve_service.instances(principal(), study, series, sop, need=DOWNLOAD)
     choice = choose_dicom({r.transfer_syntax for r in records}, single_allowed=sop is not None)
+    transcoder = services().transcode
+    converted = [r for r in records if choice.transfer_syntax not in (None, r.transfer_syntax)]
+    for record in converted:  # from the records alone: 400 before the first byte, not a cut body
+        transcoder.check(record, choice.transfer_syntax)
     if choice.multipart:
-        return multipart_response(_instance_parts(retrieve_service, records, choice), "application/dicom")
-    headers, body = next(_instance_parts(retrieve_service, records, choice))
-    return Response(body, headers=headers, direct_passthrough=True)
+        return multipart_response(_instance_parts(retrieve_service, transcoder, records, choice),
+                                  "application/dicom")
+    record = records[0]
+    if not converted:
+        headers, body = next(_instance_parts(retrieve_service, transcoder, records, choice))
+        return Response(body, headers=headers, direct_passthrough=True)
+    # Opened, header read and first frame decoded now: a failure is still an error response
+    stream = transcoder.stream(record, choice.transfer_syntax)
+    headers = {"Content-Type": f"application/dicom; transfer-syntax={choice.transfer_syntax}",
+               "Content-Length": str(stream.length)}
+    return Response(stream, headers=headers, direct_passthrough=True)
 
 
 @blp.route("/studies/<study>", methods=["GET"])
@@ -151,8 +149,6 @@ def parse_frame_list(text: str) -> list[int]:
 
 
 def _frames_response(record: InstanceRecord, numbers: list[int]) -> Response:
-    from gateway.imaging import frame_media_type
-
     stored_type = frame_media_type(record.transfer_syntax)
     choice = choose_frames(record.transfer_syntax, stored_type, single_allowed=len(numbers) == 1)
     as_stored = choice.transfer_syntax is None or choice.transfer_syntax == record.transfer_syntax

@@ -197,7 +197,7 @@ class ForwardHandler:
                     run.failed(job, f"association with {name} was lost")
                     continue
                 try:
-                    response = send_stored(assoc, self.services.retrieve, record)
+                    response = send_stored(assoc, self.services.transcode, record)
                 except NoAcceptedContext as exc:
                     run.failed(job, str(exc), permanent=True)
                     continue

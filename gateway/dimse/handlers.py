@@ -355,7 +355,7 @@ def _sub_operations(event: evt.Event, ctx: DimseContext, state: AssociationState
             yield 0xFE00, None
             return
         state.count(what)
-        yield 0xFF00, StoredInstance(record, ctx.services.retrieve)
+        yield 0xFF00, StoredInstance(record, ctx.services.transcode)
 
 
 def handle_move(event: evt.Event, ctx: DimseContext):

@@ -1,12 +1,14 @@
 """Sending stored instances by C-STORE, as stored, in bounded memory.
 
 Used by the C-GET and C-MOVE sub-operations and by the forward worker. An instance is
-read through the retrieve service and its data set is sent byte for byte as it is stored
+read through the retrieve service (the transcode service's) and its data set is sent byte for byte as it is stored
 (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: the file is streamed in PDU-sized pieces
 from the data set's offset) over a presentation context whose transfer syntax is the
-stored one. Only when the peer accepted no such context does the instance get converted:
-between uncompressed syntaxes, or decompressed to Explicit VR Little Endian; the
-conversion needs the data set in memory and is logged.
+stored one. Only when the peer accepted no such context does the instance get converted,
+and that is logged: to Explicit (or Implicit) VR Little Endian by the transcoding service,
+frame by frame into a temporary file that is then sent the same way (bounded memory);
+to Deflated Explicit VR Little Endian in memory by pydicom and pynetdicom. A peer that
+accepted only Big Endian gets nothing (pynetdicom cannot change the byte order).
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 
+from gateway.services.transcode import TranscodeService
+
 if TYPE_CHECKING:
-    from gateway.services.retrieve import RetrieveService
     from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
@@ -75,12 +78,12 @@ class StoredInstance(Dataset):
     with only its SOP Class and Instance UIDs, which :func:`install_stored_sender` turns
     into a send of the stored bytes."""
 
-    def __init__(self, record: "InstanceRecord", retrieve: "RetrieveService"):
+    def __init__(self, record: "InstanceRecord", transcode: TranscodeService):
         super().__init__()
         self.SOPClassUID = record.sop_class_uid
         self.SOPInstanceUID = record.sop_uid
         self.gateway_record = record
-        self.gateway_retrieve = retrieve
+        self.gateway_transcode = transcode
 
 
 def install_stored_sender(assoc: Association) -> None:
@@ -95,7 +98,7 @@ def install_stored_sender(assoc: Association) -> None:
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
                      originator_id: int | None = None) -> Dataset:
         if isinstance(dataset, StoredInstance):
-            return send_stored(assoc, dataset.gateway_retrieve, dataset.gateway_record, msg_id=msg_id,
+            return send_stored(assoc, dataset.gateway_transcode, dataset.gateway_record, msg_id=msg_id,
                                priority=priority, originator_aet=originator_aet, originator_id=originator_id,
                                send=original)
         return original(dataset, msg_id, priority, originator_aet, originator_id)
@@ -152,7 +155,7 @@ def _as_file(fh: Any) -> Iterator[str]:
         yield spool.name
 
 
-def send_stored(assoc: Association, retrieve: "RetrieveService", record: "InstanceRecord", *,
+def send_stored(assoc: Association, transcode: TranscodeService, record: "InstanceRecord", *,
                 msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
                 originator_id: int | None = None, send=None) -> Dataset:
     """C-STORE one stored instance over ``assoc``; returns the response status data set
@@ -161,7 +164,7 @@ def send_stored(assoc: Association, retrieve: "RetrieveService", record: "Instan
     send = send or assoc.send_c_store
     kwargs = {"msg_id": msg_id, "priority": priority, "originator_aet": originator_aet,
               "originator_id": originator_id}
-    with contextlib.closing(retrieve.open(record)) as fh:
+    with contextlib.closing(transcode.retrieve.open(record)) as fh:
         if _context(assoc, record.sop_class_uid, [record.transfer_syntax]) is not None:
             with _as_file(fh) as path:
                 meta, _offset = split_dataset(path)
@@ -169,16 +172,31 @@ def send_stored(assoc: Association, retrieve: "RetrieveService", record: "Instan
                                             "TransferSyntaxUID")):
                     return send(path, **kwargs)
         # No context for the stored syntax (or a file meta without Media Storage UIDs).
-        target = _context(assoc, record.sop_class_uid, UNCOMPRESSED)
+        native = (_context(assoc, record.sop_class_uid, [ExplicitVRLittleEndian])
+                  or _context(assoc, record.sop_class_uid, [ImplicitVRLittleEndian]))
+        if native is not None:
+            target = str(native.transfer_syntax[0])
+            with transcode.to_file(record, target) as path:
+                logger.info("instance %s sent converted from %s to %s (the peer did not accept it as stored)",
+                            record.sop_uid, UID(record.transfer_syntax).name, UID(target).name)
+                return send(str(path), **kwargs)
+        # Deflated: pynetdicom deflates an Explicit VR Little Endian data set itself, but only a
+        # data set in memory (a file is sent as it is). It cannot change the byte order, so a
+        # peer that accepted only Big Endian cannot be served.
+        target = _context(assoc, record.sop_class_uid, [DeflatedExplicitVRLittleEndian])
         if target is None and _context(assoc, record.sop_class_uid, [record.transfer_syntax]) is None:
             raise NoAcceptedContext(
                 f"{assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title} accepted no "
                 f"presentation context for {UID(record.sop_class_uid).name} in "
-                f"{UID(record.transfer_syntax).name} or an uncompressed syntax")
+                f"{UID(record.transfer_syntax).name} or an uncompressed little endian syntax")
+        # Left in memory on purpose, both rare: a Deflated peer (above), or a peer that accepted
+        # only the stored syntax for a file whose meta lacks its Media Storage UIDs (pynetdicom
+        # then encodes the data set in that syntax). The whole data set is read.
+        logger.warning("instance %s converted in memory (%s accepted, stored as %s): the whole data set is read",
+                       record.sop_uid, UID(target.transfer_syntax[0]).name if target else "only the stored syntax",
+                       UID(record.transfer_syntax).name)
         fh.seek(0)
         ds = pydicom.dcmread(fh)
         if target is not None and ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()
-        logger.info("instance %s sent converted from %s (the peer did not accept it as stored)",
-                    record.sop_uid, UID(record.transfer_syntax).name)
+            ds.decompress(generate_instance_uid=False)
         return send(ds, **kwargs)

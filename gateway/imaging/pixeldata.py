@@ -43,6 +43,7 @@ __all__ = [
     "FrameIndex",
     "PixelDataError",
     "UncompressedFrame",
+    "check_decodable",
     "decode_frame",
     "frame_as_explicit_le",
     "frame_media_type",
@@ -782,6 +783,13 @@ def _decoder(uid: str) -> Decoder:
         hint = _INSTALL_HINTS.get(uid, " / ".join(decoder.missing_dependencies))
         raise PixelDataError(f"transfer syntax {uid} cannot be decoded: install {hint}")
     return decoder
+
+
+def check_decodable(transfer_syntax: str) -> None:
+    """Raise :class:`PixelDataError` saying what is missing when frames stored in
+    ``transfer_syntax`` cannot be decoded here (native syntaxes always can)."""
+    if str(transfer_syntax) not in NATIVE_TRANSFER_SYNTAXES:
+        _decoder(str(transfer_syntax))
 
 
 def _single_frame_native(

@@ -23,6 +23,7 @@ from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstan
 from gateway.services.jobs import JobService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
+from gateway.services.transcode import TranscodeService
 from plugins.manager import create_plugin_manager
 from storage import registry
 from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
@@ -68,6 +69,7 @@ class Services:
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
+    transcode: TranscodeService
     deleter: DeleteService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
@@ -92,7 +94,7 @@ class Services:
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
             IngestService(blobs, index, settings, pm, access=access, jobs=jobs),
-            QueryService(index, settings, access=access), retrieve,
+            QueryService(index, settings, access=access), retrieve, TranscodeService(retrieve),
             DeleteService(blobs, index, settings, pm, access=access, jobs=jobs),
             migrations,
         )
@@ -116,4 +118,4 @@ class Services:
 
 
 __all__ = ["DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
-           "RetrieveService", "SearchOutcome", "Services", "StagedInstance"]
+           "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService"]
