@@ -53,8 +53,9 @@ def job_json(job: Job, now_ms: int | None = None) -> dict:
 
 def _retry(kind: str | None, body: dict, clinic: str | None, resource: str) -> int:
     count = services().jobs.retry(kind=kind, ids=body.get("ids"), clinic_id=clinic)
-    logger.info("admin: %d %s job(s) pending again", count, kind or "")
-    _audit(resource, f"retried {count} {kind or ''} job(s)".replace("  ", " "))
+    what = f"{kind} job(s)" if kind else "job(s)"
+    logger.info("admin: %d %s pending again", count, what)
+    _audit(resource, f"retried {count} {what}")
     return count
 
 
