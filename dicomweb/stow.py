@@ -16,27 +16,13 @@ from dicomweb.media_types import parse_media_type
 from dicomweb.multipart import MalformedMultipart, MultipartReader, parse_boundary
 from gateway.errors import BackendUnavailable, BadRequest, UnsupportedMediaType
 from gateway.services.ingest import InstanceOutcome, StagedInstance
-from gateway.web import principal, services
+from gateway.web import principal, request_body, services
 
 logger = logging.getLogger(__name__)
 
 blp = Blueprint("stow", __name__, url_prefix=PREFIX, description="STOW-RS: store instances")
 
 _DICOM = "application/dicom"
-
-
-class _RequestBody:
-    """The request stream, with a body that breaks off (a chunked upload whose client went
-    away: gunicorn raises NoMoreData, an OSError) turned into a 400 instead of a 500."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except OSError as exc:
-            raise BadRequest(f"request body ended before it was complete, nothing was stored: {exc}") from None
 
 
 def _stage_body() -> list[StagedInstance]:
@@ -49,7 +35,7 @@ def _stage_body() -> list[StagedInstance]:
         raise UnsupportedMediaType(f"Content-Type {content_type!r} cannot be parsed") from None
     ingest = services().ingest
     if media_type == _DICOM:
-        return [ingest.stage(_RequestBody(request.stream))]
+        return [ingest.stage(request_body())]
     if media_type != "multipart/related":
         raise UnsupportedMediaType(
             f"Content-Type {media_type} is not supported: send multipart/related; type=\"application/dicom\" "
@@ -65,7 +51,7 @@ def _stage_body() -> list[StagedInstance]:
 
     staged: list[StagedInstance] = []
     try:
-        for part in MultipartReader(_RequestBody(request.stream), boundary):
+        for part in MultipartReader(request_body(), boundary):
             part_type = (part.content_type or _DICOM).split(";")[0].strip().lower()
             if part_type != _DICOM:
                 # The reader skips the unread body of this part.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from http import HTTPStatus
 from typing import Any, Mapping
 
 from flask import Flask, g, jsonify, request
@@ -28,20 +27,13 @@ from gateway.config import Settings, SettingsError, load_settings
 from gateway.errors import GatewayError, NotAuthenticated
 from gateway.logs import configure_logging, request_id_var
 from gateway.services import Services
+from gateway.web import error_body
 
 logger = logging.getLogger(__name__)
 
 CORS_ALLOW_HEADERS = "accept, authorization, content-type, x-request-id"
 CORS_EXPOSE_HEADERS = "Warning, Content-Location, Location, X-Request-ID, Retry-After, WWW-Authenticate"
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
-
-
-def error_body(status: int, message: str, **errors: Any) -> dict[str, Any]:
-    """The JSON error shape of every front door (flask-smorest's)."""
-    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
-    if errors:
-        body["errors"] = errors
-    return body
 
 
 def www_authenticate(exc: NotAuthenticated) -> str:

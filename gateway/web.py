@@ -1,10 +1,21 @@
 """Small request helpers shared by the HTTP front doors (DICOMweb, the fast API)."""
 from __future__ import annotations
 
+from http import HTTPStatus
+from typing import Any
+
 from flask import current_app, g, request
 
 from auth.base import Principal
 from gateway.errors import BadRequest
+
+
+def error_body(status: int, message: str, **errors: Any) -> dict[str, Any]:
+    """The JSON error shape of every front door (flask-smorest's)."""
+    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
+    if errors:
+        body["errors"] = errors
+    return body
 
 
 def services():
@@ -15,6 +26,29 @@ def services():
 def principal() -> Principal:
     """The principal of the current request, established by the app before any view runs."""
     return g.principal
+
+
+class RequestBody:
+    """The request stream, with a body that breaks off (a chunked upload whose client went
+    away: gunicorn raises NoMoreData, an OSError) turned into a 400 instead of a 500."""
+
+    def __init__(self, stream, chunk_size: int = 1024 * 1024):
+        self._stream = stream
+        self.chunk_size = chunk_size
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except OSError as exc:
+            raise BadRequest(f"request body ended before it was complete: {exc}") from None
+
+    def __iter__(self):
+        while chunk := self.read(self.chunk_size):
+            yield chunk
+
+
+def request_body() -> RequestBody:
+    return RequestBody(request.stream)
 
 
 def int_arg(name: str, default: int | None, maximum: int | None = None) -> int | None:

@@ -23,5 +23,10 @@ def instances_deleted(records, settings, jobs):
 
 
 @hookspec
+def upload_completed(upload, series, settings, jobs):
+    """A zip upload was completed; ``series`` lists the (study, series) UIDs it holds."""
+
+
+@hookspec
 def register_job_handlers(services):
     """A list of :class:`gateway.services.jobs.JobHandler`, one per job kind the plugin queues."""

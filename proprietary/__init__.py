@@ -4,6 +4,7 @@ A front door like :mod:`dicomweb`: thin blueprints (flask-smorest, with marshmal
 in :mod:`proprietary.schemas`, so that ``/api/openapi.json`` describes every body) over the
 core services. It never imports another front door.
 
+- :mod:`proprietary.uploads`: zip uploads of whole studies, resumable, with progress events;
 - :mod:`proprietary.shares`: shares of studies and series (users, clinics, links);
 - :mod:`proprietary.signed_urls`: URLs usable without an Authorization header;
 - :mod:`proprietary.audit`: the audit log;
@@ -11,9 +12,9 @@ core services. It never imports another front door.
 """
 from __future__ import annotations
 
-from proprietary import admin, audit, shares, signed_urls
+from proprietary import admin, audit, shares, signed_urls, uploads
 
-BLUEPRINTS = (shares.blp, signed_urls.blp, audit.blp, admin.blp)
+BLUEPRINTS = (uploads.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp)
 
 
 def init_app(app, api) -> None:

@@ -218,3 +218,87 @@ class JobSchema(Schema):
 class JobListSchema(Schema):
     counts = fields.Nested(CountsSchema)
     items = fields.List(fields.Nested(JobSchema))
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+class UploadCreateSchema(StrictSchema):
+    study = fields.String(metadata={"description": "every instance must be of this study (else it is rejected)"})
+    expected_instances = fields.Integer(strict=True, validate=validate.Range(min=1),
+                                        metadata={"description": "checked when the upload is completed"})
+    client = fields.String(validate=validate.Length(max=200), metadata={"description": "the client's name"})
+
+
+class UploadQueryArgs(QuerySchema):
+    """For ``POST /api/v1/uploads`` with the zip as the body: what the JSON body says otherwise."""
+
+    study = fields.String()
+    expected_instances = fields.Integer(validate=validate.Range(min=1))
+    client = fields.String(validate=validate.Length(max=200))
+
+
+class UploadListQuery(QuerySchema):
+    status = fields.String(validate=validate.OneOf(["open", "complete", "expired"]))
+    limit = _limit()
+    offset = _offset()
+
+
+class UploadUrlsSchema(Schema):
+    self = fields.String()
+    archive = fields.String(metadata={"description": "PUT a zip here (again, to resume)"})
+    events = fields.String(metadata={"description": "Server-Sent Events of the upload"})
+    complete = fields.String(metadata={"description": "POST here when every entry is sent"})
+
+
+class UploadEntrySchema(Schema):
+    name = fields.String()
+    part = fields.Integer(metadata={"description": "the archive (1, 2...) that held it"})
+    size = fields.Integer(metadata={"description": "bytes unpacked"})
+    outcome = fields.String(metadata={"description": "stored, duplicate, replaced, rejected, skipped or sidecar"})
+    sha256 = fields.String(allow_none=True)
+    sop_instance_uid = fields.String(allow_none=True)
+    study_uid = fields.String(allow_none=True)
+    series_uid = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    failure_reason = fields.Integer(allow_none=True, metadata={"description": "DICOM FailureReason of a rejection"})
+    offset = fields.Integer(allow_none=True, metadata={"description": "archive bytes read when it was done"})
+
+
+class UploadPartSchema(Schema):
+    part = fields.Integer()
+    consumed = fields.Integer(metadata={"description": "archive bytes up to the end of its last entry done"})
+    entries = fields.Integer()
+
+
+class UploadSchema(Schema):
+    id = fields.String()
+    status = fields.String(metadata={"description": "open, complete or expired"})
+    clinic = fields.String()
+    created_by = fields.String()
+    created_at = fields.String()
+    expires_at = fields.String()
+    completed_at = fields.String(allow_none=True)
+    client = fields.String(allow_none=True)
+    expected_study = fields.String(allow_none=True)
+    expected_instances = fields.Integer(allow_none=True)
+    bytes_received = fields.Integer()
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                         metadata={"description": "entries by outcome"})
+    urls = fields.Nested(UploadUrlsSchema)
+
+
+class UploadListingSchema(UploadSchema):
+    parts = fields.List(fields.Nested(UploadPartSchema))
+    entries = fields.List(fields.Nested(UploadEntrySchema))
+
+
+class UploadListSchema(Schema):
+    uploads = fields.List(fields.Nested(UploadSchema))
+
+
+class PartResultSchema(Schema):
+    upload = fields.Nested(UploadSchema)
+    part = fields.Integer()
+    bytes = fields.Integer(metadata={"description": "archive bytes read"})
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    entries = fields.List(fields.Nested(UploadEntrySchema))

@@ -6,7 +6,8 @@
 - :class:`JobQueue`: the durable job queue (forwarding, previews...): lease with expiry,
   retries, dead letter, idempotency key, progress;
 - :class:`ShareStore`: shares of studies with users, clinics and links;
-- :class:`AuditLog`: the append-only audit log.
+- :class:`AuditLog`: the append-only audit log;
+- :class:`UploadStore`: zip uploads of the fast API, their entries and event logs.
 
 A backend is found by name through an entry-point group (see :mod:`storage.registry`) and is
 built with ``Backend.from_settings(settings)``; bad settings raise :class:`ValueError`. Blob
@@ -34,6 +35,9 @@ from storage.records import (
     NewInstance,
     SearchResult,
     ShareRecord,
+    Upload,
+    UploadEntry,
+    UploadEvent,
 )
 
 
@@ -200,12 +204,47 @@ class AuditLog(Protocol):
         """Records matching every filter of ``query``, by id (newest first unless told)."""
 
 
+@runtime_checkable
+class UploadStore(Protocol):
+    """Uploads, their entries and their event logs (ids of events grow with time)."""
+
+    def create(self, upload: Upload) -> None: ...
+
+    def get(self, upload_id: str) -> Upload | None: ...
+
+    def list_uploads(self, clinic_id: str, *, status: str | None = None, limit: int = 100,
+                     offset: int = 0) -> list[Upload]:
+        """A clinic's uploads, newest first."""
+
+    def start_part(self, upload_id: str, *, now_ms: int, expires_at: int) -> int | None:
+        """Count a new archive of an open upload and move its expiry; its number, or None
+        when the upload is not open."""
+
+    def record(self, upload_id: str, *, entries: list[UploadEntry] = (), events: list[tuple[str, dict]] = (),
+               received: int = 0, now_ms: int) -> None:
+        """Add entries and events, and ``received`` archive bytes, in one transaction."""
+
+    def reject_entries(self, upload_id: str, part: int, names: list[str], *, reason: str, code: int) -> int:
+        """Mark entries of a part rejected after the fact (a symlink seen in the central directory)."""
+
+    def entries(self, upload_id: str) -> list[UploadEntry]:
+        """Every entry of every part, in the order they were recorded."""
+
+    def events(self, upload_id: str, *, after_id: int = 0, limit: int = 1000) -> list[UploadEvent]:
+        """Events with an id above ``after_id``, oldest first."""
+
+    def finish(self, upload_id: str, status: str, *, now_ms: int, events: list[tuple[str, dict]] = ()) -> bool:
+        """Move an open upload to ``status`` (complete, expired) with its events; False when
+        it was not open (another request did it first)."""
+
+
 # The stores an index backend may offer, by attribute name.
 INDEX_KINDS: dict[str, type] = {
     "instances": InstanceIndex,
     "jobs": JobQueue,
     "shares": ShareStore,
     "audit": AuditLog,
+    "uploads": UploadStore,
 }
 
 

@@ -26,6 +26,7 @@ class InstanceRecord:
     rows: int | None = None
     columns: int | None = None
     dataset_sha256: str | None = None  # of the data set without file meta (duplicate detection)
+    crc32: int | None = None  # of the stored bytes (zip archives name it before the data); None: older rows
 
     def same_dataset(self, other: "InstanceRecord") -> bool:
         """The same bytes, or the same data set under another file meta header."""
@@ -148,3 +149,60 @@ class Job:
     def running(self, now_ms: int) -> bool:
         """Held by a worker whose lease has not expired."""
         return self.status == "pending" and self.lease_until is not None and self.lease_until >= now_ms
+
+
+@dataclass
+class Upload:
+    """A zip upload of the fast API: one or more archives (parts) into one clinic.
+
+    ``status``: ``open`` (takes archives until ``expires_at``, moved on by each part),
+    ``complete`` (closed by the client; the expected count was met) or ``expired``.
+    """
+
+    id: str
+    clinic_id: str
+    created_by: str
+    created_at: int  # milliseconds since the epoch
+    expires_at: int
+    status: Literal["open", "complete", "expired"] = "open"
+    client: str | None = None  # the client's name, as it gave it
+    expected_study: str | None = None  # every instance must be of this study (else rejected)
+    expected_instances: int | None = None  # checked by completion
+    bytes_received: int = 0  # archive bytes read, all parts
+    parts: int = 0
+    updated_at: int = 0
+    completed_at: int | None = None
+
+
+@dataclass
+class UploadEntry:
+    """One entry of an archive and what became of it: ``stored``, ``duplicate``, ``replaced``,
+    ``rejected`` (``reason``, ``code`` the DICOM failure reason), ``skipped`` (not DICOM) or
+    ``sidecar`` (a ``.prj``/``.json`` file kept under ``blob_key``)."""
+
+    upload_id: str
+    part: int
+    name: str
+    size: int  # bytes unpacked
+    outcome: str
+    sha256: str | None = None
+    reason: str | None = None
+    code: int | None = None
+    sop_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    blob_key: str | None = None
+    archive_offset: int | None = None  # archive bytes read when the entry was done
+    at: int = 0
+    id: int | None = None
+
+
+@dataclass
+class UploadEvent:
+    """One line of an upload's event log (``entry``, ``part``, ``complete``, ``expired``)."""
+
+    upload_id: str
+    type: str
+    data: dict[str, Any]
+    at: int
+    id: int | None = None

@@ -24,6 +24,7 @@ from gateway.services.jobs import JobService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from gateway.services.transcode import TranscodeService
+from gateway.services.uploads import UploadService
 from plugins.manager import create_plugin_manager
 from storage import registry
 from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
@@ -71,6 +72,7 @@ class Services:
     retrieve: RetrieveService
     transcode: TranscodeService
     deleter: DeleteService
+    uploads: UploadService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -90,12 +92,14 @@ class Services:
         audit = AuditService.from_settings(database.audit, settings)
         access = AccessControl(database.shares, index, audit, operator_clinics=settings["auth.operator_clinics"])
         retrieve = RetrieveService(blobs, index, access=access)
+        ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
-            IngestService(blobs, index, settings, pm, access=access, jobs=jobs),
+            ingest,
             QueryService(index, settings, access=access), retrieve, TranscodeService(retrieve),
             DeleteService(blobs, index, settings, pm, access=access, jobs=jobs),
+            UploadService(database.uploads, ingest, blobs, access, settings, pm, jobs),
             migrations,
         )
 

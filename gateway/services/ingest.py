@@ -18,6 +18,7 @@ import logging
 import os
 import struct
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -70,6 +71,7 @@ class StagedInstance:
     size: int
     sha256: str
     dataset_sha256: str | None = None
+    crc32: int | None = None
     header: headers.Header | None = None
     frame_index: str | None = None
     error: GatewayError | None = None
@@ -95,18 +97,21 @@ def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterable[bytes]:
 
 
 class _FileDigests:
-    """sha256 of the whole file and of its data set (after the file meta), in one pass."""
+    """sha256 of the whole file and of its data set (after the file meta), and the file's
+    CRC-32 (what a zip archive of it names before the data), in one pass."""
 
     LOOK_AHEAD = 64 * 1024  # file meta groups are a few hundred bytes
 
     def __init__(self):
         self.file = hashlib.sha256()
+        self.crc32 = 0
         self.dataset: hashlib._Hash | None = None
         self._head = bytearray()
         self._failed = False
 
     def update(self, chunk: bytes) -> None:
         self.file.update(chunk)
+        self.crc32 = zlib.crc32(chunk, self.crc32)
         if self.dataset is not None:
             self.dataset.update(chunk)
         elif not self._failed:
@@ -175,7 +180,8 @@ class IngestService:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
-        staged = StagedInstance(path, size, digest.file.hexdigest(), dataset_sha256=digest.dataset_hexdigest())
+        staged = StagedInstance(path, size, digest.file.hexdigest(), dataset_sha256=digest.dataset_hexdigest(),
+                                crc32=digest.crc32)
         if too_large:
             staged.error = PayloadTooLarge(
                 f"instance of {size} bytes exceeds ingest.max_instance_bytes={self.max_bytes}")
@@ -293,7 +299,7 @@ class IngestService:
             blob_key=f"dicom/{clinic}/{header.study_uid}/{header.series_uid}/"
                      f"{header.sop_instance_uid}.{staged.sha256[:16]}.dcm",
             size=staged.size, sha256=staged.sha256, frame_index=staged.frame_index,
-            dataset_sha256=staged.dataset_sha256,
+            dataset_sha256=staged.dataset_sha256, crc32=staged.crc32,
         )
         attributes = headers.index_attributes(ds)
         if attributes.get("number_of_frames") is None:  # single-frame IODs omit NumberOfFrames

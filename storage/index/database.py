@@ -18,6 +18,7 @@ from storage.index.audit import SqlAuditLog
 from storage.index.instances import SqlInstanceIndex
 from storage.index.jobs import SqlJobQueue
 from storage.index.shares import SqlShareStore
+from storage.index.uploads import SqlUploadStore
 from storage.query import Query
 
 logger = logging.getLogger(__name__)
@@ -26,11 +27,11 @@ T = TypeVar("T")
 
 
 class SqlDatabase:
-    """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``."""
+    """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``, ``uploads``."""
 
     dialect = "sql"
     migrations_package = "storage.index.migrations"
-    offers = ("instances", "jobs", "shares", "audit")
+    offers = ("instances", "jobs", "shares", "audit", "uploads")
     # Appended to the row selection of a job claim (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
 
@@ -39,6 +40,7 @@ class SqlDatabase:
         self.jobs = SqlJobQueue(self)
         self.shares = SqlShareStore(self)
         self.audit = SqlAuditLog(self)
+        self.uploads = SqlUploadStore(self)
 
     # --- provided by subclasses -------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager:

@@ -34,7 +34,7 @@ INSTANCE_COLUMNS = (
 RECORD_COLUMNS = (
     "s.clinic_id", "s.study_uid", "se.series_uid", "i.sop_uid", "i.sop_class_uid",
     "i.transfer_syntax", "i.blob_key", "i.size", "i.sha256", "i.frame_index",
-    "i.number_of_frames", "i.instance_number", "i.rows", "i.columns", "i.dataset_sha256",
+    "i.number_of_frames", "i.instance_number", "i.rows", "i.columns", "i.dataset_sha256", "i.crc32",
 )
 _TABLE_ALIAS = {"study": "s", "series": "se", "instance": "i"}
 # Stored times keep their own precision ("101500"), so a low bound is padded to HHMMSS
@@ -111,10 +111,11 @@ class SqlInstanceIndex:
         series_pk = self._upsert_series(cur, new, study_pk)
         attrs = new.attributes
         columns = ("series_pk", "study_pk", "clinic_id", *INSTANCE_COLUMNS, "transfer_syntax",
-                   "blob_key", "size", "sha256", "dataset_sha256", "frame_index", "header_json")
+                   "blob_key", "size", "sha256", "dataset_sha256", "crc32", "frame_index", "header_json")
         values = (series_pk, study_pk, rec.clinic_id, rec.sop_uid, rec.sop_class_uid,
                   *(attrs.get(c) for c in INSTANCE_COLUMNS[2:]), rec.transfer_syntax,
-                  rec.blob_key, rec.size, rec.sha256, rec.dataset_sha256, rec.frame_index, new.header_json)
+                  rec.blob_key, rec.size, rec.sha256, rec.dataset_sha256, rec.crc32, rec.frame_index,
+                  new.header_json)
         cur.execute(self.db.sql(
             f"INSERT INTO instances ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"), values)
         cur.execute(self.db.sql("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?"), (series_pk,))

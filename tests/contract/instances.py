@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from typing import Any
 
 import pytest
@@ -56,6 +57,7 @@ def make_instance(clinic: str = "c1", study: str = "1.1", series: str = "1.1.1",
         transfer_syntax=EXPLICIT_LE, blob_key=f"dicom/{clinic}/{study}/{series}/{sop}/{sha[:16]}.dcm",
         size=1000 + len(content), sha256=sha, number_of_frames=values.get("number_of_frames"),
         instance_number=values.get("instance_number"), rows=values.get("rows"), columns=values.get("columns"),
+        crc32=zlib.crc32(sha.encode()),
     )
     return NewInstance(record, values, headers.dumps(body), headers.dumps(headers.level_subset(body, "study")),
                        headers.dumps(headers.level_subset(body, "series")))

@@ -29,6 +29,7 @@ from tests.contract.blob import BlobStoreContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
+from tests.contract.uploads import UploadStoreContract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # The contract of each kind of backend (None: a slot whose first backend brings its contract).
@@ -43,6 +44,7 @@ STORE_CONTRACTS = {
     "jobs": JobQueueContract,
     "shares": ShareStoreContract,
     "audit": AuditLogContract,
+    "uploads": UploadStoreContract,
 }
 
 

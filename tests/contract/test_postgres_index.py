@@ -24,6 +24,7 @@ from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
+from tests.contract.uploads import UploadStoreContract  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 from tests.services import pg_connect  # noqa: E402
 
@@ -324,4 +325,8 @@ class TestPostgresShares(ShareStoreContract, PostgresBackend):
 
 
 class TestPostgresAudit(AuditLogContract, PostgresBackend):
+    pass
+
+
+class TestPostgresUploads(UploadStoreContract, PostgresBackend):
     pass

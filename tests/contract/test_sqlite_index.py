@@ -13,6 +13,7 @@ from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
+from tests.contract.uploads import UploadStoreContract  # noqa: E402
 
 
 class SqliteBackend:
@@ -67,7 +68,7 @@ class TestSqliteBackend(IndexBackendContract, SqliteBackend):
         old.close()
         upgraded = SqliteIndexStore(tmp_path / "old.sqlite3")
         try:
-            assert upgraded.migrate() == ["0005_jobs.sql"]
+            assert upgraded.migrate()[0] == "0005_jobs.sql"
             (job,) = upgraded.jobs.list_jobs()
             assert (job.kind, job.clinic_id, job.key, job.status, job.attempts, job.last_error) == \
                 ("forward", "c1", "PACS/1.2.3.4", "failed", 3, "down")
@@ -92,4 +93,8 @@ class TestSqliteShares(ShareStoreContract, SqliteBackend):
 
 
 class TestSqliteAudit(AuditLogContract, SqliteBackend):
+    pass
+
+
+class TestSqliteUploads(UploadStoreContract, SqliteBackend):
     pass
