@@ -112,6 +112,9 @@ def _receive(upload_id: str, status: int):
                      "…/archive.")
 def create_upload(body: dict, args: dict):
     zipped = _is_zip_body()
+    if not zipped and not request.is_json and (request.content_length or request.headers.get("Transfer-Encoding")):
+        raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'}: send JSON to open an upload, or "
+                                   "application/zip to open one with its archive")
     options = args if zipped else (body or {})
     upload = services().uploads.create(principal(), expected_study=options.get("study"),
                                        expected_instances=options.get("expected_instances"),

@@ -93,13 +93,13 @@ class Services:
         access = AccessControl(database.shares, index, audit, operator_clinics=settings["auth.operator_clinics"])
         retrieve = RetrieveService(blobs, index, access=access)
         ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
+        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
             ingest,
             QueryService(index, settings, access=access), retrieve, TranscodeService(retrieve),
-            DeleteService(blobs, index, settings, pm, access=access, jobs=jobs),
-            UploadService(database.uploads, ingest, blobs, access, settings, pm, jobs),
+            deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
             migrations,
         )
 

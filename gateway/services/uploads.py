@@ -104,8 +104,13 @@ class Limits:
 
 # --- reading the archive -------------------------------------------------------------------------
 
+# The unzipper is fed pieces of at most this size, so that what it has read ahead of the entry
+# it unpacks (which the compression ratio cannot see) is at most this much.
+SLICE = 16 * 1024
+
+
 class _CountingTail:
-    """The request's chunks, counted, with the last bytes kept for the central directory."""
+    """The request's chunks in slices, counted, with the last bytes kept for the central directory."""
 
     def __init__(self, chunks: Iterable[bytes], keep: int):
         self._chunks = chunks
@@ -116,14 +121,14 @@ class _CountingTail:
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
-            if not chunk:
-                continue
-            self.count += len(chunk)
-            self._tail.append(chunk)
-            self._tail_size += len(chunk)
-            while self._tail and self._tail_size - len(self._tail[0]) >= self._keep:
-                self._tail_size -= len(self._tail.popleft())
-            yield chunk
+            for start in range(0, len(chunk), SLICE):
+                piece = chunk[start:start + SLICE]
+                self.count += len(piece)
+                self._tail.append(piece)
+                self._tail_size += len(piece)
+                while self._tail and self._tail_size - len(self._tail[0]) >= self._keep:
+                    self._tail_size -= len(self._tail.popleft())
+                yield piece
 
     def tail(self) -> tuple[bytes, int]:
         """The kept bytes and the archive offset of their first byte."""
@@ -154,6 +159,20 @@ def check_name(name: str) -> None:
         raise ArchiveRefused(f"entry {name!r} climbs out of the archive (..)", rule="path-traversal", entry=name)
 
 
+def _last_header_name(source: _CountingTail, seen: set[str]) -> str | None:
+    """The name in the last local file header of the bytes read so far that is not an entry
+    already unpacked (best effort: only for naming an entry whose header was refused)."""
+    data, _ = source.tail()
+    position = len(data)
+    while (position := data.rfind(b"PK\x03\x04", 0, position)) >= 0:
+        if position + 30 <= len(data):
+            (name_len,) = struct.unpack_from("<H", data, position + 26)
+            name = _entry_name(data[position + 30:position + 30 + name_len])
+            if name_len and position + 30 + name_len <= len(data) and name not in seen:
+                return name
+    return None
+
+
 class ArchiveGuard:
     """Counts what one archive unpacks and refuses zip bombs, entry by entry."""
 
@@ -166,8 +185,8 @@ class ArchiveGuard:
     def entry(self, name: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
         self.entries += 1
         if self.entries > self.limits.max_entries:
-            raise ArchiveRefused(f"the archive holds more than upload.max_entries={self.limits.max_entries} entries",
-                                 rule="too-many-entries", entry=name, status=413)
+            raise ArchiveRefused(f"the archive holds more than upload.max_entries={self.limits.max_entries} entries "
+                                 f"(at entry {name!r})", rule="too-many-entries", entry=name, status=413)
         start = self.source.count
         size = 0
         for chunk in chunks:
@@ -181,7 +200,7 @@ class ArchiveGuard:
                 raise ArchiveRefused(f"the archive unpacks to more than upload.max_total_bytes="
                                      f"{self.limits.max_total_bytes} bytes (at entry {name!r})",
                                      rule="archive-too-large", entry=name, status=413)
-            packed = max(1, self.source.count - start)
+            packed = self.source.count - start + SLICE  # at most SLICE was read before the entry began
             if size >= self.limits.ratio_min_bytes and size / packed > self.limits.max_ratio:
                 raise ArchiveRefused(f"entry {name!r} is compressed more than upload.max_compression_ratio="
                                      f"{self.limits.max_ratio:g}:1 (a zip bomb?)", rule="compression-ratio",
@@ -269,9 +288,10 @@ def central_directory(tail: bytes, tail_offset: int) -> list[_CentralEntry]:
 class UploadService:
     """Uploads of the principal's clinic (another clinic's upload is a 404, as if it did not exist)."""
 
-    def __init__(self, store, ingest: IngestService, blobs, access, settings, plugin_manager, jobs):
+    def __init__(self, store, ingest: IngestService, deleter, blobs, access, settings, plugin_manager, jobs):
         self.store = store
         self.ingest = ingest
+        self.deleter = deleter
         self.blobs = blobs
         self.access = access
         self.settings = settings
@@ -403,7 +423,9 @@ class _PartReceiver:
                     self._entry(current, guard.entry(current, entry_chunks), source)
                     current = None
             except stream_unzip.UnzipError as exc:
-                raise _unzip_error(exc, current) from None
+                # Errors of a local header (encrypted, unknown method) come before stream-unzip
+                # yields the entry: its name is read from the header itself.
+                raise _unzip_error(exc, current or _last_header_name(source, set(names))) from None
             tail, tail_offset = source.tail()
             self._check_central_directory(central_directory(tail, tail_offset), names)
         except ArchiveRefused as exc:
@@ -544,12 +566,12 @@ class _PartReceiver:
 
     def _undo(self, names: list[str], why: str) -> None:
         wanted = set(names)
+        remover = Principal.system(self.upload.clinic_id, "upload")
         for entry in self.result.entries:
             if entry.name in wanted and entry.outcome in ("stored", "replaced") and entry.sop_uid:
-                try:
-                    self.service.ingest.index.delete(self.upload.clinic_id, entry.study_uid, entry.series_uid,
-                                                     entry.sop_uid)
-                except StorageError:
+                try:  # the one delete path: index row, then blob, then the plugins hear of it
+                    self.service.deleter.delete(remover, entry.study_uid, entry.series_uid, entry.sop_uid)
+                except GatewayError:
                     logger.exception("instance %s of %s left stored", entry.sop_uid, why)
         self.service._call(self.service.store.reject_entries, self.upload.id, self.part, names,
                            reason=f"{why}: refused", code=0xC000)
