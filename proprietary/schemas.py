@@ -266,8 +266,11 @@ class UploadEntrySchema(Schema):
 
 class UploadPartSchema(Schema):
     part = fields.Integer()
+    state = fields.String(metadata={"description": "receiving, done, refused (a hostile or broken archive) or lost "
+                                                   "(the connection dropped): resume once it is not receiving"})
     consumed = fields.Integer(metadata={"description": "archive bytes up to the end of its last entry done"})
     entries = fields.Integer()
+    error = fields.String()
 
 
 class UploadSchema(Schema):

@@ -66,12 +66,19 @@ def upload_json(upload: Upload, entries: list[UploadEntry] | None = None) -> dic
     return body
 
 
-def listing_json(upload: Upload, entries: list[UploadEntry]) -> dict:
-    parts: dict[int, dict] = {}
+def listing_json(upload: Upload, entries: list[UploadEntry], ended: dict[int, dict]) -> dict:
+    """``ended``: the ``part`` events, by part number (a part without one is still being read)."""
+    parts: dict[int, dict] = {n: {"part": n, "consumed": 0, "entries": 0, "state": "receiving"}
+                              for n in range(1, upload.parts + 1)}
     for entry in entries:
-        part = parts.setdefault(entry.part, {"part": entry.part, "consumed": 0, "entries": 0})
+        part = parts.setdefault(entry.part, {"part": entry.part, "consumed": 0, "entries": 0, "state": "receiving"})
         part["entries"] += 1
         part["consumed"] = max(part["consumed"], entry.archive_offset or 0)
+    for number, event in ended.items():
+        if number in parts:
+            parts[number]["state"] = event.get("state", "done")
+            if event.get("error"):
+                parts[number]["error"] = event["error"]
     return {**upload_json(upload, entries), "parts": [parts[n] for n in sorted(parts)],
             "entries": [entry_json(e) for e in entries]}
 
@@ -140,9 +147,14 @@ def list_uploads(args: dict):
          description="What a client reads to resume: the entries stored (their SOP Instance UIDs and sha256) and, "
                      "per archive, the bytes read up to its last entry done.")
 def get_upload(upload_id: str):
+    return _listing(upload_id)
+
+
+def _listing(upload_id: str, upload: Upload | None = None) -> dict:
     uploads, who = services().uploads, principal()
-    upload = uploads.get(who, upload_id)
-    return listing_json(upload, uploads.entries(who, upload_id))
+    upload = upload or uploads.get(who, upload_id)
+    ended = {e.data["part"]: e.data for e in uploads.events(who, upload_id) if e.type == "part"}
+    return listing_json(upload, uploads.entries(who, upload_id), ended)
 
 
 @blp.route("/<upload_id>/archive", methods=["PUT"])
@@ -164,9 +176,7 @@ def put_archive(upload_id: str):
          description="Checks expected_instances (409 naming what is missing, the upload stays open), then fires the "
                      "upload's completion (previews and other jobs start). Completing twice is harmless.")
 def complete_upload(upload_id: str):
-    uploads, who = services().uploads, principal()
-    upload = uploads.complete(who, upload_id)
-    return listing_json(upload, uploads.entries(who, upload_id))
+    return _listing(upload_id, services().uploads.complete(principal(), upload_id))
 
 
 @blp.route("/<upload_id>/events", methods=["GET"])

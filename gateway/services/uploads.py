@@ -431,15 +431,31 @@ class _PartReceiver:
         except ArchiveRefused as exc:
             self.result.error = exc
             logger.info("upload %s part %d refused: %s", self.upload.id, self.part, exc.message)
-        finally:
-            self._commit(source.count)
-            self._store_sidecars(source.count, keep=self.directory_read)
-        self.result.bytes = source.count
-        self._record([], [("part", {"part": self.part, "bytes": source.count, "entries": len(self.result.entries),
-                                    **({"error": self.result.error.message, "rule": self.result.error.rule,
-                                        "entry": self.result.error.entry} if self.result.error else {})})],
-                     source.count)
+        except BaseException as exc:  # the body broke off (the client went away), a store failed
+            self._end_part(source, lost=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+            raise
+        self._end_part(source)
         return self.result
+
+    def _end_part(self, source: _CountingTail, *, lost: str | None = None) -> None:
+        """Record what the part did, and that it is over: a client resuming after a dropped
+        connection waits for this (what was complete before the drop is stored by then)."""
+        try:
+            self._commit(source.count)
+            self._store_sidecars(source.count, keep=self.directory_read and lost is None)
+            self.result.bytes = source.count
+            detail = {"part": self.part, "bytes": source.count, "entries": len(self.result.entries),
+                      "state": "lost" if lost else "refused" if self.result.error else "done"}
+            if self.result.error is not None:
+                detail.update(error=self.result.error.message, rule=self.result.error.rule,
+                              entry=self.result.error.entry)
+            if lost:
+                detail["error"] = lost
+            self._record([], [("part", detail)], source.count)
+        except GatewayError:
+            if lost is None:
+                raise
+            logger.exception("upload %s part %d: what it did is not all recorded", self.upload.id, self.part)
 
     def _entry(self, name: str, chunks: Iterator[bytes], source: _CountingTail) -> None:
         base = PurePosixPath(name.replace("\\", "/"))

@@ -105,7 +105,7 @@ def test_every_entry_gets_an_outcome(app, client, doctor):
         assert fh.read() == b"<project/>"
     listing = client.get(f"/api/v1/uploads/{upload_id}", headers=doctor).get_json()
     assert [e["name"] for e in listing["entries"]] == [e["name"] for e in result["entries"]]
-    assert listing["parts"] == [{"part": 1, "consumed": listing["parts"][0]["consumed"], "entries": 10}]
+    assert listing["parts"] == [{"part": 1, "consumed": listing["parts"][0]["consumed"], "entries": 10, "state": "done"}]
     assert listing["client"] == "test-suite" and listing["expected_instances"] == 3
     done = client.post(f"/api/v1/uploads/{upload_id}/complete", headers=doctor)
     assert done.status_code == 200 and done.get_json()["status"] == "complete"
