@@ -220,3 +220,50 @@ def test_migrate_an_embedded_deployment(pair, stores, tmp_path):
     damaged = _migrate(source, stores, "--clinic", "clinic2")
     assert damaged.returncode == 1
     assert "differs from the indexed" in damaged.stderr and "1 failed" in damaged.stdout
+
+
+def test_upload_events_are_seen_from_the_other_process(pair, stores):
+    """An upload received by one process is followed (Server-Sent Events) and listed through the
+    other: its state lives in the shared index database."""
+    import json as json_module
+    import zipfile
+
+    import requests
+
+    a, b = pair
+    study = generate_uid()
+    files = [dicom_instance(study, size=16, seed=i) for i in range(12)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i, data in enumerate(files):
+            archive.writestr(f"slices/{i:03d}.dcm", data)
+    opened = a.http.post(f"{a.url}/api/v1/uploads", json={"expected_instances": 12}, timeout=30)
+    assert opened.status_code == 201, opened.text
+    upload_id = opened.json()["id"]
+    seen: list[tuple[str, dict]] = []
+
+    def follow():
+        with requests.get(f"{b.url}/api/v1/uploads/{upload_id}/events", headers=b.auth_headers, stream=True,
+                          timeout=120) as response:
+            assert response.status_code == 200
+            event = None
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((event, json_module.loads(line[6:])))
+                    if event == "complete":
+                        return
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    put = a.http.put(f"{a.url}/api/v1/uploads/{upload_id}/archive", data=buf.getvalue(), timeout=120,
+                     headers={"Content-Type": "application/zip"})
+    assert put.status_code == 200, put.text[:300]
+    assert b.http.get(f"{b.url}/api/v1/uploads/{upload_id}", timeout=30).json()["counts"]["stored"] == 12
+    assert b.http.post(f"{b.url}/api/v1/uploads/{upload_id}/complete", timeout=30).status_code == 200
+    watcher.join(60)
+    assert not watcher.is_alive()
+    assert [d["name"] for e, d in seen if e == "entry"] == [f"slices/{i:03d}.dcm" for i in range(12)]
+    assert seen[-1][0] == "complete" and seen[-1][1]["instances"] == 12
+    assert len(qido(b, "instances", StudyInstanceUID=study)) == 12
