@@ -54,3 +54,70 @@ def multipart_parts(response: requests.Response) -> list[tuple[dict[str, str], b
 
     boundary = parse_boundary(response.headers["Content-Type"])
     return [(part.headers, part.read()) for part in MultipartReader(io.BytesIO(response.content), boundary)]
+
+
+class CuttingProxy:
+    """A TCP proxy on loopback in front of ``target_port`` that cuts its first connection(s):
+    after ``upstream`` bytes from the client (a dropped upload) or ``downstream`` bytes to it (a
+    dropped download), both sockets are closed. Later connections pass untouched."""
+
+    def __init__(self, target_port: int, *, upstream: int | None = None, downstream: int | None = None,
+                 cuts: int = 1):
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.upstream, self.downstream, self.cuts = upstream, downstream, cuts
+        self.cut = 0  # connections cut so far
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                cutting = self.cut < self.cuts
+                if cutting:
+                    self.cut += 1
+            limits = (self.upstream if cutting else None, self.downstream if cutting else None)
+            for source, sink, limit in ((client, server, limits[0]), (server, client, limits[1])):
+                threading.Thread(target=self._pump, args=(source, sink, limit, (client, server)), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink, limit: int | None, both) -> None:
+        import socket
+
+        moved = 0
+        try:
+            while data := source.recv(64 * 1024):
+                if limit is not None and moved + len(data) >= limit:
+                    sink.sendall(data[:max(0, limit - moved)])
+                    break
+                sink.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for sock in both:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self._listener.close()

@@ -1,0 +1,286 @@
+"""A Python client of the fast API's transfers: upload whole studies as a streamed zip, download
+them back, follow an upload. On ``requests``; nothing of the server is imported, so it works
+against any gateway.
+
+    client = GatewayClient("https://pacs.example", token)
+    report = client.upload(["/data/ct-2024-05-06"], expected=500)
+    client.download(report.studies[0], Path("out"), unzip=True)
+
+Uploads zip on the fly (``stream-zip``, entries stored, their CRC-32 computed first), so
+nothing is written to disk; a dropped connection is resumed: the client reads the upload's
+listing and sends a new archive of the entries it does not show yet (re-sending one is a
+harmless duplicate). Downloads resume with ``Range`` and ``If-Range``. Both retry with
+exponential backoff.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
+
+import requests
+from stream_zip import NO_COMPRESSION_64, stream_zip
+
+logger = logging.getLogger(__name__)
+
+DONE = ("stored", "duplicate", "replaced", "rejected", "skipped", "sidecar")  # outcomes not to send again
+_CHUNK = 1024 * 1024
+# What a dropped or broken connection looks like through requests.
+TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class ClientError(Exception):
+    """The gateway refused a request (its JSON error message), or retries ran out."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+@dataclass
+class UploadReport:
+    upload_id: str
+    status: str
+    counts: dict[str, int]
+    entries: list[dict]
+    attempts: int = 1
+    error: dict | None = None  # the refusal of a hostile or broken archive
+
+    @property
+    def rejected(self) -> list[dict]:
+        return [e for e in self.entries if e["outcome"] == "rejected"]
+
+    @property
+    def studies(self) -> list[str]:
+        return sorted({e["study_uid"] for e in self.entries if e.get("study_uid") and e["outcome"] != "rejected"})
+
+
+def files_to_send(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """(entry name, file) of every file under ``paths`` (folders recursively, sorted); names are
+    relative to the folder given, as POSIX paths."""
+    found: list[tuple[str, Path]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    file = Path(dirpath) / name
+                    found.append((PurePosixPath(path.name, file.relative_to(path).as_posix()).as_posix(), file))
+        elif path.is_file():
+            found.append((path.name, path))
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    names = [name for name, _ in found]
+    if len(set(names)) != len(names):
+        raise ValueError("two files would have the same name in the archive: give folders, not files of "
+                         "several folders with the same names")
+    return found
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def archive_stream(entries: list[tuple[str, Path]], *, sent: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    """A zip of the files, made as it is sent (stored entries, ZIP64 when needed)."""
+    def members():
+        for name, path in entries:
+            stat = path.stat()
+            def chunks(path=path):
+                with path.open("rb") as fh:
+                    while chunk := fh.read(_CHUNK):
+                        yield chunk
+            yield (name, datetime.fromtimestamp(stat.st_mtime), 0o644,
+                   NO_COMPRESSION_64(stat.st_size, _crc32(path)), chunks())
+
+    for chunk in stream_zip(members(), chunk_size=_CHUNK):
+        if sent is not None:
+            sent(len(chunk))
+        yield chunk
+
+
+class GatewayClient:
+    def __init__(self, url: str, token: str, *, retries: int = 5, backoff: float = 1.0, timeout: float = 120,
+                 session: requests.Session | None = None):
+        self.url = url.rstrip("/")
+        self.session = session or requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        self.session.headers.setdefault("User-Agent", "gateway-client")
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def _check(self, response: requests.Response) -> requests.Response:
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            message = body.get("message") or response.reason
+            raise ClientError(f"{response.status_code} {message}", status=response.status_code, body=body)
+        return response
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """A request retried on dropped connections and 503s, with backoff."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+                if response.status_code != 503 or attempt == self.retries:
+                    return self._check(response)
+                wait = float(response.headers.get("Retry-After", self.backoff * 2 ** attempt))
+            except TRANSIENT as exc:
+                if attempt == self.retries:
+                    raise ClientError(f"{method} {path}: {exc}") from exc
+                wait = self.backoff * 2 ** attempt
+            logger.info("%s %s: retrying in %.1f s", method, path, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    # --- uploads ---------------------------------------------------------------------------------
+    def open_upload(self, *, study: str | None = None, expected: int | None = None,
+                    client: str = "gateway-client") -> dict:
+        body = {"client": client}
+        if study:
+            body["study"] = study
+        if expected:
+            body["expected_instances"] = expected
+        return self._request("POST", "/api/v1/uploads", json=body).json()
+
+    def status(self, upload_id: str) -> dict:
+        return self._request("GET", f"/api/v1/uploads/{upload_id}").json()
+
+    def complete(self, upload_id: str) -> dict:
+        return self._request("POST", f"/api/v1/uploads/{upload_id}/complete").json()
+
+    def _settled(self, upload_id: str, wait: float = 60) -> dict:
+        """The listing once no archive of the upload is being read any more."""
+        deadline = time.monotonic() + wait
+        while True:
+            listing = self.status(upload_id)
+            if all(p["state"] != "receiving" for p in listing["parts"]) or time.monotonic() > deadline:
+                return listing
+            time.sleep(0.5)
+
+    def upload(self, paths: Iterable[str | os.PathLike], *, study: str | None = None, expected: int | None = None,
+               complete: bool = True, progress: Callable[[int], None] | None = None) -> UploadReport:
+        """Send every file under ``paths`` in one upload; resume after dropped connections."""
+        entries = files_to_send(paths)
+        upload = self.open_upload(study=study, expected=expected)
+        upload_id, remaining = upload["id"], entries
+        attempts, error = 0, None
+        while remaining:
+            attempts += 1
+            try:
+                response = self.session.put(f"{self.url}/api/v1/uploads/{upload_id}/archive",
+                                            data=archive_stream(remaining, sent=progress), timeout=self.timeout,
+                                            headers={"Content-Type": "application/zip"})
+                if response.status_code in (400, 413):  # a refused archive: the server says why, no retry
+                    error = response.json().get("errors", {}) | {"message": response.json().get("message")}
+                    break
+                self._check(response)
+            except TRANSIENT as exc:
+                if attempts > self.retries:
+                    raise ClientError(f"upload {upload_id}: the connection kept dropping ({exc})") from exc
+                wait = self.backoff * 2 ** (attempts - 1)
+                logger.info("upload %s: connection lost (%s); resuming in %.1f s", upload_id, exc, wait)
+                time.sleep(wait)
+            listing = self._settled(upload_id)
+            done = {e["name"] for e in listing["entries"] if e["outcome"] in DONE}
+            remaining = [(name, path) for name, path in entries if name not in done]
+        listing = self.complete(upload_id) if complete and error is None else self.status(upload_id)
+        return UploadReport(upload_id, listing["status"], listing["counts"], listing["entries"], attempts, error)
+
+    def events(self, upload_id: str, *, after: int = 0) -> Iterator[tuple[str, dict]]:
+        """(event, data) of the upload as they come, until it is complete or expired; reconnects
+        with Last-Event-ID when the stream drops."""
+        last = after
+        for attempt in range(self.retries + 1):
+            try:
+                with self.session.get(f"{self.url}/api/v1/uploads/{upload_id}/events", stream=True,
+                                      timeout=self.timeout, headers={"Accept": "text/event-stream",
+                                                                     "Last-Event-ID": str(last)}) as response:
+                    self._check(response)
+                    event = None
+                    for line in response.iter_lines(decode_unicode=True):
+                        if line.startswith("id: "):
+                            last = int(line[4:])
+                        elif line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: "):
+                            yield event, json.loads(line[6:])
+                            if event in ("complete", "expired"):
+                                return
+                return
+            except TRANSIENT:
+                if attempt == self.retries:
+                    raise
+                time.sleep(self.backoff * 2 ** attempt)
+
+    # --- downloads -------------------------------------------------------------------------------
+    def download(self, study: str, dest: str | os.PathLike, *, series: str | None = None, slices: str | None = None,
+                 deflate: bool = False, unzip: bool = False,
+                 progress: Callable[[int, int | None], None] | None = None) -> Path:
+        """The study (or series, or its slice range) as a zip in folder ``dest`` (or unpacked
+        there with ``unzip``); an interrupted transfer resumes where it stopped."""
+        path = f"/api/v1/studies/{study}" + (f"/series/{series}" if series else "") + "/archive"
+        params = {k: v for k, v in (("slices", slices), ("compress", "deflate" if deflate else None)) if v}
+        folder = Path(dest)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / (f"{study}" + (f"_{series}" if series else "") + (f"_{slices}" if slices else "") + ".zip")
+        partial = target.with_suffix(".zip.part")
+        partial.unlink(missing_ok=True)
+        etag, total = None, None
+        for attempt in range(self.retries + 1):
+            have = partial.stat().st_size if partial.exists() else 0
+            # Resume only what is known to be the same archive (its ETag); else from the start.
+            headers = {"Range": f"bytes={have}-", "If-Range": etag} if have and etag else {}
+            try:
+                with self.session.get(self.url + path, params=params, headers=headers, stream=True,
+                                      timeout=self.timeout) as response:
+                    self._check(response)
+                    if response.status_code != 206:  # from the start (first try, or the archive changed)
+                        have = 0
+                        total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers \
+                            else None
+                        etag = response.headers.get("ETag")
+                    with partial.open("ab" if response.status_code == 206 else "wb") as out:
+                        for chunk in response.iter_content(_CHUNK):
+                            out.write(chunk)
+                            have += len(chunk)
+                            if progress is not None:
+                                progress(have, total)
+                if total is not None and have != total:
+                    raise requests.ConnectionError(f"the download stopped at {have} of {total} bytes")
+                break
+            except TRANSIENT as exc:
+                if attempt == self.retries:
+                    raise ClientError(f"download of {path}: {exc}") from exc
+                wait = self.backoff * 2 ** attempt
+                logger.info("download %s: %s; resuming in %.1f s", path, exc, wait)
+                time.sleep(wait)
+        partial.replace(target)
+        if not unzip:
+            return target
+        out_dir = folder / target.stem
+        with zipfile.ZipFile(target) as archive:
+            for member in archive.infolist():
+                name = PurePosixPath(member.filename)
+                if name.is_absolute() or ".." in name.parts:  # the gateway never names entries so; a proxy might
+                    raise ClientError(f"the archive holds an unsafe name {member.filename!r}")
+                archive.extract(member, out_dir)
+        target.unlink()
+        return out_dir

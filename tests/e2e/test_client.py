@@ -1,0 +1,92 @@
+"""The Python client and ``gateway-client`` against a real gateway: uploads and downloads
+through a proxy that drops the connection mid-transfer, resumed; the CLI's summary and exit
+status."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from gateway.synthetic import write_cbct
+from proprietary.client import GatewayClient
+from tests.helpers import CuttingProxy
+from tests.services import dicom_instance
+
+pytestmark = pytest.mark.e2e
+
+
+def _retag(paths: list[Path], folder: Path) -> tuple[str, list[Path]]:
+    """Copies of the files under one new study, so a test counts only its own instances."""
+    study, series = generate_uid(), generate_uid()
+    folder.mkdir(parents=True)
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        target = folder / path.name
+        ds.save_as(target, enforce_file_format=True)
+        out.append(target)
+    return study, out
+
+
+@pytest.fixture(scope="module")
+def cbct(tmp_path_factory) -> list[Path]:
+    return write_cbct(tmp_path_factory.mktemp("cbct"), n_slices=100, size=64)
+
+
+def _instances(server, study: str) -> list[str]:
+    found = server.http.get(f"{server.dicomweb}/studies/{study}/instances", timeout=30)
+    return sorted(i["00080018"]["Value"][0] for i in found.json()) if found.status_code == 200 else []
+
+
+def test_an_upload_cut_mid_archive_is_resumed_by_the_client(server, cbct, tmp_path):
+    study, files = _retag(cbct, tmp_path / "ct")
+    size = sum(p.stat().st_size for p in files)
+    proxy = CuttingProxy(server.port, upstream=int(size * 0.45))
+    try:
+        client = GatewayClient(proxy.url, server.token, backoff=0.2)
+        report = client.upload([tmp_path / "ct"], expected=100)
+    finally:
+        proxy.close()
+    assert proxy.cut == 1 and report.attempts >= 2, report
+    assert report.status == "complete" and report.counts["stored"] == 100 and not report.rejected, report.counts
+    assert report.studies == [study]
+    expected = sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files)
+    assert _instances(server, study) == expected  # every instance stored exactly once
+    names = [e["name"] for e in report.entries if e["outcome"] == "stored"]
+    assert len(names) == len(set(names)) == 100
+
+
+def test_the_cli_uploads_and_reports(server, tmp_path):
+    study = generate_uid()
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(dicom_instance(study, size=16))
+    (folder / "b.dcm").write_bytes(dicom_instance(study, size=16, seed=1))
+    (folder / "bad.dcm").write_bytes(b"not dicom at all" * 20)
+    (folder / "a.prj").write_bytes(b"<project/>")
+    env = {**os.environ, "GATEWAY_URL": server.url, "GATEWAY_TOKEN": server.token}
+    run = subprocess.run([sys.executable, "-m", "proprietary.cli", "--quiet", "upload", str(folder)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr  # one entry was rejected
+    assert "2 stored" in run.stdout and "1 rejected" in run.stdout and "1 sidecar" in run.stdout, run.stdout
+    assert "rejected case/bad.dcm:" in run.stderr and f"study {study}" in run.stdout
+    upload_id = run.stdout.split()[1]
+    status = subprocess.run([sys.executable, "-m", "proprietary.cli", "status", upload_id], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "complete" in status.stdout and "case/a.prj" in status.stdout
+    events = subprocess.run([sys.executable, "-m", "proprietary.cli", "events", upload_id], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert events.returncode == 0 and events.stdout.strip().splitlines()[-1].startswith('{"event": "complete"')
+    good = subprocess.run([sys.executable, "-m", "proprietary.cli", "--quiet", "upload", str(folder / "a.dcm")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0 and "1 duplicate" in good.stdout, good.stdout
+    missing = subprocess.run([sys.executable, "-m", "proprietary.cli", "upload", str(folder)],
+                             env={**env, "GATEWAY_TOKEN": ""}, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no token" in missing.stderr
