@@ -157,9 +157,11 @@ class IngestService:
         self.replace_duplicates = settings["ingest.duplicate_policy"] == "replace"
 
     # --- stage ---------------------------------------------------------------------
-    def stage(self, source: Iterable[bytes] | BinaryIO) -> StagedInstance:
+    def stage(self, source: Iterable[bytes] | BinaryIO, *, inspect: bool = True) -> StagedInstance:
         """Spool and check one instance. Parse errors are recorded on the result, not raised;
-        errors of the source itself (a broken multipart body) propagate after cleanup."""
+        errors of the source itself (a broken multipart body) propagate after cleanup.
+        ``inspect=False`` only spools and hashes: :meth:`inspect` parses later (on another
+        thread, while the next instance arrives)."""
         staging = self.blobs.staging_dir()
         staging.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
@@ -186,10 +188,15 @@ class IngestService:
             staged.error = PayloadTooLarge(
                 f"instance of {size} bytes exceeds ingest.max_instance_bytes={self.max_bytes}")
             return staged
-        try:
-            self._inspect(staged)
-        except GatewayError as exc:
-            staged.error = exc
+        return self.inspect(staged) if inspect else staged
+
+    def inspect(self, staged: StagedInstance) -> StagedInstance:
+        """Parse a spooled instance's header: what it is, whether it is valid, where its frames are."""
+        if staged.error is None and staged.header is None:
+            try:
+                self._inspect(staged)
+            except GatewayError as exc:
+                staged.error = exc
         return staged
 
     def _inspect(self, staged: StagedInstance) -> None:

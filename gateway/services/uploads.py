@@ -10,7 +10,8 @@ process answers for it.
 
 Memory stays bounded whatever the archive: ``stream-unzip`` (a maintained streaming
 unzipper: deflate, ZIP64) yields each entry in chunks, ingest spools it to its staging
-folder, and entries are committed in batches (disk: one batch of entries). The guards of
+folder, and entries are parsed and committed in batches on a few threads while the next ones
+arrive (disk: the batches in flight). The guards of
 :class:`ArchiveGuard` refuse what a hostile archive does, naming the entry and the rule:
 names that climb out (``../``) or are absolute, encrypted entries, compression methods the
 unzipper does not know, oversized or over-compressed entries (zip bombs), a total beyond the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -31,7 +33,9 @@ import secrets
 import stat
 import struct
 import tempfile
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -50,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIXES = (".prj", ".json")  # the desktop viewer's per-image files, kept for the metadata import
 COMMIT_BATCH = 32  # entries indexed per transaction (as a STOW request's)
+# Batches parsed and committed at once beside the thread reading the archive (each commit
+# waits on fsyncs and the index: a single stream would otherwise idle on them).
+COMMIT_THREADS = 3
 _CHUNK = 1024 * 1024
 _DICM_OFFSET = 128
 
@@ -403,6 +410,9 @@ class _PartReceiver:
         self.sidecars: list[tuple[UploadEntry, Path]] = []
         self.recorded_bytes = 0
         self.done = 0
+        self._lock = threading.Lock()  # recording (the store, the result, the counters) is serial
+        self._pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix=f"upload-{upload.id}")
+        self._inflight: collections.deque[Future] = collections.deque()
         self.refused: set[str] = set()  # entries the central directory shows as symlinks
         self.directory_read = False  # sidecars are kept only then
 
@@ -433,8 +443,12 @@ class _PartReceiver:
             logger.info("upload %s part %d refused: %s", self.upload.id, self.part, exc.message)
         except BaseException as exc:  # the body broke off (the client went away), a store failed
             self._end_part(source, lost=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+            self._pool.shutdown(wait=True)
             raise
-        self._end_part(source)
+        try:
+            self._end_part(source)
+        finally:
+            self._pool.shutdown(wait=True)
         return self.result
 
     def _end_part(self, source: _CountingTail, *, lost: str | None = None) -> None:
@@ -442,6 +456,7 @@ class _PartReceiver:
         connection waits for this (what was complete before the drop is stored by then)."""
         try:
             self._commit(source.count)
+            self._wait_commits()
             self._store_sidecars(source.count, keep=self.directory_read and lost is None)
             self.result.bytes = source.count
             detail = {"part": self.part, "bytes": source.count, "entries": len(self.result.entries),
@@ -481,7 +496,7 @@ class _PartReceiver:
             entry.reason = "not a DICOM file (no DICM preamble)"
             self._settle(entry, source.count)
             return
-        staged = self.service.ingest.stage(_chain(head, rest))
+        staged = self.service.ingest.stage(_chain(head, rest), inspect=False)  # parsed by the commit threads
         entry.size, entry.sha256, entry.archive_offset = staged.size, staged.sha256, source.count
         self.pending.append((entry, staged))
         if sum(1 for _, s in self.pending if s is not None) >= COMMIT_BATCH:
@@ -504,24 +519,39 @@ class _PartReceiver:
         return body
 
     def _commit(self, offset: int) -> None:
+        """Hand the pending entries to a commit thread (at most COMMIT_THREADS batches in flight,
+        so disk holds at most that many batches)."""
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        staged = [s for _, s in batch if s is not None]
+        while len(self._inflight) >= COMMIT_THREADS:
+            self._inflight.popleft().result()
+        self._inflight.append(self._pool.submit(contextvars.copy_context().run, self._commit_batch, batch))
+
+    def _wait_commits(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().result()  # a commit's failure surfaces here
+
+    def _commit_batch(self, batch: list[tuple[UploadEntry, StagedInstance | None]]) -> None:
+        staged = [self.service.ingest.inspect(s) for _, s in batch if s is not None]
         outcomes = iter(self.service.ingest.commit_many(staged, principal=self.principal,
                                                         expected_study=self.upload.expected_study) if staged else [])
         for entry, item in batch:
             if item is not None:
                 _apply(entry, next(outcomes))
         entries = [e for e, _ in batch]
-        self._record(entries, [("entry", self._event(e)) for e in entries], 0)
+        self._record(entries, None, 0)
 
-    def _record(self, entries: list[UploadEntry], events: list[tuple[str, dict]], offset: int) -> None:
-        received = max(0, offset - self.recorded_bytes)
-        self.recorded_bytes += received
-        self.result.entries.extend(entries)
-        self.service._call(self.service.store.record, self.upload.id, entries=entries, events=events,
-                           received=received, now_ms=now_ms())
+    def _record(self, entries: list[UploadEntry], events: list[tuple[str, dict]] | None, offset: int) -> None:
+        """Record entries (with an ``entry`` event each when ``events`` is None) and events."""
+        with self._lock:
+            if events is None:
+                events = [("entry", self._event(e)) for e in entries]
+            received = max(0, offset - self.recorded_bytes)
+            self.recorded_bytes += received
+            self.result.entries.extend(entries)
+            self.service._call(self.service.store.record, self.upload.id, entries=entries, events=events,
+                               received=received, now_ms=now_ms())
 
     # --- sidecars and the central directory ------------------------------------------------------
     def _spool(self, chunks: Iterable[bytes]) -> tuple[Path, int, str]:
@@ -563,7 +593,7 @@ class _PartReceiver:
                 entry.outcome, entry.reason, entry.blob_key = "rejected", f"sidecar not stored: {exc}", None
                 stored.append(entry)
         if stored:
-            self._record(stored, [("entry", self._event(e)) for e in stored], offset)
+            self._record(stored, None, offset)
 
     def _check_central_directory(self, listed: list[_CentralEntry], names: list[str]) -> None:
         """Symlinks and entries the local headers did not show are only visible here: what
@@ -573,6 +603,7 @@ class _PartReceiver:
         self.refused, self.directory_read = set(links), True
         if links:
             self._commit(0)
+            self._wait_commits()
             self._undo(links, "a symlink entry")
             raise ArchiveRefused(f"entry {links[0]!r} is a symbolic link" + (f" (and {len(links) - 1} more)"
                                  if len(links) > 1 else ""), rule="symlink", entry=links[0])
