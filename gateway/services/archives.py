@@ -269,10 +269,12 @@ class ArchiveService:
         top = f"{safe_part(_value(study_row.get(PATIENT_ID)), 'NOID')}/{safe_part(date, 'NODATE')}_" \
               f"{safe_part(study, 'NOUID')}"
         numbers = Counter((r.series_uid, r.instance_number) for r in records)
+        folders = {uid: f"{safe_part(series_numbers.get(uid), '0')}_{safe_part(uid, 'NOUID')}"
+                   for uid in dict.fromkeys(r.series_uid for r in records)}
         names: dict[str, str] = {}
         taken: set[str] = set()
         for record in records:
-            folder = f"{safe_part(series_numbers.get(record.series_uid), '0')}_{safe_part(record.series_uid, 'NOUID')}"
+            folder = folders[record.series_uid]
             number = record.instance_number
             unique = number is not None and numbers[record.series_uid, number] == 1
             stem = f"{number:04d}" if unique else safe_part(record.sop_uid, "NOUID")
