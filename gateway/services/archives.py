@@ -273,7 +273,7 @@ class ArchiveService:
                    for uid in dict.fromkeys(r.series_uid for r in records)}
         names: dict[str, str] = {}
         taken: set[str] = set()
-        for record in records:
+        for record in self._order(records, series_numbers):  # in a stated order: the same names every time
             folder = folders[record.series_uid]
             number = record.instance_number
             unique = number is not None and numbers[record.series_uid, number] == 1
