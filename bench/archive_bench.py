@@ -105,6 +105,7 @@ def floor(paths: list[Path], work: Path, reps: int) -> dict[str, Any]:
         for path in paths:
             with open(path, "rb") as fh:
                 shutil.copyfileobj(fh, out, CHUNK)
+    os.sync()  # no writeback of the copy during the measurement
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.compare", "--floor-server", str(port), str(blob)],
                               cwd=ROOT)
@@ -145,6 +146,7 @@ def run(args) -> list[dict[str, Any]]:
         print(gw.cli("import", "--quiet", str(work / "cbct")).strip(), f"({time.perf_counter() - started:.0f} s)",
               flush=True)
         shutil.rmtree(work / "cbct")  # the server reads its own stored copies
+        os.sync()
         base = f"http://127.0.0.1:{gw.port}"
         archive = f"{base}/api/v1/studies/{study}/archive"
         session = requests.Session()
