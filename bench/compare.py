@@ -21,9 +21,11 @@ Workloads: STOW-RS of the synthetic CBCT (50 instances per request, 3 in flight)
 of intraoral images one per request (4 in flight); C-STORE of a second copy of the CBCT on
 one association; STOW-RS of header-only studies, then QIDO study searches (p50/p99, one
 client) on that database; WADO-RS series retrieve (``transfer-syntax=*``) and series
-metadata; the peak RSS of each server's process tree. The floor: the CBCT's files written
-with an fsync each and read back from disk, and the same bytes through a plain loopback HTTP
-server (upload and download).
+metadata; the study as one zip archive (ours: ``/api/v1/studies/{s}/archive``, stored entries;
+Orthanc: ``/studies/{id}/archive``) and, ours only, a 50-slice ``?slices=`` zip; the peak RSS of
+each server's process tree, over the run and during the downloads. The floor: the CBCT's files
+written with an fsync each and read back from disk, and the same bytes through a plain loopback
+HTTP server (upload and download).
 """
 from __future__ import annotations
 
@@ -372,6 +374,75 @@ def retrieve(url: str, data: FileSet, reps: int, metadata_reps: int, headers=Non
     return out
 
 
+def _base_url(target: Target) -> str:
+    return target.dicomweb[:-len("/dicom-web")] if target.dicomweb.endswith("/dicom-web") else target.dicomweb
+
+
+def _timed_download(session: requests.Session, url: str, params=None) -> tuple[float, int]:
+    """Seconds to the last byte of a streamed GET and the bytes received (checked against
+    Content-Length when there is one)."""
+    started = time.perf_counter()
+    with session.get(url, params=params, stream=True, timeout=TIMEOUT) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {url}: HTTP {response.status_code} {response.text[:200]}")
+        received = sum(len(chunk) for chunk in response.iter_content(1 << 20))
+        length = response.headers.get("Content-Length")
+    if length is not None and int(length) != received:
+        raise RuntimeError(f"GET {url}: {received} bytes, Content-Length {length}")
+    return time.perf_counter() - started, received
+
+
+def archive(target: Target, data: FileSet, reps: int, slice_count: int = 50) -> dict[str, float]:
+    """The CBCT study as one zip: ours ``/api/v1/studies/{s}/archive`` (stored entries), Orthanc's
+    ``/studies/{id}/archive``; then (ours only) ``?slices=`` of ``slice_count`` slices from the
+    middle of the series. Rates are of the study's bytes (Orthanc's zip may be compressed); the
+    server's peak RSS is taken over each phase."""
+    base = _base_url(target)
+    out: dict[str, float] = {}
+    with requests.Session() as session:
+        session.headers.update(target.headers)
+        if target.name == "orthanc":
+            found = session.post(f"{base}/tools/lookup", data=data.study_uid, timeout=60).json()
+            study_id = next(item["ID"] for item in found if item["Type"] == "Study")
+            phases = [("archive", f"{base}/studies/{study_id}/archive", None)]
+        else:
+            first = max(1, (len(data.paths) - slice_count) // 2 + 1)
+            last = min(len(data.paths), first + slice_count - 1)
+            study_url = f"{base}/api/v1/studies/{data.study_uid}/archive"
+            phases = [("archive", study_url, None),
+                      ("archive_slices", f"{base}/api/v1/studies/{data.study_uid}/series/{data.series_uid}/archive",
+                       {"slices": f"{first}-{last}"}),
+                      ("archive_deflate", study_url, {"compress": "deflate"})]
+        for key, url, params in phases:
+            started = time.perf_counter()
+            runs = [_timed_download(session, url, params) for _ in range(1 if key == "archive_deflate" else reps)]
+            out[f"{key}_peak_rss_mb"] = _peak(target, started)
+            seconds = percentile([s for s, _ in runs], 50)
+            out[f"{key}_s"] = seconds
+            out[f"{key}_mb"] = runs[0][1] / MB
+            out[f"{key}_ms"] = seconds * 1000
+        out["archive_mb_per_s"] = data.bytes / MB / out["archive_s"]
+        if target.name == "orthanc":  # its archive is deflated: the row to compare with our compress=deflate
+            out["archive_deflate_mb_per_s"], out["archive_deflate_mb"] = out["archive_mb_per_s"], out["archive_mb"]
+        if "archive_deflate_s" in out:
+            out["archive_deflate_mb_per_s"] = data.bytes / MB / out["archive_deflate_s"]
+    return out
+
+
+def _peak(target: Target, started: float) -> float:
+    """The server's peak RSS (MB) since ``started``, with one sample taken now (a phase may be
+    shorter than the sampling interval)."""
+    return max(target.sampler.peak(started, time.perf_counter()), target.sampler.rss()) / MB
+
+
+def with_peak(target: Target, key: str, func: Callable[[], dict]) -> dict[str, float]:
+    """``func``'s figures, and the server's peak RSS while it ran as ``{key}_peak_rss_mb``."""
+    started = time.perf_counter()
+    values = func()
+    values[f"{key}_peak_rss_mb"] = _peak(target, started)
+    return values
+
+
 # --- the floor ------------------------------------------------------------------------------------
 
 def disk_floor(paths: list[Path], workdir: Path, prefix: str) -> dict[str, float]:
@@ -551,7 +622,9 @@ def compare(args) -> dict[str, Any]:
             ("STOW-RS header-only studies", lambda t: _prefixed("stow_small", stow_bytes(t.dicomweb, corpus, 100, 2,
                                                                                           t.headers))),
             ("QIDO", lambda t: _prefixed("qido", qido(t.dicomweb, patient_ids, prefixes, args.qido_reps, t.headers))),
-            ("WADO-RS", lambda t: retrieve(t.dicomweb, cbct, args.retrieve_reps, args.metadata_reps, t.headers)),
+            ("WADO-RS", lambda t: with_peak(t, "retrieve", lambda: retrieve(t.dicomweb, cbct, args.retrieve_reps,
+                                                                             args.metadata_reps, t.headers))),
+            ("zip archive", lambda t: archive(t, cbct, args.retrieve_reps)),
         ]
         for index, (name, func) in enumerate(workloads):
             run_workload(name, targets, index, func)
@@ -589,6 +662,18 @@ ROWS = [
     ("metadata_first_ms", "WADO-RS series metadata, first", "ms", False, None),
     ("metadata_p50_ms", "WADO-RS series metadata p50", "ms", False, None),
     ("metadata_p99_ms", "WADO-RS series metadata p99", "ms", False, None),
+    ("archive_mb_per_s", "zip of the CBCT study (ours: stored entries; Orthanc: /studies/{id}/archive, deflated)",
+     "MB/s", True,
+     ("http_download_mb_per_s", "cbct_disk_read_cached_mb_per_s")),
+    ("archive_mb", "zip of the CBCT study, size", "MB", False, None),
+    ("archive_deflate_mb_per_s", "zip of the CBCT study, deflated (ours: compress=deflate; Orthanc: as above)",
+     "MB/s", True, None),
+    ("archive_deflate_mb", "zip of the CBCT study, deflated, size", "MB", False, None),
+    ("archive_ms", "zip of the CBCT study, time to the last byte", "ms", False, None),
+    ("archive_slices_ms", "zip of 50 slices (?slices=, ours only), time to the last byte", "ms", False, None),
+    ("retrieve_peak_rss_mb", "peak RSS during WADO-RS (series retrieve and metadata)", "MB", False, None),
+    ("archive_peak_rss_mb", "peak RSS during the study zip", "MB", False, None),
+    ("archive_slices_peak_rss_mb", "peak RSS during the 50-slice zip", "MB", False, None),
     ("peak_rss_mb", "peak RSS of the server (process tree)", "MB", False, None),
 ]
 
@@ -633,6 +718,13 @@ def markdown(results: dict[str, Any]) -> str:
              f"{f.get('cbct_disk_read_cached_mb_per_s')} MB/s (from the disk {f.get('cbct_disk_read_mb_per_s')} MB/s), "
              f"a minimal HTTP server on loopback (sendfile), with the same client code: upload {f.get('http_upload_mb_per_s')} MB/s, download "
              f"{f.get('http_download_mb_per_s')} MB/s."]
+    for n in ours:
+        t = targets[n]
+        if t.get("archive_mb_per_s") and t.get("retrieve_mb_per_s"):
+            notes.append(f"{t['label']}: the study zip at {t['archive_mb_per_s'] / t['retrieve_mb_per_s']:.2f}× the "
+                         "WADO-RS series retrieve's throughput; the 50-slice zip in "
+                         f"{t.get('archive_slices_s', 0) / t['archive_s']:.3f} of the whole's time "
+                         f"({t.get('archive_slices_mb', 0) / t['archive_mb']:.3f} of its bytes).")
     for n in names:
         for phase, error in targets[n].get("errors", {}).items():
             notes.append(f"{targets[n]['label']}: {phase} failed: {error[:200]}")

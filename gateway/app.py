@@ -32,7 +32,8 @@ from gateway.web import error_body
 logger = logging.getLogger(__name__)
 
 CORS_ALLOW_HEADERS = "accept, authorization, content-type, x-request-id"
-CORS_EXPOSE_HEADERS = "Warning, Content-Location, Location, X-Request-ID, Retry-After, WWW-Authenticate"
+CORS_EXPOSE_HEADERS = ("Warning, Content-Location, Location, X-Request-ID, Retry-After, WWW-Authenticate, "
+                       "Content-Disposition, Content-Range, Accept-Ranges, ETag")
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
 
 

@@ -305,3 +305,14 @@ class PartResultSchema(Schema):
     bytes = fields.Integer(metadata={"description": "archive bytes read"})
     counts = fields.Dict(keys=fields.String(), values=fields.Integer())
     entries = fields.List(fields.Nested(UploadEntrySchema))
+
+
+# --- archives (zip downloads) -------------------------------------------------------------------
+
+class ArchiveQuery(QuerySchema):
+    compress = fields.String(load_default="stored", validate=validate.OneOf(["stored", "deflate"]),
+                             metadata={"description": "stored (default: exact Content-Length, ETag, byte ranges) or "
+                                                      "deflate (streamed by stream-zip: no Content-Length, no ranges)"})
+    slices = fields.String(metadata={"description": "series archives only: positions along the slice axis, a-b "
+                                                    "(1-based, inclusive; or a single position), e.g. 1-50",
+                                     "example": "1-50"})

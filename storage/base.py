@@ -101,6 +101,11 @@ class InstanceIndex(Protocol):
                          sop_uid: str | None = None) -> Iterator[str]:
         """Each instance's DICOM JSON text, in the same order as :meth:`instances`."""
 
+    def set_crc32(self, clinic_id: str, sop_uid: str, sha256: str, crc32: int) -> bool:
+        """Record the CRC-32 of an instance indexed without one (rows of older versions), only
+        while it is still the instance with these bytes (``sha256``) and has none; True when a
+        row was updated."""
+
     def delete(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None) -> list[InstanceRecord]:
         """Remove the rows in one transaction; return the removed instances."""

@@ -18,6 +18,7 @@ from auth.audit import AuditService
 from auth.shares import ShareService
 from auth.signing import UrlSigner
 from gateway.config import SettingsError
+from gateway.services.archives import ArchiveService
 from gateway.services.delete import DeleteService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
@@ -73,6 +74,7 @@ class Services:
     transcode: TranscodeService
     deleter: DeleteService
     uploads: UploadService
+    archives: ArchiveService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -94,12 +96,14 @@ class Services:
         retrieve = RetrieveService(blobs, index, access=access)
         ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
         deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs)
+        query = QueryService(index, settings, access=access)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
             ingest,
-            QueryService(index, settings, access=access), retrieve, TranscodeService(retrieve),
+            query, retrieve, TranscodeService(retrieve),
             deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
+            ArchiveService(retrieve, query, index),
             migrations,
         )
 
@@ -121,5 +125,5 @@ class Services:
                 close()
 
 
-__all__ = ["DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
+__all__ = ["ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
            "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService"]

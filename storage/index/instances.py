@@ -186,6 +186,15 @@ class SqlInstanceIndex:
             cur.execute(self.db.sql("DELETE FROM studies WHERE id = ? AND num_instances <= 0"), (study_pk,))
             self._refresh_modalities(cur, study_pk)
 
+    def set_crc32(self, clinic_id: str, sop_uid: str, sha256: str, crc32: int) -> bool:
+        def update() -> bool:
+            with self.db.transaction() as cur:
+                cur.execute(self.db.sql("UPDATE instances SET crc32 = ? WHERE clinic_id = ? AND sop_uid = ? "
+                                        "AND sha256 = ? AND crc32 IS NULL"), (crc32, clinic_id, sop_uid, sha256))
+                return cur.rowcount > 0
+
+        return self.db.retrying(update)
+
     def delete(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None) -> list[InstanceRecord]:
         return self.db.retrying(lambda: self._delete(clinic_id, study_uid, series_uid, sop_uid))

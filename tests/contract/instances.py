@@ -315,6 +315,21 @@ class InstanceIndexContract(StoreContract):
         assert store.delete("c1", "1.1", "1.1.1", "9.9") == []
         assert store.counts()["instances"] == 1
 
+    # --- the CRC-32 of rows indexed without one (older versions) ----------------------------------
+    def test_set_crc32_fills_a_missing_one_only(self, store):
+        new = make_instance()
+        new.record.crc32 = None
+        store.add_instance(new, replace=False)
+        assert store.find_instance("c1", "1.1.1.1").crc32 is None
+        sha = new.record.sha256
+        assert not store.set_crc32("c1", "1.1.1.1", "0" * 64, 1234)  # other bytes: left alone
+        assert not store.set_crc32("c2", "1.1.1.1", sha, 1234)  # another clinic's
+        assert store.set_crc32("c1", "1.1.1.1", sha, 0xFFFFFFFF)
+        assert store.find_instance("c1", "1.1.1.1").crc32 == 0xFFFFFFFF
+        assert store.instances("c1", "1.1")[0].crc32 == 0xFFFFFFFF
+        assert not store.set_crc32("c1", "1.1.1.1", sha, 5)  # it has one now
+        assert store.find_instance("c1", "1.1.1.1").crc32 == 0xFFFFFFFF
+
     # --- tenants ---------------------------------------------------------------------------------
     def test_tenants_are_isolated(self, store):
         a = make_instance("c1", PatientName="Alpha^One", content="a")

@@ -6,7 +6,9 @@ WITH_BODY = {("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post
              ("post", "/api/v1/admin/forwards/retry"), ("post", "/api/v1/uploads")}
 # Bodies that are not JSON: (method, path) → media type.
 OTHER_MEDIA = {("put", "/api/v1/uploads/{upload_id}/archive"): "application/zip",
-               ("get", "/api/v1/uploads/{upload_id}/events"): "text/event-stream"}
+               ("get", "/api/v1/uploads/{upload_id}/events"): "text/event-stream",
+               ("get", "/api/v1/studies/{study}/archive"): "application/zip",
+               ("get", "/api/v1/studies/{study}/series/{series}/archive"): "application/zip"}
 
 
 def test_every_api_operation_has_schemas(client):
