@@ -21,7 +21,9 @@ Workloads: STOW-RS of the synthetic CBCT (50 instances per request, 3 in flight)
 of intraoral images one per request (4 in flight); C-STORE of a second copy of the CBCT on
 one association; STOW-RS of header-only studies, then QIDO study searches (p50/p99, one
 client) on that database; WADO-RS series retrieve (``transfer-syntax=*``) and series
-metadata; the study as one zip archive (ours: ``/api/v1/studies/{s}/archive``, stored entries;
+metadata; the upload of half a third CBCT copy (ours: one zip archive made on the fly by
+``gateway-client``'s library; Orthanc: ``POST /instances`` from 4 clients) and STOW-RS of its
+other half from 4 clients; the study as one zip archive (ours: ``/api/v1/studies/{s}/archive``, stored entries;
 Orthanc: ``/studies/{id}/archive``) and, ours only, a 50-slice ``?slices=`` zip; the peak RSS of
 each server's process tree, over the run and during the downloads. The floor: the CBCT's files
 written with an fsync each and read back from disk, and the same bytes through a plain loopback
@@ -429,6 +431,49 @@ def archive(target: Target, data: FileSet, reps: int, slice_count: int = 50) -> 
     return out
 
 
+def upload(target: Target, data: FileSet, clients: int = 4) -> dict[str, float]:
+    """The CBCT as it arrives from a clinic's viewer: ours, one zip archive made on the fly by
+    ``proprietary.client`` (one connection); Orthanc, which has no zip upload of its own, the
+    files by ``POST /instances`` from ``clients`` clients; then both by STOW-RS from ``clients``
+    clients of one request each (``len/clients`` instances a request)."""
+    base = _base_url(target)
+    out: dict[str, float] = {}
+    half, rest = data.paths[:len(data.paths) // 2], data.paths[len(data.paths) // 2:]
+    started = time.perf_counter()
+    if target.name == "orthanc":
+        pool = SessionPool()
+
+        def post(path: Path) -> None:
+            response = pool.get().post(f"{base}/instances", data=path.read_bytes(), timeout=TIMEOUT,
+                                       headers={"Content-Type": "application/dicom"})
+            if response.status_code != 200:
+                raise RuntimeError(f"POST /instances: HTTP {response.status_code}: {response.text[:200]}")
+
+        with ThreadPoolExecutor(clients) as executor:
+            list(executor.map(post, half))
+        pool.close()
+    else:
+        from proprietary.client import GatewayClient
+
+        folder = half[0].parent / "zip-half"
+        folder.mkdir(exist_ok=True)
+        for path in half:
+            target_path = folder / path.name
+            if not target_path.exists():
+                os.link(path, target_path)
+        token = target.headers["Authorization"].split(" ", 1)[1]
+        report = GatewayClient(base, token).upload([folder], expected=len(half))
+        if report.counts.get("stored") != len(half):
+            raise RuntimeError(f"zip upload: {report.counts}")
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in half)
+    out["upload_s"], out["upload_mb_per_s"] = seconds, size / MB / seconds
+    out["upload_peak_rss_mb"] = _peak(target, started)
+    stow = stow_paths(target.dicomweb, rest, -(-len(rest) // clients), clients, target.headers)
+    out["upload_stow_mb_per_s"] = stow["mb_per_s"]
+    return out
+
+
 def _peak(target: Target, started: float) -> float:
     """The server's peak RSS (MB) since ``started``, with one sample taken now (a phase may be
     shorter than the sampling interval)."""
@@ -579,6 +624,7 @@ def compare(args) -> dict[str, Any]:
         started = time.perf_counter()
         cbct = make_cbct(root / "cbct-a", args.slices, args.size, "A")
         cbct_b = make_cbct(root / "cbct-b", args.slices, args.size, "B")
+        cbct_c = make_cbct(root / "cbct-c", args.slices, args.size, "C")
         intraoral = make_intraoral(root / "intraoral", args.intraoral)
         corpus, patient_ids, prefixes = make_qido_corpus(args.qido_studies)
         results["data"] = {"cbct_mb": cbct.bytes / MB, "cbct_instances": len(cbct.paths),
@@ -625,6 +671,7 @@ def compare(args) -> dict[str, Any]:
             ("WADO-RS", lambda t: with_peak(t, "retrieve", lambda: retrieve(t.dicomweb, cbct, args.retrieve_reps,
                                                                              args.metadata_reps, t.headers))),
             ("zip archive", lambda t: archive(t, cbct, args.retrieve_reps)),
+            ("zip upload", lambda t: upload(t, cbct_c)),
         ]
         for index, (name, func) in enumerate(workloads):
             run_workload(name, targets, index, func)
@@ -666,6 +713,11 @@ ROWS = [
      "MB/s", True,
      ("http_download_mb_per_s", "cbct_disk_read_cached_mb_per_s")),
     ("archive_mb", "zip of the CBCT study, size", "MB", False, None),
+    ("upload_mb_per_s", "upload of half the CBCT (ours: one zip, one connection; Orthanc: POST /instances, "
+     "4 clients)", "MB/s", True, ("http_upload_mb_per_s", "cbct_disk_write_mb_per_s")),
+    ("upload_stow_mb_per_s", "STOW-RS of the other half, 4 clients of one request each", "MB/s", True,
+     ("http_upload_mb_per_s",)),
+    ("upload_peak_rss_mb", "peak RSS during the upload", "MB", False, None),
     ("archive_deflate_mb_per_s", "zip of the CBCT study, deflated (ours: compress=deflate; Orthanc: as above)",
      "MB/s", True, None),
     ("archive_deflate_mb", "zip of the CBCT study, deflated, size", "MB", False, None),
