@@ -355,3 +355,33 @@ def test_the_central_directory_shows_modes_and_zip64():
     assert [(e.name, e.symlink) for e in entries] == [("link", True), ("file.txt", False), ("forced64.bin", False)]
     with pytest.raises(ArchiveRefused, match="larger than upload.max_central_directory"):
         central_directory(data[-60:], len(data) - 60)
+
+
+def test_completion_fires_the_hook_and_everything_is_audited(app, client, doctor):
+    from plugins.hookspecs import hookimpl
+    from storage.records import AuditQuery
+
+    heard = []
+
+    class Listener:
+        @hookimpl
+        def upload_completed(self, upload, series, settings, jobs):
+            heard.append((upload.id, series))
+
+    services = app.extensions["gateway"]
+    services.pm.register(Listener(), name="test-listener")
+    try:
+        study = generate_uid()
+        cbct = instances(study, 2)
+        upload_id = upload(client, doctor, make_zip(cbct)).get_json()["upload"]["id"]
+        assert heard == []
+        client.post(f"/api/v1/uploads/{upload_id}/complete", headers=doctor)
+        client.post(f"/api/v1/uploads/{upload_id}/complete", headers=doctor)  # once only
+    finally:
+        services.pm.unregister(name="test-listener")
+    series = services.index.instances("default", study)[0].series_uid
+    assert heard == [(upload_id, [(study, series)])]
+    records = services.audit.search(AuditQuery(user_id="dr.zip"))
+    seen = {(r.action, r.resource) for r in records}
+    assert ("store", f"upload:{upload_id}") in seen and ("store", f"study:{study}") in seen
+    assert all(r.door == "api" for r in records if r.resource.startswith("upload:"))
