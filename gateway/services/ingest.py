@@ -160,13 +160,14 @@ class IngestService:
     def stage(self, source: Iterable[bytes] | BinaryIO, *, inspect: bool = True) -> StagedInstance:
         """Spool and check one instance. Parse errors are recorded on the result, not raised;
         errors of the source itself (a broken multipart body) propagate after cleanup.
-        ``inspect=False`` only spools and hashes: :meth:`inspect` parses later (on another
-        thread, while the next instance arrives)."""
+        ``inspect=False`` only spools: :meth:`inspect` hashes and parses later, reading the
+        file back from the page cache (on another thread, while the next instance arrives:
+        hashing releases the GIL, so several instances are hashed at once)."""
         staging = self.blobs.staging_dir()
         staging.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
         path = Path(name)
-        digest = _FileDigests()
+        digest = _FileDigests() if inspect else None
         size = 0
         too_large = False
         try:
@@ -176,14 +177,18 @@ class IngestService:
                     if size > self.max_bytes:
                         too_large = True  # keep draining the source, store nothing
                         continue
-                    digest.update(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
                     out.write(chunk)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
-        staged = StagedInstance(path, size, digest.file.hexdigest(), dataset_sha256=digest.dataset_hexdigest(),
-                                crc32=digest.crc32)
+        if digest is None:
+            staged = StagedInstance(path, size, "")  # digested by inspect()
+        else:
+            staged = StagedInstance(path, size, digest.file.hexdigest(), dataset_sha256=digest.dataset_hexdigest(),
+                                    crc32=digest.crc32)
         if too_large:
             staged.error = PayloadTooLarge(
                 f"instance of {size} bytes exceeds ingest.max_instance_bytes={self.max_bytes}")
@@ -191,7 +196,15 @@ class IngestService:
         return self.inspect(staged) if inspect else staged
 
     def inspect(self, staged: StagedInstance) -> StagedInstance:
-        """Parse a spooled instance's header: what it is, whether it is valid, where its frames are."""
+        """Hash a spooled instance (when stage did not) and parse its header: what it is, whether
+        it is valid, where its frames are."""
+        if not staged.sha256 and staged.path is not None:
+            digest = _FileDigests()
+            with open(staged.path, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+            staged.sha256, staged.crc32 = digest.file.hexdigest(), digest.crc32
+            staged.dataset_sha256 = digest.dataset_hexdigest()
         if staged.error is None and staged.header is None:
             try:
                 self._inspect(staged)

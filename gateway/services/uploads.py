@@ -111,16 +111,19 @@ class Limits:
 
 # --- reading the archive -------------------------------------------------------------------------
 
-# The unzipper is fed pieces of at most this size, so that what it has read ahead of the entry
-# it unpacks (which the compression ratio cannot see) is at most this much.
-SLICE = 16 * 1024
+def slice_size(limits: "Limits") -> int:
+    """The unzipper is fed pieces of at most this size: what it has read ahead of the entry it
+    unpacks (which the compression ratio cannot see) is at most one piece, so a piece is kept at
+    half the packed size of an entry at the ratio limit when the ratio is first checked."""
+    return max(16 * 1024, int(limits.ratio_min_bytes / limits.max_ratio / 2))
 
 
 class _CountingTail:
     """The request's chunks in slices, counted, with the last bytes kept for the central directory."""
 
-    def __init__(self, chunks: Iterable[bytes], keep: int):
+    def __init__(self, chunks: Iterable[bytes], keep: int, piece: int):
         self._chunks = chunks
+        self.piece = piece
         self.count = 0
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
@@ -128,8 +131,8 @@ class _CountingTail:
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
-            for start in range(0, len(chunk), SLICE):
-                piece = chunk[start:start + SLICE]
+            for start in range(0, len(chunk), self.piece):
+                piece = chunk[start:start + self.piece] if len(chunk) > self.piece else chunk
                 self.count += len(piece)
                 self._tail.append(piece)
                 self._tail_size += len(piece)
@@ -207,7 +210,7 @@ class ArchiveGuard:
                 raise ArchiveRefused(f"the archive unpacks to more than upload.max_total_bytes="
                                      f"{self.limits.max_total_bytes} bytes (at entry {name!r})",
                                      rule="archive-too-large", entry=name, status=413)
-            packed = self.source.count - start + SLICE  # at most SLICE was read before the entry began
+            packed = self.source.count - start + self.source.piece  # at most a piece was read before it began
             if size >= self.limits.ratio_min_bytes and size / packed > self.limits.max_ratio:
                 raise ArchiveRefused(f"entry {name!r} is compressed more than upload.max_compression_ratio="
                                      f"{self.limits.max_ratio:g}:1 (a zip bomb?)", rule="compression-ratio",
@@ -419,7 +422,7 @@ class _PartReceiver:
     # --- the loop -------------------------------------------------------------------------------
     def run(self, chunks: Iterable[bytes]) -> PartResult:
         limits = self.service.limits
-        source = _CountingTail(chunks, keep=limits.max_central_directory + 65_557)
+        source = _CountingTail(chunks, keep=limits.max_central_directory + 65_557, piece=slice_size(limits))
         guard = ArchiveGuard(limits, source)
         current: str | None = None
         names: list[str] = []
@@ -497,7 +500,7 @@ class _PartReceiver:
             self._settle(entry, source.count)
             return
         staged = self.service.ingest.stage(_chain(head, rest), inspect=False)  # parsed by the commit threads
-        entry.size, entry.sha256, entry.archive_offset = staged.size, staged.sha256, source.count
+        entry.size, entry.archive_offset = staged.size, source.count  # sha256: once hashed by the commit threads
         self.pending.append((entry, staged))
         if sum(1 for _, s in self.pending if s is not None) >= COMMIT_BATCH:
             self._commit(source.count)
@@ -538,6 +541,7 @@ class _PartReceiver:
                                                         expected_study=self.upload.expected_study) if staged else [])
         for entry, item in batch:
             if item is not None:
+                entry.sha256 = item.sha256
                 _apply(entry, next(outcomes))
         entries = [e for e, _ in batch]
         self._record(entries, None, 0)
@@ -648,10 +652,17 @@ def _peek(chunks: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
     return head, chunks
 
 
-def _chain(head: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
-    if head:
-        yield head
-    yield from rest
+def _chain(head: bytes, rest: Iterable[bytes], size: int = _CHUNK) -> Iterator[bytes]:
+    """``head`` then ``rest``, in chunks of about ``size`` (a stored entry comes in the pieces the
+    archive was read in: fewer, larger writes of the staging file)."""
+    buffer = bytearray(head)
+    for chunk in rest:
+        buffer += chunk
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
 __all__ = ["ArchiveRefused", "PartResult", "UploadClosed", "UploadService", "central_directory", "check_name"]
