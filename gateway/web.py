@@ -47,8 +47,8 @@ class RequestBody:
             yield chunk
 
 
-def request_body() -> RequestBody:
-    return RequestBody(request.stream)
+def request_body(chunk_size: int = 1024 * 1024) -> RequestBody:
+    return RequestBody(request.stream, chunk_size)
 
 
 def int_arg(name: str, default: int | None, maximum: int | None = None) -> int | None:

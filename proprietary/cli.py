@@ -1,5 +1,5 @@
-"""``gateway-client``: upload folders of DICOM files as one streamed zip, download studies back,
-follow an upload. Talks to a gateway over HTTP only (:mod:`proprietary.client`).
+"""``gateway-client``: upload folders of DICOM files as a few streamed zips at once, download studies
+back, follow an upload. Talks to a gateway over HTTP only (:mod:`proprietary.client`).
 
 The gateway and the token come from ``--url``/``--token``, else ``GATEWAY_URL``/``GATEWAY_TOKEN``,
 else the file ``~/.config/gateway-client.toml`` (``url = "..."``, ``token = "..."``;
@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from proprietary.client import ClientError, GatewayClient, files_to_send
+from proprietary.client import PARALLEL, ClientError, GatewayClient, files_to_send
 
 DEFAULT_URL = "http://127.0.0.1:8042"
 
@@ -63,15 +63,18 @@ def _bar(ctx, total: int | None, what: str) -> tqdm:
 @click.option("--study", help="refuse instances of any other study")
 @click.option("--expected", type=int, help="the number of instances the upload must hold to complete")
 @click.option("--no-complete", is_flag=True, help="leave the upload open (send more later)")
+@click.option("--parallel", type=click.IntRange(1, 8), default=PARALLEL, show_default=True,
+              help="archives sent at once (the files are split into this many zips)")
 @click.pass_context
-def upload(ctx, paths, study, expected, no_complete) -> None:
-    """Upload the files under PATHS (folders, files) as one zip, resuming after dropped connections."""
+def upload(ctx, paths, study, expected, no_complete, parallel) -> None:
+    """Upload the files under PATHS (folders, files) as one upload of a few zips sent at once,
+    resuming after dropped connections."""
     client = _client(ctx)
     total = sum(path.stat().st_size for _, path in files_to_send(paths))
     with _bar(ctx, total, "upload") as bar:
         try:
             report = client.upload(paths, study=study, expected=expected, complete=not no_complete,
-                                   progress=bar.update)
+                                   progress=bar.update, parallel=parallel)
         except ClientError as exc:
             raise click.ClickException(str(exc)) from None
     counts = report.counts

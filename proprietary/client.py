@@ -7,9 +7,10 @@ against any gateway.
     client.download(report.studies[0], Path("out"), unzip=True)
 
 Uploads zip on the fly (``stream-zip``, entries stored, their CRC-32 computed first), so
-nothing is written to disk; a dropped connection is resumed: the client reads the upload's
-listing and sends a new archive of the entries it does not show yet (re-sending one is a
-harmless duplicate). Downloads resume with ``Range`` and ``If-Range``. Both retry with
+nothing is written to disk. One upload is sent as a few archives at once (``parallel``): the
+server reads each archive in one request, on one core, so several keep its cores busy. A
+dropped connection is resumed: the client reads the upload's listing and sends new archives of
+the entries it does not show yet (re-sending one is a harmless duplicate). Downloads resume with ``Range`` and ``If-Range``. Both retry with
 exponential backoff.
 """
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -32,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 DONE = ("stored", "duplicate", "replaced", "rejected", "skipped", "sidecar")  # outcomes not to send again
 _CHUNK = 1024 * 1024
+# Archives of one upload sent at once. The server unzips and parses an archive in the one
+# request that carries it (one process, one core); four keep two cores busy, and more than
+# the server's threads only queue.
+PARALLEL = 4
 # What a dropped or broken connection looks like through requests.
 TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
@@ -84,6 +91,26 @@ def files_to_send(paths: Iterable[str | os.PathLike]) -> list[tuple[str, Path]]:
         raise ValueError("two files would have the same name in the archive: give folders, not files of "
                          "several folders with the same names")
     return found
+
+
+def _split(entries: list[tuple[str, Path]], parts: int) -> list[list[tuple[str, Path]]]:
+    """At most ``parts`` contiguous runs of the entries with about equal bytes, none empty
+    (contiguous: a series stays in one or two archives, in its order)."""
+    sizes = [path.stat().st_size for _, path in entries]
+    total, parts = sum(sizes), max(1, min(parts, len(entries)))
+    groups: list[list[tuple[str, Path]]] = []
+    current: list[tuple[str, Path]] = []
+    done = 0
+    for i, (entry, size) in enumerate(zip(entries, sizes)):
+        current.append(entry)
+        done += size
+        wanted = parts - len(groups) - 1  # archives still to start after this one
+        if wanted and (done * parts >= total * (len(groups) + 1) or len(entries) - i - 1 == wanted):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _crc32(path: Path) -> int:
@@ -176,33 +203,59 @@ class GatewayClient:
             time.sleep(0.5)
 
     def upload(self, paths: Iterable[str | os.PathLike], *, study: str | None = None, expected: int | None = None,
-               complete: bool = True, progress: Callable[[int], None] | None = None) -> UploadReport:
-        """Send every file under ``paths`` in one upload; resume after dropped connections."""
+               complete: bool = True, progress: Callable[[int], None] | None = None,
+               parallel: int = PARALLEL) -> UploadReport:
+        """Send every file under ``paths`` in one upload, as ``parallel`` archives at once;
+        resume after dropped connections."""
         entries = files_to_send(paths)
         upload = self.open_upload(study=study, expected=expected)
         upload_id, remaining = upload["id"], entries
+        lock = threading.Lock()
+
+        def sent(n: int) -> None:
+            with lock:
+                progress(n)
+
         attempts, error = 0, None
         while remaining:
             attempts += 1
-            try:
-                response = self.session.put(f"{self.url}/api/v1/uploads/{upload_id}/archive",
-                                            data=archive_stream(remaining, sent=progress), timeout=self.timeout,
-                                            headers={"Content-Type": "application/zip"})
-                if response.status_code in (400, 413):  # a refused archive: the server says why, no retry
-                    error = response.json().get("errors", {}) | {"message": response.json().get("message")}
-                    break
-                self._check(response)
-            except TRANSIENT as exc:
+            groups = _split(remaining, parallel)
+            with ThreadPoolExecutor(len(groups), thread_name_prefix="upload") as pool:
+                results = list(pool.map(lambda group: self._send_archive(
+                    upload_id, group, sent if progress else None), groups))
+            refusals = [r for r in results if isinstance(r, dict)]
+            if refusals:  # a refused archive: the server says why, no retry
+                error = refusals[0]
+                break
+            lost = [r for r in results if isinstance(r, BaseException)]
+            if lost:
                 if attempts > self.retries:
-                    raise ClientError(f"upload {upload_id}: the connection kept dropping ({exc})") from exc
+                    raise ClientError(f"upload {upload_id}: the connection kept dropping ({lost[0]})") from lost[0]
                 wait = self.backoff * 2 ** (attempts - 1)
-                logger.info("upload %s: connection lost (%s); resuming in %.1f s", upload_id, exc, wait)
+                logger.info("upload %s: %d of %d archives lost (%s); resuming in %.1f s", upload_id, len(lost),
+                            len(groups), lost[0], wait)
                 time.sleep(wait)
             listing = self._settled(upload_id)
             done = {e["name"] for e in listing["entries"] if e["outcome"] in DONE}
             remaining = [(name, path) for name, path in entries if name not in done]
         listing = self.complete(upload_id) if complete and error is None else self.status(upload_id)
         return UploadReport(upload_id, listing["status"], listing["counts"], listing["entries"], attempts, error)
+
+    def _send_archive(self, upload_id: str, entries: list[tuple[str, Path]],
+                      sent: Callable[[int], None] | None) -> dict | BaseException | None:
+        """One archive of the upload: None once received, the refusal of the server (400, 413),
+        or the exception of a dropped connection."""
+        try:
+            response = self.session.put(f"{self.url}/api/v1/uploads/{upload_id}/archive",
+                                        data=archive_stream(entries, sent=sent), timeout=self.timeout,
+                                        headers={"Content-Type": "application/zip"})
+        except TRANSIENT as exc:
+            return exc
+        if response.status_code in (400, 413):
+            body = response.json()
+            return body.get("errors", {}) | {"message": body.get("message")}
+        self._check(response)
+        return None
 
     def events(self, upload_id: str, *, after: int = 0) -> Iterator[tuple[str, dict]]:
         """(event, data) of the upload as they come, until it is complete or expired; reconnects

@@ -33,6 +33,10 @@ blp = Blueprint("uploads", __name__, url_prefix="/api/v1/uploads",
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 EVENT_POLL = 0.5  # seconds between two looks at the upload's event log
+# The body is read in pieces this small because a read that the dropped connection cuts short
+# is lost whole (gunicorn raises instead of returning what it has): what a resuming client
+# must send again is then at most the entry it was sending.
+RESUME_GRAIN = 64 * 1024
 KEEP_ALIVE = 15.0  # seconds between two SSE comments on a quiet stream
 
 
@@ -104,7 +108,7 @@ def _receive(upload_id: str, status: int):
     if not _is_zip_body():
         raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not a zip archive: send "
                                    "application/zip")
-    result = services().uploads.receive(principal(), upload_id, request_body())
+    result = services().uploads.receive(principal(), upload_id, request_body(RESUME_GRAIN))
     return _part_response(result, upload_id, status)
 
 

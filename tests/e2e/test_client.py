@@ -45,22 +45,25 @@ def _instances(server, study: str) -> list[str]:
     return sorted(i["00080018"]["Value"][0] for i in found.json()) if found.status_code == 200 else []
 
 
-def test_an_upload_cut_mid_archive_is_resumed_by_the_client(server, cbct, tmp_path):
+@pytest.mark.parametrize("parallel, cut_at, cuts", [(1, 0.45, 1), (4, 0.1, 2)], ids=["one-archive", "four-archives"])
+def test_an_upload_cut_mid_archive_is_resumed_by_the_client(server, cbct, tmp_path, parallel, cut_at, cuts):
     study, files = _retag(cbct, tmp_path / "ct")
     size = sum(p.stat().st_size for p in files)
-    proxy = CuttingProxy(server.port, upstream=int(size * 0.45))
+    proxy = CuttingProxy(server.port, upstream=int(size * cut_at), cuts=cuts)
     try:
         client = GatewayClient(proxy.url, server.token, backoff=0.2)
-        report = client.upload([tmp_path / "ct"], expected=100)
+        report = client.upload([tmp_path / "ct"], expected=100, parallel=parallel)
     finally:
         proxy.close()
-    assert proxy.cut == 1 and report.attempts >= 2, report
+    assert proxy.cut == cuts and report.attempts >= 2, report
     assert report.status == "complete" and report.counts["stored"] == 100 and not report.rejected, report.counts
     assert report.studies == [study]
     expected = sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files)
     assert _instances(server, study) == expected  # every instance stored exactly once
     names = [e["name"] for e in report.entries if e["outcome"] == "stored"]
     assert len(names) == len(set(names)) == 100
+    parts = {e["part"] for e in report.entries}
+    assert len(parts) >= parallel + 1, client.status(report.upload_id)["parts"]  # the archives sent at once, then the resumed one(s)
 
 
 def test_the_cli_uploads_and_reports(server, tmp_path):
