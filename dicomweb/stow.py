@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import request
+from flask import current_app, request
 from flask_smorest import Blueprint
 
 from dicomweb.common import PREFIX, base_url, element, json_response
 from dicomweb.media_types import parse_media_type
 from dicomweb.multipart import MalformedMultipart, MultipartReader, parse_boundary
-from gateway.errors import BackendUnavailable, BadRequest, UnsupportedMediaType
+from gateway.errors import BackendUnavailable, BadRequest, PayloadTooLarge, UnsupportedMediaType
 from gateway.services.ingest import InstanceOutcome, StagedInstance
 from gateway.web import principal, request_body, services
 
@@ -49,9 +49,13 @@ def _stage_body() -> list[StagedInstance]:
     except ValueError as exc:
         raise BadRequest(f"Content-Type has no usable boundary: {exc}") from None
 
+    max_parts = current_app.config["GATEWAY_SETTINGS"]["dicomweb.max_parts"]
     staged: list[StagedInstance] = []
     try:
         for part in MultipartReader(request_body(), boundary):
+            if part.index >= max_parts:
+                raise PayloadTooLarge(f"multipart body has more than dicomweb.max_parts={max_parts} parts: "
+                                      "nothing was stored; send them in several requests")
             part_type = (part.content_type or _DICOM).split(";")[0].strip().lower()
             if part_type != _DICOM:
                 # The reader skips the unread body of this part.

@@ -79,7 +79,10 @@ def serve(host, port, workers, threads) -> None:
             self.cfg.set("bind", f"{settings['server.host']}:{settings['server.port']}")
             self.cfg.set("workers", settings["server.workers"])
             self.cfg.set("threads", settings["server.threads"])
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", "gateway.http_worker.GatewayWorker")  # gthread, JSON errors
+            self.cfg.set("limit_request_line", settings["server.max_request_line"])
+            self.cfg.set("limit_request_field_size", settings["server.max_header_bytes"])
+            self.cfg.set("limit_request_fields", settings["server.max_headers"])
             self.cfg.set("timeout", settings["server.timeout"])
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", None)

@@ -13,8 +13,10 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from gateway.errors import DatasetMismatch, InvalidDicom, MissingAttribute
@@ -40,17 +42,25 @@ class Header:
     series_uid: str
 
 
-def read_header(fp: BinaryIO) -> Dataset:
-    """Parse a Part 10 header, raising :class:`InvalidDicom` with the cause."""
+def read_header(fp: BinaryIO, *, strict: bool = False) -> Dataset:
+    """Parse a Part 10 header, raising :class:`InvalidDicom` with the cause. ``strict`` (ingest:
+    the file is local and not stored yet) also refuses what pydicom reads past quietly: item
+    tags outside any sequence, and a data set that ends before the pixel data."""
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise InvalidDicom(f"not a DICOM Part 10 file: {exc}") from None
+    except RecursionError:  # pydicom reads nested sequences recursively
+        raise InvalidDicom("sequences are nested too deeply to be parsed") from None
     except Exception as exc:  # pydicom raises many types (struct.error, BytesLengthException...)
         raise InvalidDicom(f"DICOM header cannot be parsed: {exc}") from None
     if "TransferSyntaxUID" not in ds.file_meta:
         raise MissingAttribute("file meta information has no TransferSyntaxUID (0002,0010)")
+    if strict:
+        _check_read_to_the_end(fp, ds)
     for tag in list(ds.keys()):
+        if strict and tag >> 16 == 0xFFFE:
+            raise InvalidDicom(f"item or delimitation tag {element_name(tag)} stands outside any sequence")
         # pydicom silently returns short values when the file ends inside an element
         raw = ds.get_item(tag)
         if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) \
@@ -58,6 +68,66 @@ def read_header(fp: BinaryIO) -> Dataset:
             raise InvalidDicom(f"file is truncated: element {raw.tag} has {len(raw.value)} "
                                f"of its {raw.length} bytes")
     return ds
+
+
+_ITEM_DELIMITER_LE = b"\xfe\xff\x0d\xe0"
+
+
+def _check_read_to_the_end(fp: BinaryIO, ds: Dataset) -> None:
+    """pydicom ends a data set quietly where an item delimiter stands outside any sequence (and
+    skips one that opens it), and the elements after it are lost: the header must end at the
+    pixel data or the file's end."""
+    end = fp.tell()
+    size = fp.seek(0, 2)
+    start = dataset_offset(fp)
+    fp.seek(start)
+    if fp.read(2) == b"\xfe\xff":  # skipped by pydicom when it opens the data set
+        raise InvalidDicom(f"an item or delimitation tag (FFFE,xxxx) at byte {start} stands outside any sequence")
+    if end >= size:
+        return
+    fp.seek(end)
+    head = fp.read(4)
+    try:
+        order = "little" if ds.file_meta.TransferSyntaxUID.is_little_endian else "big"
+    except (AttributeError, ValueError):  # an unknown transfer syntax: validate() names it
+        order = "little"
+    tag = int.from_bytes(head[:2], order) << 16 | int.from_bytes(head[2:4], order)
+    if len(head) == 4 and tag in PIXEL_DATA_TAGS:
+        return
+    fp.seek(max(0, end - 8))
+    if fp.read(4) == _ITEM_DELIMITER_LE:
+        raise InvalidDicom(f"an item delimitation item (FFFE,E00D) outside any sequence at byte {end - 8} "
+                           f"ends the data set; {size - end} bytes after it cannot be read")
+    raise InvalidDicom(f"the data set cannot be read past byte {end} of {size}")
+
+
+def element_name(tag: int) -> str:
+    keyword = keyword_for_tag(tag)
+    return f"{Tag(tag)} {keyword}" if keyword else str(Tag(tag))
+
+
+def check_elements(ds: Dataset, max_depth: int, *, _outer: str = "", _depth: int = 0) -> None:
+    """Convert every element now, sequences included. pydicom converts an element's bytes on
+    first access, and a value that cannot be read (an unknown VR, a length that does not fit
+    it, a delimiter outside any sequence) raises whatever its converter raises, wherever the
+    value happens to be read: here it fails once, as :class:`InvalidDicom` naming the element
+    (and the top-level sequence holding it)."""
+    for tag in list(ds.keys()):
+        name = element_name(tag)
+        where = f"{name} (in sequence {_outer}, depth {_depth})" if _depth else name
+        if tag >> 16 == 0xFFFE:
+            raise InvalidDicom(f"item or delimitation tag {where} stands outside any sequence")
+        try:
+            elem = ds[tag]
+            value = elem.value
+        except Exception as exc:  # pydicom's converters raise many types
+            raise InvalidDicom(f"element {where} cannot be read: {type(exc).__name__}: {exc}") from None
+        if elem.VR == "SQ" and value:
+            if _depth >= max_depth:
+                raise InvalidDicom(f"sequence {_outer or name} nests deeper than "
+                                   f"ingest.max_sequence_depth={max_depth}")
+            for item in value:
+                check_elements(item, max_depth, _outer=_outer or name, _depth=_depth + 1)
 
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}

@@ -29,6 +29,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class PydicomDataFilter(logging.Filter):
+    """pydicom logs an ERROR for bytes it cannot make sense of (a value it cannot convert, a
+    delimiter out of place) and then raises or carries on; ingest refuses such an instance
+    and logs why. A client's malformed file is not a server error: those lines are warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
@@ -43,5 +54,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler._gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, PydicomDataFilter) for f in pydicom_logger.filters):
+        pydicom_logger.addFilter(PydicomDataFilter())
     for noisy in ("pynetdicom", "PIL", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -5,6 +5,7 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import current_app, g, request
+from gunicorn.http.errors import ParseException as _FramingError
 
 from auth.base import Principal
 from gateway.errors import BadRequest
@@ -29,8 +30,10 @@ def principal() -> Principal:
 
 
 class RequestBody:
-    """The request stream, with a body that breaks off (a chunked upload whose client went
-    away: gunicorn raises NoMoreData, an OSError) turned into a 400 instead of a 500."""
+    """The request stream, with a body that breaks off (a client that went away: gunicorn
+    raises NoMoreData, an OSError) or whose chunked framing is broken (a chunk size that is not
+    hexadecimal or lies, a missing CRLF: gunicorn's ParseException) turned into a 400 naming
+    the problem instead of a 500."""
 
     def __init__(self, stream, chunk_size: int = 1024 * 1024):
         self._stream = stream
@@ -41,6 +44,8 @@ class RequestBody:
             return self._stream.read(size)
         except OSError as exc:
             raise BadRequest(f"request body ended before it was complete: {exc}") from None
+        except _FramingError as exc:
+            raise BadRequest(f"request body is not valid HTTP/1.1 framing: {type(exc).__name__}: {exc}") from None
 
     def __iter__(self):
         while chunk := self.read(self.chunk_size):

@@ -74,6 +74,8 @@ class StagedInstance:
     crc32: int | None = None
     header: headers.Header | None = None
     frame_index: str | None = None
+    attributes: dict | None = None  # index columns, and the DICOM JSON: read by inspect
+    body: dict | None = None
     error: GatewayError | None = None
     extra: dict = field(default_factory=dict)
 
@@ -154,6 +156,7 @@ class IngestService:
         self.pm = plugin_manager
         self.jobs = jobs
         self.max_bytes = settings["ingest.max_instance_bytes"]
+        self.max_depth = settings["ingest.max_sequence_depth"]
         self.replace_duplicates = settings["ingest.duplicate_policy"] == "replace"
 
     # --- stage ---------------------------------------------------------------------
@@ -210,14 +213,24 @@ class IngestService:
                 self._inspect(staged)
             except GatewayError as exc:
                 staged.error = exc
+            except OSError:  # the staging file could not be read: ours, not the instance's
+                raise
+            except Exception as exc:  # what a malformed file makes pydicom raise, whatever its type
+                logger.debug("instance not readable", exc_info=True)
+                staged.error = InvalidDicom(f"DICOM file cannot be read: {type(exc).__name__}: {exc}")
         return staged
 
     def _inspect(self, staged: StagedInstance) -> None:
+        """Everything that parses the instance happens here (on the commit threads of an
+        upload), so that its failures are this instance's alone."""
         if staged.size == 0:
             raise InvalidDicom("empty body: no DICOM bytes")
         with open(staged.path, "rb") as fp:
-            ds = headers.read_header(fp)
-            staged.header = headers.validate(ds)
+            ds = headers.read_header(fp, strict=True)
+            headers.check_elements(ds.file_meta, self.max_depth)
+            header = headers.validate(ds)
+            staged.header = header  # from here on a failure names the instance
+            headers.check_elements(ds, self.max_depth)
             if staged.dataset_sha256 is None:  # file meta longer than the spooling look-ahead
                 staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
             fp.seek(0)
@@ -235,6 +248,13 @@ class IngestService:
             staged.frame_index = frame_index.to_json()
             staged.extra["number_of_frames"] = frame_index.number_of_frames
             staged.extra["has_pixel_data"] = True
+        attributes = headers.index_attributes(ds)
+        if attributes.get("number_of_frames") is None:  # single-frame IODs omit NumberOfFrames
+            attributes["number_of_frames"] = staged.extra.get("number_of_frames")
+        staged.attributes = attributes
+        staged.body = headers.header_json(ds, study_uid=header.study_uid, series_uid=header.series_uid,
+                                          sop_uid=header.sop_instance_uid,
+                                          has_pixel_data=staged.extra.get("has_pixel_data", False))
 
     # --- commit --------------------------------------------------------------------
     def commit(self, staged: StagedInstance, *, principal: Principal,
@@ -283,7 +303,8 @@ class IngestService:
         header = staged.header
         if header is None:
             return InstanceOutcome("failed")
-        modality = header.dataset.get("Modality")
+        # Modality may be the very element that could not be read.
+        modality = header.dataset.get("Modality") if staged.error is None else None
         return InstanceOutcome("failed", header.sop_class_uid, header.sop_instance_uid,
                                header.study_uid, header.series_uid, modality=str(modality) if modality else None)
 
@@ -311,7 +332,6 @@ class IngestService:
             raise InstanceExists(
                 f"SOP Instance {header.sop_instance_uid} is already stored with different content")
 
-        ds = header.dataset
         record = InstanceRecord(
             clinic_id=clinic, study_uid=header.study_uid, series_uid=header.series_uid,
             sop_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
@@ -321,15 +341,10 @@ class IngestService:
             size=staged.size, sha256=staged.sha256, frame_index=staged.frame_index,
             dataset_sha256=staged.dataset_sha256, crc32=staged.crc32,
         )
-        attributes = headers.index_attributes(ds)
-        if attributes.get("number_of_frames") is None:  # single-frame IODs omit NumberOfFrames
-            attributes["number_of_frames"] = staged.extra.get("number_of_frames")
+        attributes, body = staged.attributes, staged.body
         record.number_of_frames = attributes.get("number_of_frames")
         record.instance_number = attributes.get("instance_number")
         record.rows, record.columns = attributes.get("rows"), attributes.get("columns")
-        body = headers.header_json(ds, study_uid=header.study_uid, series_uid=header.series_uid,
-                                   sop_uid=header.sop_instance_uid,
-                                   has_pixel_data=staged.extra.get("has_pixel_data", False))
         return NewInstance(record, attributes, headers.dumps(body),
                            headers.dumps(headers.level_subset(body, "study")),
                            headers.dumps(headers.level_subset(body, "series")))
