@@ -257,3 +257,23 @@ def test_unreadable_files_by_c_store_fail_and_the_association_goes_on(gateway, t
     finally:
         assoc.release()
         ae.shutdown()
+
+
+def test_an_unreadable_entry_of_a_zip_upload_is_rejected_alone(gateway):
+    import zipfile
+
+    study = generate_uid()
+    good = ct(study)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ct/bad.dcm", with_vr(ct(study), 0x00080020, b"XX"))
+        archive.writestr("ct/good.dcm", good)
+    r = gateway.http.post(gateway.url + "/api/v1/uploads", data=buffer.getvalue(),
+                          headers={"Content-Type": "application/zip"}, timeout=60)
+    assert r.status_code in (200, 201), r.text
+    listing = gateway.http.get(f"{gateway.url}/api/v1/uploads/{r.json()['upload']['id']}", timeout=30).json()
+    outcomes = {e["name"]: e for e in listing["entries"]}
+    assert outcomes["ct/good.dcm"]["outcome"] == "stored", outcomes
+    bad = outcomes["ct/bad.dcm"]
+    assert bad["outcome"] == "rejected" and "(0008,0020)" in bad["reason"], bad
+    assert _instances(gateway, study) == [pydicom.dcmread(io.BytesIO(good), stop_before_pixels=True).SOPInstanceUID]
