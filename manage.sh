@@ -7,8 +7,10 @@ cd "$(dirname "$0")"
 
 VENV=${GATEWAY_VENV:-.venv}
 RUN_PACKAGES="libopenjp2-7"
-# The tests also drive real clients: dcmtk, Orthanc (conformance), OHIF in headless Chromium (npm fetches OHIF).
-TEST_PACKAGES="dcmtk chromium fonts-liberation orthanc orthanc-dicomweb"
+# The tests also drive real clients: dcmtk, dicom3tools (dciodvfy), Orthanc (conformance), OHIF in headless
+# Chromium (npm fetches OHIF),
+# and start a PostgreSQL cluster of their own when none answers on 127.0.0.1:5432 (postgresql: the server).
+TEST_PACKAGES="dcmtk dicom3tools chromium fonts-liberation orthanc orthanc-dicomweb postgresql"
 
 say() { printf '[manage] %s\n' "$*" >&2; }
 
@@ -40,12 +42,13 @@ install_python_packages() {
   fi
   [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
   local stamp="$VENV/.installed" want
-  want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+  want=$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python packages into $VENV"
     local log="$VENV/pip-install.log"
-    if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
-           "$VENV/bin/python" -m pip install --disable-pip-version-check -e ".[test,s3,postgres]"; } >"$log" 2>&1; then
+    # constraints.txt pins every version: a new release of a dependency cannot break a fresh set-up.
+    if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt pip &&
+           "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt -e ".[test,s3,postgres]"; } >"$log" 2>&1; then
       tail -n 40 "$log" >&2; say "pip install failed; full log in $log"; exit 1
     fi
     echo "$want" > "$stamp"

@@ -338,7 +338,7 @@ class MultipartReader:
                 break
             if not self._fill_once():
                 raise self._truncated(f" (inside the headers of part #{index})")
-        raise MalformedMultipart(f"part headers exceed {limit} bytes (part #{index})")
+        raise MalformedMultipart(f"part headers exceed {limit} bytes (part #{index}; dicomweb.max_part_header_bytes)")
 
 
 def _parse_headers(raw: bytes, index: int) -> dict[str, str]:

@@ -49,10 +49,11 @@ def _stage_body() -> list[StagedInstance]:
     except ValueError as exc:
         raise BadRequest(f"Content-Type has no usable boundary: {exc}") from None
 
-    max_parts = current_app.config["GATEWAY_SETTINGS"]["dicomweb.max_parts"]
+    settings = current_app.config["GATEWAY_SETTINGS"]
+    max_parts = settings["dicomweb.max_parts"]
     staged: list[StagedInstance] = []
     try:
-        for part in MultipartReader(request_body(), boundary):
+        for part in MultipartReader(request_body(), boundary, max_header_bytes=settings["dicomweb.max_part_header_bytes"]):
             if part.index >= max_parts:
                 raise PayloadTooLarge(f"multipart body has more than dicomweb.max_parts={max_parts} parts: "
                                       "nothing was stored; send them in several requests")

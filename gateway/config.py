@@ -287,6 +287,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest.max_sequence_depth", 32, _positive(_int), "deepest nesting of sequences in an instance (an instance nested deeper is refused as invalid)"),
     Setting("dicomweb.cors_origins", ["*"], _str_list, "allowed CORS origins (comma separated); empty list disables CORS"),
     Setting("dicomweb.qido_max_limit", 10000, _positive(_int), "largest QIDO-RS page; larger limits are cut with a Warning header"),
+    Setting("dicomweb.max_part_header_bytes", 16 * 1024, _positive(_int), "largest header block of one multipart part, in bytes (400 beyond, nothing stored)"),
     Setting("dicomweb.max_parts", 10000, _positive(_int), "most parts of one STOW-RS multipart body (413 beyond, nothing stored)"),
     Setting("dicomweb.qido_default_limit", 1000, _positive(_int), "QIDO-RS page size when the request gives no limit"),
     Setting("dicomweb.thumbnail_size", 128, _positive(_int), "edge of thumbnails in pixels when no viewport is asked"),

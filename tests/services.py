@@ -243,13 +243,28 @@ def s3_bucket(moto_server) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_database():
-    """A fresh database of this session on the machine's PostgreSQL."""
+    """A fresh database of this session on the machine's PostgreSQL; on a machine where none
+    answers at ``ADMIN_DSN``, on a cluster of the session's own (Debian's server binaries,
+    installed by ./manage.sh)."""
+    own = None
     try:
         database = PostgresDatabase()
     except Exception as exc:  # noqa: BLE001 - psycopg missing, server down, no permission
-        missing_service(f"PostgreSQL is not reachable at {ADMIN_DSN!r}: {exc}")
+        if _pg_bindir() is None:
+            missing_service(f"PostgreSQL is not reachable at {ADMIN_DSN!r} ({exc}) and initdb is not installed "
+                            "(apt-get install postgresql)")
+        try:
+            own = ThrowawayPostgres().start()
+            database = PostgresDatabase(own.dsn)
+        except Exception as exc2:  # noqa: BLE001
+            if own is not None:
+                own.destroy()
+            missing_service(f"PostgreSQL is not reachable at {ADMIN_DSN!r} ({exc}), and a cluster of the "
+                            f"tests' own did not start: {exc2}")
     yield database
     database.drop()
+    if own is not None:
+        own.destroy()
 
 
 @pytest.fixture

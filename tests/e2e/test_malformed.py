@@ -277,3 +277,21 @@ def test_an_unreadable_entry_of_a_zip_upload_is_rejected_alone(gateway):
     bad = outcomes["ct/bad.dcm"]
     assert bad["outcome"] == "rejected" and "(0008,0020)" in bad["reason"], bad
     assert _instances(gateway, study) == [pydicom.dcmread(io.BytesIO(good), stop_before_pixels=True).SOPInstanceUID]
+
+
+def test_a_body_longer_than_its_content_length(gateway):
+    """Bytes beyond Content-Length are not the body: what was declared is read (here a cut
+    multipart: 400, nothing stored); on a kept-alive connection the rest would be the next
+    request line, refused in JSON like any malformed one."""
+    study = generate_uid()
+    body = one_part(ct(study))
+    status, headers, answer = exchange(gateway, stow_head(gateway, Content_Length=len(body) - 500) + body)
+    assert status == 400 and "malformed" in json.loads(answer)["message"], answer
+    assert not _instances(gateway, study)
+
+
+def test_a_part_header_block_beyond_the_limit_is_a_400(gateway):
+    body = (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\nX-Long: " + b"a" * 20000
+            + b"\r\n\r\n" + ct() + b"\r\n--" + BOUNDARY.encode() + b"--\r\n")
+    r = gateway.http.post(gateway.dicomweb + "/studies", data=body, headers={"Content-Type": MULTIPART}, timeout=30)
+    assert r.status_code == 400 and "dicomweb.max_part_header_bytes" in r.json()["message"], r.text
