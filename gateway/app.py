@@ -26,6 +26,7 @@ from gateway import __version__, health
 from gateway.config import Settings, SettingsError, load_settings
 from gateway.errors import GatewayError, NotAuthenticated
 from gateway.logs import configure_logging, request_id_var
+from gateway.proxies import TrustedProxies
 from gateway.services import Services
 from gateway.web import error_body
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
         services = Services.build(settings)
     app.extensions["gateway"] = services
 
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings["server.trusted_proxies"])
     api = Api(app)
     _install_request_context(app, settings)
     _install_error_handlers(app)

@@ -80,6 +80,9 @@ def serve(host, port, workers, threads) -> None:
             self.cfg.set("workers", settings["server.workers"])
             self.cfg.set("threads", settings["server.threads"])
             self.cfg.set("worker_class", "gateway.http_worker.GatewayWorker")  # gthread, JSON errors
+            # gunicorn believes X-Forwarded-Proto from loopback by default; the app's
+            # server.trusted_proxies (gateway.proxies) is the one place that decides.
+            self.cfg.set("secure_scheme_headers", {})
             self.cfg.set("limit_request_line", settings["server.max_request_line"])
             self.cfg.set("limit_request_field_size", settings["server.max_header_bytes"])
             self.cfg.set("limit_request_fields", settings["server.max_headers"])

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from gateway.proxies import parse_networks
+
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "GATEWAY_"
@@ -52,6 +54,12 @@ def _str_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [str(v).strip() for v in value if str(v).strip()]
     return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _networks(value: Any) -> list[str]:
+    values = _str_list(value)
+    parse_networks(values)
+    return values
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -272,6 +280,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", 2, _positive(_int), "gunicorn worker processes"),
     Setting("server.threads", 8, _positive(_int), "threads per gunicorn worker"),
     Setting("server.timeout", 300, _positive(_int), "seconds a request may take before gunicorn restarts the worker"),
+    Setting("server.trusted_proxies", [], _networks, "addresses or CIDR networks of reverse proxies / load balancers whose X-Forwarded-For/-Proto/-Host/-Port are believed (comma separated); empty: none"),
     Setting("server.max_request_line", 8190, _positive(_int), "longest request line (method, URL, version) in bytes; longer: 414"),
     Setting("server.max_header_bytes", 8190, _positive(_int), "longest request header line in bytes; longer: 431"),
     Setting("server.max_headers", 100, _positive(_int), "most header lines of a request; more: 431"),
