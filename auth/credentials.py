@@ -30,7 +30,7 @@ from gateway.errors import NotAuthenticated
 logger = logging.getLogger(__name__)
 
 GROUP = "gateway.auth_providers"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/readyz/dimse", "/api/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/readyz/dimse", "/api/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/api/docs",)
 # Query parameters that carry credentials: the front doors ignore them.
 AUTH_PARAMS = frozenset({"share", *SIGNED_URL_PARAMS})

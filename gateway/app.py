@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any, Mapping
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, jsonify, request, send_from_directory
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -36,6 +36,7 @@ CORS_ALLOW_HEADERS = "accept, authorization, content-type, x-request-id"
 CORS_EXPOSE_HEADERS = ("Warning, Content-Location, Location, X-Request-ID, Retry-After, WWW-Authenticate, "
                        "Content-Disposition, Content-Range, Accept-Ranges, ETag")
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
+DOCS_ASSETS = "/api/docs/assets/"
 
 
 def www_authenticate(exc: NotAuthenticated) -> str:
@@ -60,9 +61,15 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=DOCS_ASSETS,  # served from the swagger-ui-bundle wheel: no CDN
+        OPENAPI_SWAGGER_UI_CONFIG={"persistAuthorization": True},
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": "a token of the configured provider, e.g. from `gateway token`"}}},
+            "security": [{"bearer": []}],
+        },
         MAX_CONTENT_LENGTH=None,
-        JSON_SORT_KEYS=False,
     )
     app.config["GATEWAY_SETTINGS"] = settings
     if services is None:
@@ -71,6 +78,7 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
 
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings["server.trusted_proxies"])
     api = Api(app)
+    _install_api_docs(app)
     _install_request_context(app, settings)
     _install_error_handlers(app)
     _install_authentication(app, services)  # every request but the probes and the API docs
@@ -78,6 +86,20 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None, *, services
     proprietary.init_app(app, api)
     dicomweb.init_app(app, api)
     return app
+
+
+def _install_api_docs(app: Flask) -> None:
+    """Swagger UI's files, from the ``swagger-ui-bundle`` wheel: the docs page works where no
+    CDN is reachable (a hospital network)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    @app.route(DOCS_ASSETS + "<path:name>")
+    def _api_docs_asset(name: str):
+        return send_from_directory(str(swagger_ui_path), name, max_age=86400)
+
+    @app.route("/favicon.ico")  # what a browser asks for beside the docs page
+    def _favicon():
+        return send_from_directory(str(swagger_ui_path), "favicon-32x32.png", max_age=86400)
 
 
 def _install_authentication(app: Flask, services: Services) -> None:

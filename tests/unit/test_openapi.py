@@ -39,3 +39,23 @@ def test_a_body_that_does_not_fit_names_the_field(client, auth):
     body = response.get_json()
     assert "targets" in body["message"] and "colour" in body["message"], body
     assert set(body["errors"]["fields"]["json"]) == {"targets", "colour"}
+
+
+def test_the_document_validates_and_declares_bearer_auth(client):
+    from openapi_spec_validator import validate
+
+    doc = client.get("/api/openapi.json").get_json()
+    validate(doc)  # raises with the path of the first error
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "a token of the configured provider, e.g. from `gateway token`"}
+    assert doc["security"] == [{"bearer": []}]
+
+
+def test_the_docs_page_loads_swagger_ui_from_the_gateway_itself(client):
+    page = client.get("/api/docs").get_data(as_text=True)
+    assert "cdn" not in page.lower() and "https://" not in page
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        assert f'/api/docs/assets/{asset}"' in page, page
+        response = client.get(f"/api/docs/assets/{asset}")  # public, like the page
+        assert response.status_code == 200 and len(response.data) > 10_000, asset
