@@ -295,3 +295,14 @@ def test_a_part_header_block_beyond_the_limit_is_a_400(gateway):
             + b"\r\n\r\n" + ct() + b"\r\n--" + BOUNDARY.encode() + b"--\r\n")
     r = gateway.http.post(gateway.dicomweb + "/studies", data=body, headers={"Content-Type": MULTIPART}, timeout=30)
     assert r.status_code == 400 and "dicomweb.max_part_header_bytes" in r.json()["message"], r.text
+
+
+def test_a_refused_large_body_closes_the_connection_saying_so(gateway):
+    """gunicorn keeps a connection only if it can drain the unread body: the refusal says
+    Connection: close, so a client's next request goes on a new connection."""
+    body = (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n\r\n") * 20000 \
+        + b"--" + BOUNDARY.encode() + b"--\r\n"
+    session = gateway.session()
+    r = session.post(gateway.dicomweb + "/studies", data=body, headers={"Content-Type": MULTIPART}, timeout=30)
+    assert r.status_code == 413 and r.headers["Connection"].lower() == "close", r.headers
+    assert session.get(gateway.dicomweb + "/studies", params={"limit": 1}, timeout=30).status_code == 200
