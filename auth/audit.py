@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import threading
 import time
@@ -112,8 +111,9 @@ class AuditService:
             user_id=principal.user_id if principal else None, clinic_id=principal.clinic_id if principal else None,
             resource=resource, resource_clinic=resource_clinic, client=client_var.get(),
             request_id=None if rid == "-" else rid, door=door_var.get(), detail=(detail or None) and detail[:1000])
-        audit_logger.info("%s", json.dumps({k: v for k, v in asdict(record).items() if v is not None and k != "id"},
-                                           ensure_ascii=False))
+        fields = {k: v for k, v in asdict(record).items() if v is not None and k != "id"}
+        # The record rides along: JSON logs nest it as an object, the text format appends it.
+        audit_logger.info("audit %s %s %s", action, outcome, resource or "-", extra={"audit": fields})
         try:
             self.log.append([record])
         except StorageError as exc:  # the access itself was decided; the log line above keeps the trace

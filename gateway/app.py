@@ -31,6 +31,7 @@ from gateway.services import Services
 from gateway.web import error_body
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("gateway.access")
 
 CORS_ALLOW_HEADERS = "accept, authorization, content-type, x-request-id"
 CORS_EXPOSE_HEADERS = ("Warning, Content-Location, Location, X-Request-ID, Retry-After, WWW-Authenticate, "
@@ -164,9 +165,55 @@ def _install_request_context(app: Flask, settings: Settings) -> None:
                     response.headers["Access-Control-Max-Age"] = "600"
         started = g.get("started")
         if started is not None:
-            logger.info("%s %s -> %s in %.1f ms", request.method, redact(request.full_path.rstrip("?")),
-                        response.status_code, (time.perf_counter() - started) * 1000)
+            _log_access(response, started)
         return response
+
+
+class _Counted:
+    """A streamed response body, counted as it is sent; ``done`` runs once it is over."""
+
+    def __init__(self, body, done):
+        self.body, self.done, self.count = body, done, 0
+
+    def __iter__(self):
+        for chunk in self.body:
+            self.count += len(chunk)
+            yield chunk
+
+    def close(self):
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            self.done(self.count)
+
+
+def _log_access(response, started: float) -> None:
+    """The access line: when the last byte is sent (a streamed response is measured to its
+    end), with the time to the first byte (the headers, ready)."""
+    who = g.get("principal")
+    path = request.path
+    fields = {
+        "request_id": g.get("request_id", "-"), "method": request.method,
+        "route": request.url_rule.rule if request.url_rule is not None else None,
+        "path": redact(request.full_path.rstrip("?")), "status": response.status_code,
+        "door": "probe" if path in ("/healthz", "/readyz", "/readyz/dimse") else
+                "api" if path.startswith("/api/") else "dicomweb" if path.startswith("/dicom-web") else "other",
+        "principal": who.user_id if who else None, "clinic": who.clinic_id if who else None,
+        "client": request.remote_addr, "bytes_in": request.content_length,
+        "ttfb_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+    def done(sent: int) -> None:
+        fields["bytes"] = sent
+        fields["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        access_logger.info("%s %s -> %s, %d B in %.1f ms (first byte %.1f ms)", fields["method"], fields["path"],
+                    fields["status"], sent, fields["total_ms"], fields["ttfb_ms"], extra={"access": fields})
+
+    if response.is_streamed:
+        response.response = _Counted(response.response, done)
+    else:
+        done(response.content_length or 0)
 
 
 def _install_error_handlers(app: Flask) -> None:

@@ -88,8 +88,9 @@ def serve(host, port, workers, threads) -> None:
             self.cfg.set("limit_request_fields", settings["server.max_headers"])
             self.cfg.set("timeout", settings["server.timeout"])
             self.cfg.set("graceful_timeout", 30)
-            self.cfg.set("accesslog", None)
+            self.cfg.set("accesslog", None)  # the app writes the access lines (gateway.access)
             self.cfg.set("errorlog", "-")
+            self.cfg.set("logger_class", "gateway.http_worker.GatewayLogger")
             self.cfg.set("loglevel", settings["log.level"].lower())
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn >= 25 opens one control socket per user at a fixed path, which
@@ -103,9 +104,13 @@ def serve(host, port, workers, threads) -> None:
 
             return create_app(load_settings())
 
-    click.echo(f"DICOMweb at http://{settings['server.host']}:{settings['server.port']}/dicom-web "
-               f"(API docs: /api/docs); data in {settings.data_dir}", err=True)
-    click.echo(_token_hint(settings), err=True)
+    configure_logging(settings["log.level"], settings["log.format"])  # gunicorn's master logs through it
+    banner = (f"DICOMweb at http://{settings['server.host']}:{settings['server.port']}/dicom-web "
+              f"(API docs: /api/docs); data in {settings.data_dir}\n{_token_hint(settings)}")
+    if settings["log.format"] == "json":  # every line a JSON object, for the log shipper
+        logging.getLogger("gateway.cli").info("%s", banner)
+    else:
+        click.echo(banner, err=True)
     child = _child(settings, kinds)
     try:
         GatewayApplication().run()

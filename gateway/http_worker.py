@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from gunicorn import util
+from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
 from gateway.web import error_body
@@ -69,3 +70,14 @@ class GatewayWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         self.wsgi = close_after_refusals(self.wsgi)
+
+
+class GatewayLogger(Logger):
+    """gunicorn's own lines (boot, worker exits, refused requests) through the gateway's log
+    handler, in its text or JSON format (``log.format``), not in a format of their own."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.handlers.clear()
+            log.propagate = True

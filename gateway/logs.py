@@ -15,7 +15,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Structured parts a record may carry (``logger.info(..., extra={"access": {...}})``): the
+# JSON format nests them as objects, the text format shows only the message.
+STRUCTURED = ("access", "audit")
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request id, message; an access line's
+    fields at the top level, an audit record nested under ``audit``."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -24,9 +32,15 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):
+            entry["audit"] = audit
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class PydicomDataFilter(logging.Filter):
@@ -43,10 +57,26 @@ class PydicomDataFilter(logging.Filter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """The terminal's format: an audit record's fields follow its message as JSON."""
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        audit = getattr(record, "audit", None)
+        return f"{line} {json.dumps(audit, ensure_ascii=False, default=str)}" if isinstance(audit, dict) else line
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_gateway", False):
