@@ -161,6 +161,14 @@ def config_show(as_json: bool) -> None:
         click.echo(f"{setting.name} = {values[setting.name]!r}   [{settings.sources[setting.name]}; {env}]")
 
 
+@config.command("example")
+def config_example() -> None:
+    """Print a gateway.toml of every setting at its default, each with its help."""
+    from gateway.config import example_toml
+
+    click.echo(example_toml(), nl=False)
+
+
 @main.command()
 def migrate() -> None:
     """Apply pending index schema migrations."""

@@ -395,6 +395,41 @@ def _env_name(name: str) -> str:
     return ENV_PREFIX + name.upper().replace(".", "__")
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def example_toml() -> str:
+    """A ``gateway.toml`` of every setting at its default, each with its help as a comment
+    (``gateway config example``): loading it gives the defaults."""
+    lines = ["# gateway.toml: every setting at its default (gateway config example). Give this file with",
+             "# GATEWAY_CONFIG=/path/gateway.toml; each setting is also GATEWAY_<SECTION>__<NAME> in the",
+             "# environment, which wins over the file."]
+    tables: dict[str, list[Setting]] = {}
+    for setting in SETTINGS:  # a table once, its settings in the order of the code
+        tables.setdefault(setting.name.split(".", 1)[0], []).append(setting)
+    for table, settings in tables.items():
+        lines += ["", f"[{table}]"]
+        for setting in settings:
+            _example_lines(lines, setting)
+    return "\n".join(lines) + "\n"
+
+
+def _example_lines(lines: list[str], setting: Setting) -> None:
+    key = setting.name.split(".", 1)[1]
+    env = "GATEWAY_" + setting.name.upper().replace(".", "__")
+    lines.append(f"# {setting.help} ({env}{'; a secret: prefer the environment' if setting.secret else ''})")
+    lines.append(f"{key} = {_toml_value(setting.default)}")
+
+
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
