@@ -30,7 +30,8 @@ from gateway.errors import NotAuthenticated
 logger = logging.getLogger(__name__)
 
 GROUP = "gateway.auth_providers"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/readyz/dimse", "/api/openapi.json", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/readyz/dimse", "/api/openapi.json", "/favicon.ico",
+                          "/metrics"})  # /metrics: its own check (metrics.token, metrics.allow)
 PUBLIC_PREFIXES = ("/api/docs",)
 # Query parameters that carry credentials: the front doors ignore them.
 AUTH_PARAMS = frozenset({"share", *SIGNED_URL_PARAMS})

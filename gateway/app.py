@@ -22,7 +22,7 @@ from auth.credentials import (
     create_provider,
     redact,
 )
-from gateway import __version__, health
+from gateway import __version__, health, metrics
 from gateway.config import Settings, SettingsError, load_settings
 from gateway.errors import GatewayError, NotAuthenticated
 from gateway.logs import configure_logging, request_id_var
@@ -208,7 +208,8 @@ def _log_access(response, started: float) -> None:
         fields["bytes"] = sent
         fields["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
         access_logger.info("%s %s -> %s, %d B in %.1f ms (first byte %.1f ms)", fields["method"], fields["path"],
-                    fields["status"], sent, fields["total_ms"], fields["ttfb_ms"], extra={"access": fields})
+                           fields["status"], sent, fields["total_ms"], fields["ttfb_ms"], extra={"access": fields})
+        metrics.observe_request(fields)
 
     if response.is_streamed:
         response.response = _Counted(response.response, done)

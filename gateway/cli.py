@@ -91,6 +91,7 @@ def serve(host, port, workers, threads) -> None:
             self.cfg.set("accesslog", None)  # the app writes the access lines (gateway.access)
             self.cfg.set("errorlog", "-")
             self.cfg.set("logger_class", "gateway.http_worker.GatewayLogger")
+            self.cfg.set("child_exit", _worker_exited)
             self.cfg.set("loglevel", settings["log.level"].lower())
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn >= 25 opens one control socket per user at a fixed path, which
@@ -111,12 +112,22 @@ def serve(host, port, workers, threads) -> None:
         logging.getLogger("gateway.cli").info("%s", banner)
     else:
         click.echo(banner, err=True)
+    from gateway import metrics
+
+    metrics.prepare_multiprocess(settings.data_dir)  # before any worker or child starts
     child = _child(settings, kinds)
     try:
         GatewayApplication().run()
     finally:
         if child is not None:
             child.stop()
+
+
+def _worker_exited(server, worker) -> None:
+    """gunicorn's child_exit hook."""
+    from gateway import metrics
+
+    metrics.process_exited(worker.pid)
 
 
 def _token_hint(settings) -> str:

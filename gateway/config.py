@@ -300,6 +300,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dicomweb.max_parts", 10000, _positive(_int), "most parts of one STOW-RS multipart body (413 beyond, nothing stored)"),
     Setting("dicomweb.qido_default_limit", 1000, _positive(_int), "QIDO-RS page size when the request gives no limit"),
     Setting("dicomweb.thumbnail_size", 128, _positive(_int), "edge of thumbnails in pixels when no viewport is asked"),
+    Setting("metrics.token", "", str, "bearer token a Prometheus scraper sends to GET /metrics; empty: /metrics answers only to metrics.allow", secret=True),
+    Setting("metrics.allow", ["127.0.0.1/32", "::1/128"], _networks, "addresses or CIDR networks that may read /metrics without metrics.token (comma separated)"),
     Setting("log.level", "info", _choice("debug", "info", "warning", "error"), "log level"),
     Setting("log.format", "text", _choice("text", "json"), "log line format"),
     Setting("dimse.enabled", True, _bool, "'gateway serve' also starts the DIMSE listener and the job worker (a child process)"),

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag

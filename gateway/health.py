@@ -1,13 +1,18 @@
-"""Liveness and readiness probes for load balancers and orchestrators."""
+"""Liveness and readiness probes for load balancers and orchestrators, and the Prometheus metrics."""
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 
-from flask import jsonify
+from flask import Response, jsonify, request
 from flask_smorest import Blueprint
 
+from gateway import metrics
+from gateway.errors import NotAuthenticated, NotAuthorized
+from gateway.proxies import TrustedProxies
 from gateway.web import services
+from gateway.worker import JobWorker
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,27 @@ def dimse_check(settings) -> str:
         return f"the DIMSE listener does not accept connections on {target}:{port} ({exc.strerror or exc})"
 
 
+@blp.route("/metrics")
+@blp.doc(summary="Prometheus metrics of every process of the gateway",
+         description="text/plain; version=0.0.4. With metrics.token set, only with Authorization: Bearer "
+                     "<metrics.token>; without, only from the addresses of metrics.allow (default loopback).",
+         responses={200: {"description": "the metrics", "content": {"text/plain": {}}},
+                    401: {"description": "metrics.token is set and was not given"},
+                    403: {"description": "not from an address of metrics.allow"}})
+def prometheus_metrics():
+    settings = services().settings
+    token = settings["metrics.token"]
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise NotAuthenticated("/metrics needs Authorization: Bearer <metrics.token>")
+    elif not TrustedProxies(None, settings["metrics.allow"]).trusted(request.remote_addr or ""):
+        raise NotAuthorized(f"/metrics answers only to metrics.allow ({', '.join(settings['metrics.allow'])}) "
+                            "or with metrics.token", action="metrics")
+    body, content_type = metrics.exposition(services(), JobWorker.for_services(services()).kinds, ready_checks)
+    return Response(body, content_type=content_type)
+
+
 def _answer(checks: dict[str, str]):
     ready = all(v == "ok" for v in checks.values())
     response = jsonify(status="ready" if ready else "unavailable", checks=checks)
@@ -46,10 +72,15 @@ def _answer(checks: dict[str, str]):
          responses={200: {"description": "ready"}, 503: {"description": "a store is unreachable or the DIMSE "
                                                                        "listener is not listening"}})
 def readyz():
+    return _answer(ready_checks())
+
+
+def ready_checks() -> dict[str, str]:
+    """``ok`` or why not, for each store and each enabled door besides HTTP."""
     checks = services().ping()
     if services().settings["dimse.enabled"]:
         checks["dimse"] = dimse_check(services().settings)
-    return _answer(checks)
+    return checks
 
 
 @blp.route("/readyz/dimse")

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Iterable
 
+from gateway import metrics
 from gateway.services.jobs import JobHandler, JobRun, now_ms
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class JobWorker:
                 run.failed(job, job.last_error or "too many attempts", permanent=True)
             else:
                 live.append(job)
+        started = time.monotonic()
         try:
             if live:
                 handler.run(live, run)
@@ -170,4 +172,6 @@ class JobWorker:
                     run.failed(job, f"{type(exc).__name__}: {exc}")
         finally:
             self.queue.release(owner, now_ms=now_ms())  # what was not settled (stopping) is due again
+            if live:
+                metrics.JOB_BATCH_DURATION.labels(handler.kind).observe(time.monotonic() - started)
         return len(jobs)

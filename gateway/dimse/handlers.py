@@ -33,6 +33,7 @@ from pynetdicom.presentation import build_context
 
 from auth.audit import DENIED, audit_context
 from auth.base import Principal
+from gateway import metrics
 from gateway.dimse import identifiers
 from gateway.dimse.peers import Peer, PeerTable
 from gateway.dimse.scu import StoredInstance, on_conn_open, store_contexts
@@ -413,9 +414,30 @@ def handle_get(event: evt.Event, ctx: DimseContext):
     yield from _sub_operations(event, ctx, state, records, "sent")
 
 
+# --- metrics ---------------------------------------------------------------------------
+def _association_ended_up(outcome: str):
+    def count(event: evt.Event) -> None:
+        metrics.DIMSE_ASSOCIATIONS.labels(outcome).inc()
+    return count
+
+
+def _response_sent(event: evt.Event) -> None:
+    """Every DIMSE response the listener sends, by operation and status (C-FIND's pending
+    matches included, 0xFF00)."""
+    name = type(event.message).__name__  # C_STORE_RSP
+    if name.endswith("_RSP"):
+        code = getattr(event.message.command_set, "Status", None)
+        metrics.DIMSE_RESPONSES.labels(name[:-4].replace("_", "-"),
+                                       f"0x{int(code):04X}" if code is not None else "none").inc()
+
+
 def handlers(ctx: DimseContext) -> list[tuple]:
     """The listener's event bindings."""
     return [
+        (evt.EVT_ACCEPTED, _association_ended_up("accepted")),
+        (evt.EVT_REJECTED, _association_ended_up("rejected")),
+        (evt.EVT_ABORTED, _association_ended_up("aborted")),
+        (evt.EVT_DIMSE_SENT, _response_sent),
         (evt.EVT_CONN_OPEN, on_conn_open),
         (evt.EVT_REQUESTED, handle_requested, [ctx]),
         (evt.EVT_CONN_CLOSE, handle_conn_close, [ctx]),

@@ -17,6 +17,7 @@ from auth.access import AccessControl
 from auth.audit import AuditService
 from auth.shares import ShareService
 from auth.signing import UrlSigner
+from gateway import metrics
 from gateway.config import SettingsError
 from gateway.services.archives import ArchiveService
 from gateway.services.delete import DeleteService
@@ -81,7 +82,7 @@ class Services:
     def build(cls, settings, *, plugins: bool = True) -> "Services":
         """Every store, service and plugin of a process. ``plugins=False``: no plugin at all
         (copies between deployments must not forward nor make previews)."""
-        blobs = _backend("blob", settings)
+        blobs = metrics.Timed("blobs", _backend("blob", settings))
         database = _index_backend(settings)
         migrations = database.migrate()
         pm = create_plugin_manager(load_entry_points=plugins)
@@ -89,7 +90,7 @@ class Services:
             signer = UrlSigner.from_settings(settings)
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
-        index = database.instances
+        index = metrics.Timed("index", database.instances)
         jobs = JobService(database.jobs)
         audit = AuditService.from_settings(database.audit, settings)
         access = AccessControl(database.shares, index, audit, operator_clinics=settings["auth.operator_clinics"])

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from auth import policy
-from auth.audit import OK, resource_name
+from auth.audit import OK, door_var, resource_name
 from auth.base import Principal
-from gateway import headers
+from gateway import headers, metrics
 from gateway.errors import (
     BackendUnavailable,
     DatasetMismatch,
@@ -290,6 +290,10 @@ class IngestService:
         finally:
             for item in staged:
                 item.discard()
+        door = door_var.get() or "other"
+        for outcome in outcomes:
+            metrics.count_instance(door, outcome.status,
+                                   outcome.error.failure_reason if outcome.error is not None else None)
         return outcomes
 
     def authorize(self, principal: Principal) -> None:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
+from gateway import metrics
 from gateway.errors import BackendUnavailable
 from storage.base import JobQueue
 from storage.errors import StorageError
@@ -82,6 +83,7 @@ class JobRun:
     def done(self, job: Job) -> None:
         self.settled.add(job.id)
         self.queue.finish(job, self.owner)
+        metrics.JOBS.labels(job.kind, "done").inc()
 
     def failed(self, job: Job, error: str, *, permanent: bool = False) -> bool:
         """Count a failed attempt; returns True when the job went to the dead letter."""
@@ -91,6 +93,7 @@ class JobRun:
         now = now_ms()
         self.queue.fail(job, self.owner, error=error, next_attempt_ms=now + int(delay * 1000), give_up=give_up,
                         now_ms=now)
+        metrics.JOBS.labels(job.kind, "failed" if give_up else "retry").inc()
         if give_up:
             logger.error("%s job %s (%s) failed for good after %d attempt(s): %s", job.kind, job.id, job.key,
                          job.attempts + 1, error)

@@ -114,3 +114,17 @@ def test_the_keycloak_realm_gives_what_the_settings_expect():
     assert any(m["config"].get("included.client.audience") == env["GATEWAY_AUTH__OIDC_AUDIENCE"] for m in mappers)
     assert any(m["config"].get("claim.name") == env["GATEWAY_AUTH__OIDC_CLINIC_CLAIM"] == DEFAULTS[
         "auth.oidc_clinic_claim"] for m in mappers)
+
+
+def test_the_grafana_dashboard_shows_metrics_that_exist():
+    from prometheus_client import REGISTRY
+
+    import gateway.metrics  # noqa: F401 - registers the metrics
+
+    known = {sample for family in REGISTRY.collect() for sample in
+             (family.name, f"{family.name}_total", f"{family.name}_bucket", f"{family.name}_count")}
+    known |= {"gateway_jobs", "gateway_job_oldest_pending_age_seconds", "gateway_ready"}  # read at scrape time
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"\b(gateway_[a-z_]+)", target["expr"])}
+    assert used and used <= known, used - known
