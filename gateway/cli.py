@@ -87,6 +87,9 @@ def serve(host, port, workers, threads) -> None:
             self.cfg.set("limit_request_field_size", settings["server.max_header_bytes"])
             self.cfg.set("limit_request_fields", settings["server.max_headers"])
             self.cfg.set("timeout", settings["server.timeout"])
+            # gunicorn's 2 s default closes idle connections under clients and balancers that
+            # reuse them (a request then meets a closed socket).
+            self.cfg.set("keepalive", settings["server.keepalive"])
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", None)  # the app writes the access lines (gateway.access)
             self.cfg.set("errorlog", "-")

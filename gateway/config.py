@@ -280,6 +280,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", 2, _positive(_int), "gunicorn worker processes"),
     Setting("server.threads", 8, _positive(_int), "threads per gunicorn worker"),
     Setting("server.timeout", 300, _positive(_int), "seconds a request may take before gunicorn restarts the worker"),
+    Setting("server.keepalive", 75, _positive(_int), "seconds an idle kept-alive connection stays open (behind a load balancer: more than its idle timeout, e.g. 60 s)"),
     Setting("server.trusted_proxies", [], _networks, "addresses or CIDR networks of reverse proxies / load balancers whose X-Forwarded-For/-Proto/-Host/-Port are believed (comma separated); empty: none"),
     Setting("server.max_request_line", 8190, _positive(_int), "longest request line (method, URL, version) in bytes; longer: 414"),
     Setting("server.max_header_bytes", 8190, _positive(_int), "longest request header line in bytes; longer: 431"),
