@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import itertools
 import logging
 import os
@@ -421,14 +422,29 @@ def _association_ended_up(outcome: str):
     return count
 
 
-def _response_sent(event: evt.Event) -> None:
-    """Every DIMSE response the listener sends, by operation and status (C-FIND's pending
-    matches included, 0xFF00)."""
-    name = type(event.message).__name__  # C_STORE_RSP
-    if name.endswith("_RSP"):
-        code = getattr(event.message.command_set, "Status", None)
-        metrics.DIMSE_RESPONSES.labels(name[:-4].replace("_", "-"),
-                                       f"0x{int(code):04X}" if code is not None else "none").inc()
+def _count_status(operation: str, status) -> None:
+    code = status.Status if isinstance(status, Dataset) else status
+    metrics.DIMSE_RESPONSES.labels(operation, f"0x{int(code):04X}").inc()
+
+
+def _counted(operation: str, handler):
+    """``handler`` with every status it answers counted (C-FIND's pending matches included,
+    0xFF00). Counted here rather than on EVT_DIMSE_SENT, whose handler runs on the thread that
+    also has to notice a C-CANCEL in time."""
+    if inspect.isgeneratorfunction(handler):
+        def statuses(event, ctx):
+            for item in handler(event, ctx):
+                # (status, identifier) pairs; C-MOVE's destination and C-GET's count are not
+                if isinstance(item, tuple) and isinstance(item[0], (int, Dataset)):
+                    _count_status(operation, item[0])
+                yield item
+        return statuses
+
+    def status_of(event, ctx):
+        result = handler(event, ctx)
+        _count_status(operation, result)
+        return result
+    return status_of
 
 
 def handlers(ctx: DimseContext) -> list[tuple]:
@@ -437,13 +453,12 @@ def handlers(ctx: DimseContext) -> list[tuple]:
         (evt.EVT_ACCEPTED, _association_ended_up("accepted")),
         (evt.EVT_REJECTED, _association_ended_up("rejected")),
         (evt.EVT_ABORTED, _association_ended_up("aborted")),
-        (evt.EVT_DIMSE_SENT, _response_sent),
         (evt.EVT_CONN_OPEN, on_conn_open),
         (evt.EVT_REQUESTED, handle_requested, [ctx]),
         (evt.EVT_CONN_CLOSE, handle_conn_close, [ctx]),
-        (evt.EVT_C_ECHO, handle_echo, [ctx]),
-        (evt.EVT_C_STORE, handle_store, [ctx]),
-        (evt.EVT_C_FIND, handle_find, [ctx]),
-        (evt.EVT_C_MOVE, handle_move, [ctx]),
-        (evt.EVT_C_GET, handle_get, [ctx]),
+        (evt.EVT_C_ECHO, _counted("C-ECHO", handle_echo), [ctx]),
+        (evt.EVT_C_STORE, _counted("C-STORE", handle_store), [ctx]),
+        (evt.EVT_C_FIND, _counted("C-FIND", handle_find), [ctx]),
+        (evt.EVT_C_MOVE, _counted("C-MOVE", handle_move), [ctx]),
+        (evt.EVT_C_GET, _counted("C-GET", handle_get), [ctx]),
     ]
