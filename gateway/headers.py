@@ -113,21 +113,25 @@ def check_elements(ds: Dataset, max_depth: int, *, _outer: str = "", _depth: int
     value happens to be read: here it fails once, as :class:`InvalidDicom` naming the element
     (and the top-level sequence holding it)."""
     for tag in list(ds.keys()):
-        name = element_name(tag)
-        where = f"{name} (in sequence {_outer}, depth {_depth})" if _depth else name
         if tag >> 16 == 0xFFFE:
-            raise InvalidDicom(f"item or delimitation tag {where} stands outside any sequence")
+            raise InvalidDicom(f"item or delimitation tag {_where(tag, _outer, _depth)} stands outside any sequence")
         try:
             elem = ds[tag]
             value = elem.value
         except Exception as exc:  # pydicom's converters raise many types
-            raise InvalidDicom(f"element {where} cannot be read: {type(exc).__name__}: {exc}") from None
+            raise InvalidDicom(f"element {_where(tag, _outer, _depth)} cannot be read: "
+                               f"{type(exc).__name__}: {exc}") from None
         if elem.VR == "SQ" and value:
+            outer = _outer or element_name(tag)
             if _depth >= max_depth:
-                raise InvalidDicom(f"sequence {_outer or name} nests deeper than "
-                                   f"ingest.max_sequence_depth={max_depth}")
+                raise InvalidDicom(f"sequence {outer} nests deeper than ingest.max_sequence_depth={max_depth}")
             for item in value:
-                check_elements(item, max_depth, _outer=_outer or name, _depth=_depth + 1)
+                check_elements(item, max_depth, _outer=outer, _depth=_depth + 1)
+
+
+def _where(tag: int, outer: str, depth: int) -> str:
+    name = element_name(tag)
+    return f"{name} (in sequence {outer}, depth {depth})" if depth else name
 
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
