@@ -140,6 +140,14 @@ class _CountingTail:
                     self._tail_size -= len(self._tail.popleft())
                 yield piece
 
+    def entry_started(self) -> None:
+        """The unzipper has read an entry's local header: the central directory comes after it,
+        and the pieces before the one being read ended inside that header (the unzipper needed
+        this piece to finish it), so only this piece onwards may hold any of the directory.
+        What is kept is then about one entry, not ``keep`` bytes of every archive."""
+        while len(self._tail) > 1:
+            self._tail_size -= len(self._tail.popleft())
+
     def tail(self) -> tuple[bytes, int]:
         """The kept bytes and the archive offset of their first byte."""
         data = b"".join(self._tail)
@@ -430,6 +438,7 @@ class _PartReceiver:
             try:
                 for raw_name, _size, entry_chunks in stream_unzip.stream_unzip(
                         source, chunk_size=_CHUNK, allowed_encryption_mechanisms=(stream_unzip.NO_ENCRYPTION,)):
+                    source.entry_started()
                     current = _entry_name(raw_name)
                     check_name(current)
                     names.append(current)
