@@ -8,10 +8,10 @@ cd "$(dirname "$0")"
 VENV=${GATEWAY_VENV:-.venv}
 # python3-venv: Debian's python3 makes no venv without it.
 RUN_PACKAGES="python3 python3-venv libopenjp2-7"
-# The tests also drive real clients: dcmtk, dicom3tools (dciodvfy), Orthanc (conformance), OHIF in headless
+# The tests also drive real clients: dcmtk, dicom3tools (dciodvfy), Info-ZIP unzip, Orthanc (conformance), OHIF in headless
 # Chromium (npm fetches OHIF),
 # and start a PostgreSQL cluster of their own when none answers on 127.0.0.1:5432 (postgresql: the server).
-TEST_PACKAGES="dcmtk dicom3tools chromium fonts-liberation orthanc orthanc-dicomweb postgresql"
+TEST_PACKAGES="dcmtk dicom3tools unzip chromium fonts-liberation orthanc orthanc-dicomweb postgresql"
 
 say() { printf '[manage] %s\n' "$*" >&2; }
 
