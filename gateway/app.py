@@ -40,6 +40,18 @@ CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
 DOCS_ASSETS = "/api/docs/assets/"
 
 
+PROBES = ("/healthz", "/readyz", "/readyz/dimse")
+
+
+def door_of(path: str) -> str:
+    """The front door of an HTTP request, as the audit log and the access line name it."""
+    if path.startswith("/api/"):
+        return "api"
+    if path.startswith("/dicom-web"):
+        return "dicomweb"
+    return "probe" if path in PROBES else "other"
+
+
 def www_authenticate(exc: NotAuthenticated) -> str:
     """RFC 6750 challenge: the error code only when credentials were sent."""
     value = 'Bearer realm="dental-pacs-gateway"'
@@ -118,8 +130,7 @@ def _install_authentication(app: Flask, services: Services) -> None:
     def _authenticate():
         if request.method == "OPTIONS" or request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return None
-        g.audit_context = audit_context(client=request.remote_addr, door="api" if request.path.startswith("/api/")
-                                        else "dicomweb")
+        g.audit_context = audit_context(client=request.remote_addr, door=door_of(request.path))
         g.audit_context.__enter__()
         g.principal = authenticator.authenticate(request)
         return None
@@ -192,13 +203,11 @@ def _log_access(response, started: float) -> None:
     """The access line: when the last byte is sent (a streamed response is measured to its
     end), with the time to the first byte (the headers, ready)."""
     who = g.get("principal")
-    path = request.path
     fields = {
         "request_id": g.get("request_id", "-"), "method": request.method,
         "route": request.url_rule.rule if request.url_rule is not None else None,
         "path": redact(request.full_path.rstrip("?")), "status": response.status_code,
-        "door": "probe" if path in ("/healthz", "/readyz", "/readyz/dimse") else
-                "api" if path.startswith("/api/") else "dicomweb" if path.startswith("/dicom-web") else "other",
+        "door": door_of(request.path),
         "principal": who.user_id if who else None, "clinic": who.clinic_id if who else None,
         "client": request.remote_addr, "bytes_in": request.content_length,
         "ttfb_ms": round((time.perf_counter() - started) * 1000, 1),

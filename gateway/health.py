@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 
 from gateway import metrics
 from gateway.errors import NotAuthenticated, NotAuthorized
-from gateway.proxies import TrustedProxies
+from gateway.proxies import address_in, parse_networks
 from gateway.web import services
 from gateway.worker import JobWorker
 
@@ -50,7 +50,7 @@ def prometheus_metrics():
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise NotAuthenticated("/metrics needs Authorization: Bearer <metrics.token>")
-    elif not TrustedProxies(None, settings["metrics.allow"]).trusted(request.remote_addr or ""):
+    elif not address_in(request.remote_addr or "", parse_networks(settings["metrics.allow"])):
         raise NotAuthorized(f"/metrics answers only to metrics.allow ({', '.join(settings['metrics.allow'])}) "
                             "or with metrics.token", action="metrics")
     body, content_type = metrics.exposition(services(), JobWorker.for_services(services()).kinds, ready_checks)
@@ -88,7 +88,6 @@ def ready_checks() -> dict[str, str]:
                  "(for the health check of a TCP load balancer in front of the DIMSE port)",
          responses={200: {"description": "ready"}, 503: {"description": "not ready, or DIMSE is not enabled"}})
 def readyz_dimse():
-    settings = services().settings
-    if not settings["dimse.enabled"]:
+    if not services().settings["dimse.enabled"]:
         return _answer({"dimse": "DIMSE is not enabled (dimse.enabled = false)"})
-    return _answer({**services().ping(), "dimse": dimse_check(settings)})
+    return _answer(ready_checks())

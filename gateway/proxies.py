@@ -27,6 +27,15 @@ def parse_networks(values: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddr
     return networks
 
 
+def address_in(address: str, networks) -> bool:
+    """Whether ``address`` (an IP address as text; anything else is not) is in ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def _last(value: str) -> str:
     """The value the nearest proxy set (the right-most of a comma-separated list)."""
     return value.split(",")[-1].strip()
@@ -41,11 +50,7 @@ class TrustedProxies:
         self.networks = parse_networks(networks)
 
     def trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.strip())
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
+        return address_in(address, self.networks)
 
     def __call__(self, environ, start_response):
         peer = environ.get("REMOTE_ADDR", "")

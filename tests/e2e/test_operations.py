@@ -20,22 +20,23 @@ pytestmark = pytest.mark.e2e
 FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example.org"}
 
 
+def _trusting(tmp_path_factory, proxies: str):
+    srv = ServerProcess(tmp_path_factory.mktemp("proxies") / "data",
+                        env={"GATEWAY_SERVER__TRUSTED_PROXIES": proxies}).start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="module")
 def behind_proxy(tmp_path_factory):
     """A gateway whose trusted proxy is loopback: the tests' requests come from it."""
-    srv = ServerProcess(tmp_path_factory.mktemp("proxied") / "data",
-                        env={"GATEWAY_SERVER__TRUSTED_PROXIES": "127.0.0.1/32"}).start()
-    yield srv
-    srv.stop()
+    yield from _trusting(tmp_path_factory, "127.0.0.1/32")
 
 
 @pytest.fixture(scope="module")
 def not_behind_proxy(tmp_path_factory):
     """A gateway that trusts another network: loopback's forwarding headers are forged."""
-    srv = ServerProcess(tmp_path_factory.mktemp("direct") / "data",
-                        env={"GATEWAY_SERVER__TRUSTED_PROXIES": "10.0.0.0/8"}).start()
-    yield srv
-    srv.stop()
+    yield from _trusting(tmp_path_factory, "10.0.0.0/8")
 
 
 def _store_through(server, headers: dict) -> tuple[str, dict]:
