@@ -7,7 +7,8 @@
   retries, dead letter, idempotency key, progress;
 - :class:`ShareStore`: shares of studies with users, clinics and links;
 - :class:`AuditLog`: the append-only audit log;
-- :class:`UploadStore`: zip uploads of the fast API, their entries and event logs.
+- :class:`UploadStore`: zip uploads of the fast API, their entries and event logs;
+- :class:`DerivedStore`: the records of objects derived from series (previews, thumbnails).
 
 A backend is found by name through an entry-point group (see :mod:`storage.registry`) and is
 built with ``Backend.from_settings(settings)``; bad settings raise :class:`ValueError`. Blob
@@ -30,6 +31,7 @@ from storage.records import (
     AddResult,
     AuditQuery,
     AuditRecord,
+    DerivedObject,
     InstanceRecord,
     Job,
     NewInstance,
@@ -164,8 +166,8 @@ class JobQueue(Protocol):
     def get(self, job_id: int) -> Job | None: ...
 
     def list_jobs(self, *, kind: str | None = None, status: str | None = None, clinic_id: str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[Job]:
-        """Jobs in queue order (by id), optionally of one kind, status and clinic."""
+                  key: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Jobs in queue order (by id), optionally of one kind, status, clinic and key."""
 
     def retry(self, *, kind: str | None = None, ids: list[int] | None = None, clinic_id: str | None = None,
               now_ms: int) -> int:
@@ -243,6 +245,25 @@ class UploadStore(Protocol):
         it was not open (another request did it first)."""
 
 
+@runtime_checkable
+class DerivedStore(Protocol):
+    """Which derived objects each series has: one record per (clinic, series, name), its
+    latest version (the blob holds the bytes)."""
+
+    def put(self, objects: list[DerivedObject]) -> list[DerivedObject]:
+        """Record these objects in one transaction, each replacing the record of the same
+        (clinic, series, name); returns the records they replaced."""
+
+    def get(self, clinic_id: str, series_uid: str, name: str) -> DerivedObject | None: ...
+
+    def for_series(self, clinic_id: str, series_uid: str) -> list[DerivedObject]:
+        """Every derived object of a series, by name."""
+
+    def delete(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+               names: Sequence[str] | None = None) -> list[DerivedObject]:
+        """Remove the records of a study (or one series, or some names of it); returns them."""
+
+
 # The stores an index backend may offer, by attribute name.
 INDEX_KINDS: dict[str, type] = {
     "instances": InstanceIndex,
@@ -250,6 +271,7 @@ INDEX_KINDS: dict[str, type] = {
     "shares": ShareStore,
     "audit": AuditLog,
     "uploads": UploadStore,
+    "derived": DerivedStore,
 }
 
 

@@ -206,3 +206,23 @@ class UploadEvent:
     data: dict[str, Any]
     at: int
     id: int | None = None
+
+
+@dataclass
+class DerivedObject:
+    """An object made from a series' instances (a preview, a thumbnail, a 3D snapshot), kept
+    in the blob store under ``blob_key``. ``name`` says which (``preview``,
+    ``thumbnail/256.jpeg``...); ``version`` is derived from the content of the instances it
+    was made from and the parameters, so a new or replaced instance makes a new version.
+    ``info`` is what the generator says about it (a preview's geometry header)."""
+
+    clinic_id: str
+    study_uid: str
+    series_uid: str
+    name: str
+    version: str
+    blob_key: str
+    content_type: str
+    size: int
+    info: dict[str, Any] = field(default_factory=dict)
+    created_at: int = 0

@@ -166,8 +166,8 @@ class JobService:
         return self._call(self.queue.get, job_id)
 
     def list_jobs(self, *, kind: str | None = None, status: str | None = None, clinic_id: str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[Job]:
-        return self._call(self.queue.list_jobs, kind=kind, status=status, clinic_id=clinic_id, limit=limit,
+                  key: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        return self._call(self.queue.list_jobs, kind=kind, status=status, clinic_id=clinic_id, key=key, limit=limit,
                           offset=offset)
 
     def counts(self, *, kind: str | None = None, clinic_id: str | None = None) -> dict[str, int]:

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any, Callable, TypeVar
 
 from storage.index.audit import SqlAuditLog
+from storage.index.derived import SqlDerivedStore
 from storage.index.instances import SqlInstanceIndex
 from storage.index.jobs import SqlJobQueue
 from storage.index.shares import SqlShareStore
@@ -27,11 +28,12 @@ T = TypeVar("T")
 
 
 class SqlDatabase:
-    """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``, ``uploads``."""
+    """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``, ``uploads``,
+    ``derived``."""
 
     dialect = "sql"
     migrations_package = "storage.index.migrations"
-    offers = ("instances", "jobs", "shares", "audit", "uploads")
+    offers = ("instances", "jobs", "shares", "audit", "uploads", "derived")
     # Appended to the row selection of a job claim (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
 
@@ -41,6 +43,7 @@ class SqlDatabase:
         self.shares = SqlShareStore(self)
         self.audit = SqlAuditLog(self)
         self.uploads = SqlUploadStore(self)
+        self.derived = SqlDerivedStore(self)
 
     # --- provided by subclasses -------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager:

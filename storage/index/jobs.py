@@ -139,17 +139,18 @@ class SqlJobQueue:
         return _job(row) if row else None
 
     @staticmethod
-    def _filter(kind: str | None, status: str | None, clinic_id: str | None) -> tuple[str, list[Any]]:
+    def _filter(kind: str | None, status: str | None, clinic_id: str | None,
+                key: str | None = None) -> tuple[str, list[Any]]:
         where, params = [], []
-        for column, value in (("kind", kind), ("status", status), ("clinic_id", clinic_id)):
+        for column, value in (("kind", kind), ("status", status), ("clinic_id", clinic_id), ("key", key)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         return ("WHERE " + " AND ".join(where)) if where else "", params
 
     def list_jobs(self, *, kind: str | None = None, status: str | None = None, clinic_id: str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[Job]:
-        where, params = self._filter(kind, status, clinic_id)
+                  key: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        where, params = self._filter(kind, status, clinic_id, key)
         with self.db.read() as cur:
             cur.execute(self.db.sql(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs {where} ORDER BY id LIMIT ? OFFSET ?"),
                         [*params, limit, offset])

@@ -178,10 +178,12 @@ class JobQueueContract(StoreContract):
         assert store.lease_owners() == []
         assert len(store.claim("x", kinds=["forward"], now_ms=1100, lease_ms=LEASE, limit=10)) == 2
 
-    def test_list_and_count_filter_by_kind_status_and_clinic(self, store):
+    def test_list_and_count_filter_by_kind_status_clinic_and_key(self, store):
         store.enqueue([job("a"), job("b", clinic="c2"), job("c", kind="preview")], now_ms=1000)
         store.claim("w", kinds=["preview"], now_ms=1000, lease_ms=LEASE, limit=10)
         assert [j.key for j in store.list_jobs(clinic_id="c2")] == ["b"]
+        assert [j.clinic_id for j in store.list_jobs(kind="forward", key="b")] == ["c2"]
+        assert store.list_jobs(kind="forward", clinic_id="c1", key="b") == []
         assert [j.key for j in store.list_jobs(kind="forward")] == ["a", "b"]
         assert store.list_jobs(status="failed") == []
         assert [j.key for j in store.list_jobs(limit=1, offset=1)] == ["b"]

@@ -26,6 +26,7 @@ from storage.base import INDEX_KINDS  # noqa: E402
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.blob import BlobStoreContract  # noqa: E402
+from tests.contract.derived import DerivedStoreContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
@@ -45,6 +46,7 @@ STORE_CONTRACTS = {
     "shares": ShareStoreContract,
     "audit": AuditLogContract,
     "uploads": UploadStoreContract,
+    "derived": DerivedStoreContract,
 }
 
 

@@ -21,6 +21,7 @@ from storage.query import Match, Query  # noqa: E402
 from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
+from tests.contract.derived import DerivedStoreContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
@@ -329,4 +330,8 @@ class TestPostgresAudit(AuditLogContract, PostgresBackend):
 
 
 class TestPostgresUploads(UploadStoreContract, PostgresBackend):
+    pass
+
+
+class TestPostgresDerived(DerivedStoreContract, PostgresBackend):
     pass

@@ -10,6 +10,7 @@ from storage.index.sqlite import SqliteIndexStore  # noqa: E402
 from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
+from tests.contract.derived import DerivedStoreContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
@@ -97,4 +98,8 @@ class TestSqliteAudit(AuditLogContract, SqliteBackend):
 
 
 class TestSqliteUploads(UploadStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteDerived(DerivedStoreContract, SqliteBackend):
     pass
