@@ -218,6 +218,44 @@ def _forward_rules(value: Any) -> list[dict[str, Any]]:
     return rules
 
 
+def _ratio(value: Any) -> float:
+    ratio = _float(value)
+    if not 1 <= ratio <= 1000:
+        raise ValueError(f"expected a compression ratio from 1 (lossless) to 1000, got {value!r}")
+    return ratio
+
+
+def _binning(value: Any) -> int:
+    factor = _int(value)
+    if not 1 <= factor <= 4:
+        raise ValueError(f"expected a binning factor from 1 to 4, got {value!r}")
+    return factor
+
+
+def _preview_clinics(value: Any) -> list[dict[str, Any]]:
+    """Per-clinic preview parameters: clinic, and compression_ratio and/or binning."""
+    entries = []
+    for i, entry in enumerate(_tables(value, "preview clinics")):
+        _check_keys(entry, i, "preview clinic", {"clinic", "compression_ratio", "binning"}, {"clinic"})
+        try:
+            item = {"clinic": str(entry["clinic"]).strip()}
+            if "compression_ratio" in entry:
+                item["compression_ratio"] = _ratio(entry["compression_ratio"])
+            if "binning" in entry:
+                item["binning"] = _binning(entry["binning"])
+        except ValueError as exc:
+            raise ValueError(f"preview clinic {i + 1}: {exc}") from None
+        entries.append(item)
+    return entries
+
+
+def _thumbnail_max_age(value: Any) -> int:
+    seconds = _int(value)
+    if not 7 * 86400 <= seconds <= 30 * 86400:
+        raise ValueError(f"expected 7 to 30 days in seconds (604800-2592000), got {value!r}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -333,6 +371,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upload.max_entries", 100_000, _positive(_int), "most entries one uploaded archive may hold (413 beyond)"),
     Setting("upload.max_central_directory", 32 * 1024**2, _positive(_int), "largest central directory of an uploaded archive, in bytes (it is read to find symlink entries)"),
     Setting("upload.expire_after", 86400, _positive(_int), "seconds an upload stays open after its last archive; then it expires"),
+    Setting("previews.enabled", True, _bool, "make previews and thumbnails of every series (the previews job); false: none are made (those made before are still served)"),
+    Setting("previews.settle_seconds", 10.0, _non_negative(_float), "a series stored instance by instance (STOW-RS, C-STORE) gets its previews once no new instance came for this many seconds (zip uploads: at completion)"),
+    Setting("previews.compression_ratio", 10.0, _ratio, "JPEG 2000 compression ratio of preview slices, relative to 16-bit samples (1 = lossless)"),
+    Setting("previews.binning", 2, _binning, "preview slices are the means of binning × binning pixel blocks (1-4; 2: 512² → 256²)"),
+    Setting("previews.clinics", [], _preview_clinics, "per-clinic preview parameters: [[previews.clinics]] clinic, compression_ratio, binning"),
+    Setting("previews.threads", 2, _positive(_int), "threads decoding and encoding the slices of one previews job (use the cores)"),
+    Setting("previews.thumbnail_quality", 85, _positive(_int), "JPEG quality of thumbnails (1-100)"),
+    Setting("previews.preview_max_age", 300, _non_negative(_int), "Cache-Control max-age of preview streams, in seconds (short: a new version replaces them)"),
+    Setting("previews.thumbnail_max_age", 7 * 86400, _thumbnail_max_age, "Cache-Control max-age of thumbnails, in seconds (7 to 30 days)"),
+    Setting("previews.lease_seconds", 600, _positive(_int), "a previews job not heard of for this long is taken over by another worker"),
+    Setting("previews.poll_interval", 1.0, _positive(_float), "seconds between two looks at the job queue for previews (when idle)"),
+    Setting("previews.retry_initial", 10.0, _positive(_float), "seconds before a failed previews job is tried again; doubles on each failure"),
+    Setting("previews.retry_max", 600.0, _positive(_float), "longest wait between two tries of a previews job, in seconds"),
+    Setting("previews.max_attempts", 5, _positive(_int), "tries after which a previews job goes to the dead letter"),
     Setting("worker.embedded", True, _bool, "'gateway serve' runs a job worker beside the HTTP server (in the DIMSE child, or in a child of its own when some kind of job has work); false: only 'gateway worker' processes run jobs"),
     Setting("worker.threads", 1, _positive(_int), "threads of each job worker ('gateway worker', and beside the DIMSE listener), each claiming jobs on its own"),
     Setting("storage.postgres_dsn", "", str, "PostgreSQL connection string for storage.index_backend = postgresql (postgresql://user@host:5432/db or key=value)", secret=True),

@@ -30,3 +30,10 @@ def upload_completed(upload, series, settings, jobs):
 @hookspec
 def register_job_handlers(services):
     """A list of :class:`gateway.services.jobs.JobHandler`, one per job kind the plugin queues."""
+
+
+@hookspec
+def derived_generators(settings):
+    """A list of generators of derived objects (previews, thumbnails...): see
+    :class:`plugins.previews.generators.Generator`. The ``previews`` job runs them all over
+    each series, decoding every slice once."""

@@ -6,6 +6,7 @@ core services. It never imports another front door.
 
 - :mod:`proprietary.uploads`: zip uploads of whole studies, resumable, with progress events;
 - :mod:`proprietary.archives`: zip downloads of whole studies, series and slice ranges (byte ranges, resume);
+- :mod:`proprietary.previews`: preview streams and thumbnails of series, their status and progress;
 - :mod:`proprietary.shares`: shares of studies and series (users, clinics, links);
 - :mod:`proprietary.signed_urls`: URLs usable without an Authorization header;
 - :mod:`proprietary.audit`: the audit log;
@@ -13,9 +14,9 @@ core services. It never imports another front door.
 """
 from __future__ import annotations
 
-from proprietary import admin, archives, audit, shares, signed_urls, uploads
+from proprietary import admin, archives, audit, previews, shares, signed_urls, uploads
 
-BLUEPRINTS = (uploads.blp, archives.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp)
+BLUEPRINTS = (uploads.blp, archives.blp, previews.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp)
 
 
 def init_app(app, api) -> None:

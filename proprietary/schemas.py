@@ -316,3 +316,40 @@ class ArchiveQuery(QuerySchema):
     slices = fields.String(metadata={"description": "series archives only: positions along the slice axis, a-b "
                                                     "(1-based, inclusive; or a single position), e.g. 1-50",
                                      "example": "1-50"})
+
+
+# --- previews and thumbnails (derived objects) ------------------------------------------------
+
+class PreviewQuery(QuerySchema):
+    slices = fields.String(metadata={"description": "positions along the slice axis, a-b (1-based, inclusive; or a "
+                                                    "single position): a stream of those slices only",
+                                     "example": "100-199"})
+
+
+class ThumbnailQuery(QuerySchema):
+    size = fields.Integer(load_default=256, validate=validate.OneOf([256, 512]),
+                          metadata={"description": "edge of the square the image is fitted in: 256 or 512"})
+    format = fields.String(load_default="jpeg", validate=validate.OneOf(["jpeg", "png"]))
+
+
+class DerivedJobSchema(Schema):
+    id = fields.Integer()
+    status = fields.String()
+    attempts = fields.Integer()
+    next_attempt_at = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    updated_at = fields.Integer()
+
+
+class DerivedStatusSchema(Schema):
+    study_uid = fields.String()
+    series_uid = fields.String()
+    state = fields.String(metadata={"description": "none, pending, running, ready or failed (the dead letter)"})
+    version = fields.String(allow_none=True, metadata={"description": "of the preview being served"})
+    objects = fields.List(fields.String(), metadata={"description": "derived objects made: preview, "
+                                                                     "thumbnail/256.jpeg..."})
+    updating = fields.Boolean(metadata={"description": "a newer version is being made; the older one is served"})
+    job = fields.Nested(DerivedJobSchema)
+    progress = fields.Dict(metadata={"description": "stage, done, total (slices), version"})
+    skipped = fields.List(fields.Dict(), metadata={"description": "slices that could not be decoded: sop_uid, "
+                                                                  "frame, reason"})

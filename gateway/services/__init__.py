@@ -21,6 +21,7 @@ from gateway import metrics
 from gateway.config import SettingsError
 from gateway.services.archives import ArchiveService
 from gateway.services.delete import DeleteService
+from gateway.services.derived import DerivedService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
 from gateway.services.query import QueryService, SearchOutcome
@@ -76,6 +77,7 @@ class Services:
     deleter: DeleteService
     uploads: UploadService
     archives: ArchiveService
+    derived: DerivedService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -96,7 +98,9 @@ class Services:
         access = AccessControl(database.shares, index, audit, operator_clinics=settings["auth.operator_clinics"])
         retrieve = RetrieveService(blobs, index, access=access)
         ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
-        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs)
+        derived = DerivedService(metrics.Timed("derived", database.derived), blobs, index, jobs, access=access,
+                                 enabled=settings["previews.enabled"])
+        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs, derived=derived)
         query = QueryService(index, settings, access=access)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
@@ -105,6 +109,7 @@ class Services:
             query, retrieve, TranscodeService(retrieve),
             deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
             ArchiveService(retrieve, query, index),
+            derived,
             migrations,
         )
 
@@ -126,5 +131,5 @@ class Services:
                 close()
 
 
-__all__ = ["ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
+__all__ = ["ArchiveService", "DeleteService", "DerivedService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
            "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService"]

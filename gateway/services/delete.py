@@ -1,4 +1,5 @@
-"""Deleting studies, series and instances: index rows first, then their blobs."""
+"""Deleting studies, series and instances: index rows first, then their blobs, and with a
+study or series the objects derived from it (previews, thumbnails)."""
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,10 @@ class DeleteService:
     """``instances_deleted`` is emitted with ``jobs`` (:class:`gateway.services.jobs.JobService`),
     where plugins queue the clean-up of what they derived from the instances."""
 
-    def __init__(self, blobs: BlobStore, index: InstanceIndex, settings, plugin_manager, *, access, jobs):
+    def __init__(self, blobs: BlobStore, index: InstanceIndex, settings, plugin_manager, *, access, jobs,
+                 derived=None):
         self.blobs = blobs
+        self.derived = derived  # DerivedService
         self.index = index
         self.settings = settings
         self.pm = plugin_manager
@@ -49,6 +52,11 @@ class DeleteService:
                 self.blobs.delete(record.blob_key)
             except StorageError:
                 logger.exception("blob %s left behind after delete", record.blob_key)
+        if sop is None and self.derived is not None:
+            try:
+                self.derived.forget(principal.clinic_id, study, series)
+            except Exception:  # the previews job of the series forgets them too
+                logger.exception("derived objects of %s left behind after delete", resource)
         try:
             self.pm.hook.instances_deleted(records=removed, settings=self.settings, jobs=self.jobs)
         except Exception:

@@ -1,0 +1,85 @@
+"""JPEG 2000 codestreams of preview slices: binning, encoding with glymur (the system's
+OpenJPEG, Debian's ``libopenjp2-7``), decoding.
+
+glymur writes files only (``Jp2k(BytesIO)`` silently creates a file named after the object's
+repr), so each thread encodes into its own file on tmpfs and reads it back. Its calls into
+OpenJPEG go through ctypes, which releases the GIL: several threads encode on several cores.
+Samples are unsigned 8 or 16 bit: signed data is shifted by 2**15 (the preview's geometry
+says so); the compression ratio is relative to 16-bit samples whatever the bits stored.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+SIGNED_SHIFT = 32768
+_local = threading.local()
+_scratch_files: set[Path] = set()
+
+
+@atexit.register
+def _remove_scratch_files() -> None:
+    for path in list(_scratch_files):
+        path.unlink(missing_ok=True)
+
+
+def _scratch() -> Path:
+    path = getattr(_local, "path", None)
+    if path is None:
+        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        # Not created here: glymur refuses to write over an empty file.
+        path = _local.path = Path(folder) / f"gateway-j2k-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex}.j2k"
+        _scratch_files.add(path)
+    return path
+
+
+def bin_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor`` × ``factor`` block (rows and columns beyond the last whole
+    block are dropped), rounded, in the input's integer type."""
+    if factor == 1:
+        return pixels
+    rows, columns = pixels.shape[0] // factor * factor, pixels.shape[1] // factor * factor
+    if rows == 0 or columns == 0:
+        raise ValueError(f"an image of {pixels.shape[0]}×{pixels.shape[1]} cannot be binned by {factor}")
+    blocks = pixels[:rows, :columns].reshape(rows // factor, factor, columns // factor, factor, *pixels.shape[2:])
+    mean = blocks.mean(axis=(1, 3), dtype=np.float64)
+    return np.rint(mean).astype(pixels.dtype)
+
+
+def to_codec_samples(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Unsigned samples for the codec and the offset that restores the stored values
+    (stored = decoded + offset)."""
+    if pixels.dtype == np.uint8 or pixels.dtype == np.uint16:
+        return pixels, 0
+    if pixels.dtype.kind == "i" and pixels.dtype.itemsize <= 2:
+        return (pixels.astype(np.int32) + SIGNED_SHIFT).astype(np.uint16), -SIGNED_SHIFT
+    if pixels.dtype.kind in "ui" and pixels.size and 0 <= int(pixels.min()) and int(pixels.max()) <= 65535:
+        return pixels.astype(np.uint16), 0
+    raise ValueError(f"pixels of type {pixels.dtype} do not fit 16-bit JPEG 2000 samples")
+
+
+def encode(samples: np.ndarray, *, ratio: float | None) -> bytes:
+    """A raw J2K codestream of unsigned 8/16-bit samples (2-D, or rows × columns × 3);
+    ``ratio`` None or 1: lossless."""
+    import glymur  # loads the system OpenJPEG; only the processes that encode need it
+
+    path = _scratch()
+    options = {"cratios": [float(ratio)]} if ratio and ratio > 1 else {}
+    # OpenJPEG refuses more resolution levels than the image's smaller edge allows.
+    smaller = min(samples.shape[0], samples.shape[1])
+    options["numres"] = max(1, min(6, smaller.bit_length()))
+    glymur.Jp2k(str(path), data=np.ascontiguousarray(samples), **options)
+    return path.read_bytes()
+
+
+def decode(codestream: bytes) -> np.ndarray:
+    """The samples of a J2K codestream (pylibjpeg-openjpeg decodes from memory)."""
+    import openjpeg
+
+    return openjpeg.decode(codestream)

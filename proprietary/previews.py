@@ -1,0 +1,204 @@
+"""Previews and thumbnails of series: ``/api/v1/studies/{study}/series/{series}/preview`` and
+``.../thumbnail``, their status and progress events, and versioned paths for signed (CDN) URLs.
+
+The preview stream's format is :mod:`gateway.imaging.preview_format`'s (README "Preview
+stream"). Everything served here is non-diagnostic (``X-Non-Diagnostic: true``). A preview
+not made yet is a 404 whose body carries the job's state and progress (asking queues the job).
+``.../preview/v/{version}`` and ``.../thumbnail/v/{version}`` answer only while ``version``
+is the latest (404 after a new instance or a replaced one): signed URLs name them
+(``POST /api/v1/signed-urls`` with ``derived``), so a CDN caches them by URL alone, and the
+signature, checked on every request, stops them when the share that granted them is revoked.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+from flask import Response, jsonify, request
+from flask_smorest import Blueprint
+
+from auth.signing import SIGNATURE_PARAM
+from gateway.errors import BadRequest
+from gateway.imaging.preview_format import MEDIA_TYPE, encode_header, read_header, subset_header
+from gateway.services.archives import parse_slices
+from gateway.web import error_body, principal, services
+from proprietary.archives import UNSATISFIABLE, byte_range
+from proprietary.common import QUERY
+from proprietary.schemas import DerivedStatusSchema, PreviewQuery, ThumbnailQuery
+
+blp = Blueprint("previews", __name__, url_prefix="/api/v1/studies",
+                description="Previews (JPEG 2000 stream of a whole series) and thumbnails, non-diagnostic")
+
+EVENT_POLL = 0.5
+KEEP_ALIVE = 15.0
+CHUNK = 256 * 1024
+NON_DIAGNOSTIC = {"X-Non-Diagnostic": "true"}
+
+_NOT_YET = {"description": "no such series for this principal, or its object is not made yet: then the body's "
+                           "errors.derived has the job's state and progress (asking queues the job)"}
+_STREAM = {"description": "the preview stream (README: Preview stream)",
+           "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+_IMAGE = {"description": "the thumbnail", "content": {"image/jpeg": {}, "image/png": {}}}
+_RANGE = [{"name": "Range", "in": "header", "schema": {"type": "string", "example": "bytes=0-65535"},
+           "description": "one byte range of the whole stream (not with slices)"},
+          {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}]
+
+
+def _cache_control(max_age: int) -> str:
+    # A signed URL carries its credentials in its query: a shared cache (CDN) may keep the
+    # answer under the URL. A bearer-token request is for its principal only.
+    return f"public, max-age={max_age}" if SIGNATURE_PARAM in request.args else f"private, max-age={max_age}"
+
+
+def _preview(study: str, series: str, args: dict, version: str | None) -> Response:
+    core = services()
+    _, obj = core.derived.require(principal(), study, series, "preview", version=version)
+    headers = {"Content-Type": MEDIA_TYPE, "ETag": f'"{obj.version}"', "X-Preview-Version": obj.version,
+               "Cache-Control": _cache_control(core.settings["previews.preview_max_age"]), **NON_DIAGNOSTIC}
+    if request.if_none_match.contains_weak(obj.version) and not args.get("slices"):
+        return Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
+    fh = core.derived.open(obj)
+    if args.get("slices"):
+        with contextlib.closing(fh):
+            header, data_start = read_header(fh.read)
+        count = len(header["slices"])
+        chosen = parse_slices(args["slices"], count)
+        sub = subset_header(header, chosen.first - 1, chosen.last - 1)
+        start = data_start + header["slices"][chosen.first - 1]["offset"]
+        stop = data_start + header["slices"][chosen.last - 1]["offset"] + header["slices"][chosen.last - 1]["length"]
+        prefix = encode_header(sub)
+        headers["Content-Length"] = str(len(prefix) + stop - start)
+        return Response(_chunks(core.derived.open(obj), start, stop, prefix), headers=headers,
+                        direct_passthrough=True)
+    length = obj.size
+    headers["Accept-Ranges"] = "bytes"
+    wanted = byte_range(request.headers.get("Range"), length)
+    if wanted == UNSATISFIABLE:
+        fh.close()
+        response = jsonify(error_body(416, f"the range {request.headers.get('Range')!r} is outside the preview's "
+                                           f"{length} bytes"))
+        response.status_code = 416
+        response.headers.update({"Content-Range": f"bytes */{length}", "ETag": headers["ETag"]})
+        return response
+    if wanted is None:
+        headers["Content-Length"] = str(length)
+        return Response(_chunks(fh, 0, length), headers=headers, direct_passthrough=True)
+    start, stop = wanted
+    headers.update({"Content-Length": str(stop - start), "Content-Range": f"bytes {start}-{stop - 1}/{length}"})
+    return Response(_chunks(fh, start, stop), status=206, headers=headers, direct_passthrough=True)
+
+
+def _chunks(fh, start: int, stop: int, prefix: bytes = b""):
+    with contextlib.closing(fh):
+        if prefix:
+            yield prefix
+        fh.seek(start)
+        left = stop - start
+        while left > 0:
+            chunk = fh.read(min(CHUNK, left))
+            if not chunk:
+                raise OSError(f"stored preview ended {left} bytes early")
+            left -= len(chunk)
+            yield chunk
+
+
+def _thumbnail(study: str, series: str, args: dict, version: str | None) -> Response:
+    core = services()
+    name = f"thumbnail/{args['size']}.{args['format']}"
+    _, obj = core.derived.require(principal(), study, series, name, version=version)
+    headers = {"Content-Type": obj.content_type, "ETag": f'"{obj.version}-{args["size"]}-{args["format"]}"',
+               "Cache-Control": _cache_control(core.settings["previews.thumbnail_max_age"]), **NON_DIAGNOSTIC}
+    if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
+        return Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
+    with contextlib.closing(core.derived.open(obj)) as fh:
+        data = fh.read()
+    return Response(data, headers=headers)
+
+
+@blp.route("/<study>/series/<series>/preview", methods=["GET"])
+@blp.arguments(PreviewQuery, **QUERY)
+@blp.doc(summary="The preview stream of a series",
+         description="Every slice as a lossy JPEG 2000 codestream (binned), ordered along the slice axis, after a "
+                     "JSON geometry header with an offset table (README: Preview stream). slices=a-b: those "
+                     "slices only (a header of their own). Range: bytes of the whole stream. Non-diagnostic.",
+         parameters=_RANGE, responses={200: _STREAM, 206: _STREAM, 304: {"description": "not modified"},
+                                       404: _NOT_YET})
+def preview(args: dict, study: str, series: str):
+    return _preview(study, series, args, None)
+
+
+@blp.route("/<study>/series/<series>/preview/v/<version>", methods=["GET"])
+@blp.arguments(PreviewQuery, **QUERY)
+@blp.doc(summary="One version of the preview stream (signed CDN URLs)",
+         description="As the preview, while version is the latest; 404 once a newer one exists.",
+         parameters=_RANGE, responses={200: _STREAM, 206: _STREAM, 404: _NOT_YET})
+def preview_version(args: dict, study: str, series: str, version: str):
+    return _preview(study, series, args, version)
+
+
+@blp.route("/<study>/series/<series>/preview/status", methods=["GET"])
+@blp.response(200, DerivedStatusSchema)
+@blp.doc(summary="Whether the previews of a series are made, and how far their job is",
+         responses={404: {"description": "no such series for this principal"}})
+def preview_status(study: str, series: str):
+    return services().derived.series(principal(), study, series).status()
+
+
+@blp.route("/<study>/series/<series>/preview/events", methods=["GET"])
+@blp.doc(summary="Follow the making of a series' previews (Server-Sent Events)",
+         description="text/event-stream: status (the status document) at once and on every change, then ready "
+                     "(version) or failed (job), which end the stream. Asking queues the job when nothing is made.",
+         responses={200: {"description": "the event stream", "content": {"text/event-stream": {}}},
+                    404: {"description": "no such series for this principal"}})
+def preview_events(study: str, series: str):
+    derived, who = services().derived, principal()
+    found = derived.series(who, study, series)
+    if "preview" not in found.objects:
+        derived.request(found, "preview events asked for")
+
+    def stream():
+        last, quiet, number = None, time.monotonic(), 0
+        yield f"retry: {int(EVENT_POLL * 4000)}\n\n"
+        while True:
+            status = derived.series(who, study, series).status()
+            if status != last:
+                number += 1
+                last, quiet = status, time.monotonic()
+                yield f"id: {number}\nevent: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n"
+                if status["state"] in ("ready", "failed"):
+                    event = "ready" if status["state"] == "ready" else "failed"
+                    yield (f"id: {number + 1}\nevent: {event}\n"
+                           f"data: {json.dumps({'version': status['version'], 'job': status.get('job')})}\n\n")
+                    return
+            elif time.monotonic() - quiet > KEEP_ALIVE:
+                quiet = time.monotonic()
+                yield ": still working\n\n"
+            time.sleep(EVENT_POLL)
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@blp.route("/<study>/series/<series>/thumbnail", methods=["GET"])
+@blp.arguments(ThumbnailQuery, **QUERY)
+@blp.doc(summary="A thumbnail of a series (256 or 512 px, JPEG or PNG)",
+         description="2D images as they are; a CT as its windowed middle slice; fitted in a square of size px.",
+         responses={200: _IMAGE, 304: {"description": "not modified"}, 404: _NOT_YET})
+def thumbnail(args: dict, study: str, series: str):
+    return _thumbnail(study, series, args, None)
+
+
+@blp.route("/<study>/series/<series>/thumbnail/v/<version>", methods=["GET"])
+@blp.arguments(ThumbnailQuery, **QUERY)
+@blp.doc(summary="One version of a thumbnail (signed CDN URLs)",
+         description="As the thumbnail, while version is the latest; 404 once a newer one exists.",
+         responses={200: _IMAGE, 404: _NOT_YET})
+def thumbnail_version(args: dict, study: str, series: str, version: str):
+    return _thumbnail(study, series, args, version)
+
+
+def derived_path(study: str, series: str, kind: str, version: str) -> str:
+    if kind not in ("preview", "thumbnail"):
+        raise BadRequest('"derived" is preview or thumbnail')
+    return f"/api/v1/studies/{study}/series/{series}/{kind}/v/{version}"
