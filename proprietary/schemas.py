@@ -138,6 +138,11 @@ class SignedUrlRequest(StrictSchema):
     study = fields.String()
     series = fields.String()
     instance = fields.String(metadata={"description": "with study and series: a download URL of the instance"})
+    derived = fields.String(validate=validate.OneOf(["preview", "thumbnail"]),
+                            metadata={"description": "with study and series: a URL of the latest version of the "
+                                                     "series' preview stream or thumbnail (CDN-cacheable)"})
+    size = fields.Integer(validate=validate.OneOf([256, 512]), metadata={"description": "thumbnail: 256 or 512"})
+    format = fields.String(validate=validate.OneOf(["jpeg", "png"]), metadata={"description": "thumbnail: jpeg, png"})
 
 
 class SignedUrlSchema(Schema):

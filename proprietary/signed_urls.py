@@ -12,6 +12,7 @@ from gateway.errors import BadRequest
 from gateway.times import iso
 from gateway.web import principal, public_base, services
 from proprietary.common import BODY
+from proprietary.previews import derived_path
 from proprietary.schemas import SignedUrlRequest, SignedUrlSchema
 
 blp = Blueprint("signed_urls", __name__, url_prefix="/api/v1/signed-urls",
@@ -24,6 +25,9 @@ blp = Blueprint("signed_urls", __name__, url_prefix="/api/v1/signed-urls",
 @blp.doc(summary="Make a signed URL",
          description='{"path": "/dicom-web/studies/1.2/thumbnail", "method": "GET", "params": {...}, "ttl": 600}: '
                      "a gateway URL that acts for this principal until it expires (every access is checked again). "
+                     '{"study", "series", "derived": "preview"|"thumbnail", "size", "format", "ttl"}: the URL of the '
+                     "latest version of a derived object, its version in the path (it stops when a new version "
+                     "exists, and when the share that granted it is revoked), cacheable by a CDN under the URL. "
                      '{"study", "series", "instance", "ttl"}: a direct download URL of the stored instance: S3 '
                      "presigned when the blob store is S3 (checked now, cannot be recalled), else a signed gateway "
                      "URL. ttl ≤ auth.signed_url_max_ttl.")
@@ -35,6 +39,8 @@ def create_signed_url(body: dict):
         raise BadRequest(str(exc)) from None
     if "instance" in body:
         return _instance_url(body, ttl)
+    if "derived" in body:
+        return _derived_url(body, ttl)
     path, method = body.get("path"), body["method"].upper()
     if not isinstance(path, str) or not path.startswith("/dicom-web/") or ".." in path:
         raise BadRequest('"path" must be a path under /dicom-web/')
@@ -61,3 +67,21 @@ def _instance_url(body: dict, ttl: int) -> dict:
     core.audit.record("sign", OK, principal=who, resource=resource_name(study, series, sop),
                       resource_clinic=record.clinic_id, detail=f"{kind} download URL, {ttl} s")
     return {"url": url, "method": "GET", "expires_at": iso(int((time.time() + ttl) * 1000)), "kind": kind}
+
+
+def _derived_url(body: dict, ttl: int) -> dict:
+    study, series, kind = body.get("study"), body.get("series"), body["derived"]
+    if not all(isinstance(v, str) and v for v in (study, series)):
+        raise BadRequest('"study" and "series" UIDs are required with "derived"')
+    if kind == "preview" and ("size" in body or "format" in body):
+        raise BadRequest('"size" and "format" are for thumbnails')
+    core, who = services(), principal()
+    params = {"size": str(body.get("size", 256)), "format": body.get("format", "jpeg")} if kind == "thumbnail" else {}
+    name = f"thumbnail/{params['size']}.{params['format']}" if params else "preview"
+    found, obj = core.derived.require(who, study, series, name)
+    path = derived_path(study, series, kind, obj.version)
+    query = core.signer.sign("GET", path, who, params=params, ttl=ttl)
+    core.audit.record("sign", OK, principal=who, resource=resource_name(study, series),
+                      resource_clinic=found.clinic_id, detail=f"{name} version {obj.version}, {ttl} s")
+    return {"url": f"{public_base()}{path}?{urlencode(query)}", "method": "GET",
+            "expires_at": iso(int(query["gw_exp"]) * 1000), "kind": "gateway"}

@@ -76,7 +76,9 @@ class ServerProcess:
                     "GATEWAY_SERVER__PORT": str(self.port), "GATEWAY_SERVER__WORKERS": "2",
                     "GATEWAY_SERVER__THREADS": "4", "GATEWAY_LOG__LEVEL": "warning",
                     # HTTP-only unless a test asks: every listener would want port 11112.
-                    "GATEWAY_DIMSE__ENABLED": "false", **(env or {})}
+                    "GATEWAY_DIMSE__ENABLED": "false",
+                    # No previews unless a test asks: every server would spend the cores on them.
+                    "GATEWAY_PREVIEWS__ENABLED": "false", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
 

@@ -1,0 +1,310 @@
+"""Previews and thumbnails end to end: instances stored over DICOMweb, the previews job run by
+the server's own worker, the stream fetched over HTTP and decoded slice by slice with glymur."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, generate_uid
+
+from gateway.imaging.jpeg2000 import bin_pixels
+from gateway.synthetic import cbct_series, intraoral_image, to_bytes
+from tests.conftest import ServerProcess
+from tests.helpers import multipart_body, multipart_content_type
+
+SETTLE = 1.0
+LOSSLESS = "lossless-clinic"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    clinics = json.dumps([{"clinic": LOSSLESS, "compression_ratio": 1, "binning": 1}])
+    srv = ServerProcess(tmp_path_factory.mktemp("previews") / "data", env={
+        "GATEWAY_PREVIEWS__ENABLED": "true", "GATEWAY_PREVIEWS__SETTLE_SECONDS": str(SETTLE),
+        "GATEWAY_PREVIEWS__POLL_INTERVAL": "0.2", "GATEWAY_PREVIEWS__CLINICS": clinics,
+        "GATEWAY_INGEST__DUPLICATE_POLICY": "replace"}).start()
+    yield srv
+    srv.stop()
+
+
+def stow(gateway, datasets, token: str | None = None) -> None:
+    session = gateway.session(token) if token else gateway.http
+    response = session.post(gateway.dicomweb + "/studies", data=multipart_body([to_bytes(d) for d in datasets], "pv"),
+                            headers={"Content-Type": multipart_content_type("pv"), "Accept": "application/dicom+json"},
+                            timeout=120)
+    assert response.status_code == 200, response.text[:500]
+
+
+def series_url(gateway, study: str, series: str) -> str:
+    return f"{gateway.url}/api/v1/studies/{study}/series/{series}"
+
+
+def wait_ready(session, base: str, *, version: str | None = None, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = session.get(base + "/preview/status", timeout=10).json()
+        if status["state"] == "ready" and status["version"] != version and not status["updating"]:
+            return status
+        assert status["state"] != "failed", status
+        time.sleep(0.2)
+    raise AssertionError(f"previews not ready: {status}")
+
+
+def parse_stream(data: bytes) -> tuple[dict, list[bytes]]:
+    """The README's format, read without the server's code."""
+    magic, length = struct.unpack("<4sI", data[:8])
+    assert magic == b"DPV1"
+    header = json.loads(data[8:8 + length])
+    start = 8 + length
+    return header, [data[start + s["offset"]:start + s["offset"] + s["length"]] for s in header["slices"]]
+
+
+def glymur_decode(codestream: bytes, tmp_path) -> np.ndarray:
+    import glymur
+
+    path = tmp_path / f"slice-{time.monotonic_ns()}.j2k"
+    path.write_bytes(codestream)
+    return glymur.Jp2k(str(path))[:]
+
+
+def make_ct(slices: int = 12, size: int = 128, **kw) -> tuple[str, str, list]:
+    study, series = generate_uid(), generate_uid()
+    datasets = list(cbct_series(slices, size, study_uid=study, series_uid=series, **kw))
+    for number, ds in enumerate(reversed(datasets), start=1):  # InstanceNumber against the slice order
+        ds.InstanceNumber = number
+    return study, series, datasets
+
+
+@pytest.fixture(scope="module")
+def ct(gateway):
+    study, series, datasets = make_ct(signed=True)
+    stow(gateway, datasets)
+    status = wait_ready(gateway.http, series_url(gateway, study, series))
+    return study, series, datasets, status
+
+
+def test_a_stored_series_gets_a_preview_whose_slices_decode_close_to_the_binned_source(gateway, ct, tmp_path):
+    study, series, datasets, status = ct
+    assert set(status["objects"]) >= {"preview", "thumbnail/256.jpeg", "thumbnail/512.png"}
+    response = gateway.http.get(series_url(gateway, study, series) + "/preview", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/vnd.dental-gateway.preview"
+    assert response.headers["X-Non-Diagnostic"] == "true"
+    assert response.headers["ETag"] == f'"{status["version"]}"' and "private" in response.headers["Cache-Control"]
+    header, codestreams = parse_stream(response.content)
+    by_z = sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    first = by_z[0]
+    assert header["non_diagnostic"] is True and header["version"] == status["version"]
+    assert (header["rows"], header["columns"], header["slice_count"]) == (64, 64, len(datasets))
+    assert header["binning"] == 2 and header["compression_ratio"] == 10 and header["lossless"] is False
+    assert header["pixel_spacing"] == pytest.approx([2 * float(v) for v in first.PixelSpacing])
+    assert header["orientation"] == pytest.approx([float(v) for v in first.ImageOrientationPatient])
+    assert header["rescale_slope"] == float(first.RescaleSlope)
+    assert header["rescale_intercept"] == float(first.RescaleIntercept)
+    assert header["slice_spacing"] == pytest.approx(abs(float(by_z[1].ImagePositionPatient[2]) -
+                                                        float(first.ImagePositionPatient[2])))
+    assert header["window"]["width"] > 0 and header["skipped"] == []
+    assert [s["sop_uid"] for s in header["slices"]] == [ds.SOPInstanceUID for ds in by_z]
+    assert [s["position"] for s in header["slices"]] == \
+        [pytest.approx([float(v) for v in ds.ImagePositionPatient]) for ds in by_z]
+    for ds, codestream in zip(by_z, codestreams):
+        decoded = glymur_decode(codestream, tmp_path).astype(np.int32) + header["value_offset"]
+        source = bin_pixels(ds.pixel_array, 2).astype(np.int32)
+        error = np.abs(decoded - source)
+        # Ratio 10 of 16-bit samples is 1.6 bits per pixel: small, noisy 64² slices lose ~1 % on average.
+        psnr = 20 * np.log10(np.ptp(source) / np.sqrt(np.mean(error.astype(np.float64) ** 2)))
+        assert error.mean() < 0.02 * np.ptp(source) and psnr > 30, (error.mean(), psnr, np.ptp(source))
+    assert len(response.content) * 4 < sum(len(to_bytes(d)) for d in datasets)
+
+
+def test_the_lossless_setting_of_a_clinic_gives_the_exact_stored_values(gateway, tmp_path):
+    token = gateway.token_for(clinic=LOSSLESS, roles=("doctor",))
+    study, series, datasets = make_ct(slices=4, size=64)
+    stow(gateway, datasets, token)
+    session = gateway.session(token)
+    wait_ready(session, series_url(gateway, study, series))
+    header, codestreams = parse_stream(session.get(series_url(gateway, study, series) + "/preview", timeout=30).content)
+    assert header["lossless"] is True and header["binning"] == 1 and header["rows"] == 64
+    by_z = sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    for ds, codestream in zip(by_z, codestreams):
+        assert np.array_equal(glymur_decode(codestream, tmp_path).astype(np.int32) + header["value_offset"],
+                              ds.pixel_array.astype(np.int32))
+
+
+def test_slice_ranges_and_byte_ranges_of_the_stream(gateway, ct):
+    study, series, _, _ = ct
+    base = series_url(gateway, study, series) + "/preview"
+    whole = gateway.http.get(base, timeout=30).content
+    header, codestreams = parse_stream(whole)
+    part = gateway.http.get(base, params={"slices": "3-5"}, timeout=30)
+    assert part.status_code == 200 and int(part.headers["Content-Length"]) == len(part.content)
+    sub, sub_streams = parse_stream(part.content)
+    assert sub["slice_range"] == [3, 5] and sub["slice_count"] == 3
+    assert [s["sop_uid"] for s in sub["slices"]] == [s["sop_uid"] for s in header["slices"][2:5]]
+    assert sub_streams == codestreams[2:5]
+    # A viewer reads the header with one range, then any slice with another.
+    prefix = gateway.http.get(base, headers={"Range": "bytes=0-7"}, timeout=30)
+    assert prefix.status_code == 206 and prefix.content == whole[:8]
+    assert prefix.headers["Content-Range"] == f"bytes 0-7/{len(whole)}"
+    length = struct.unpack("<I", prefix.content[4:8])[0]
+    entry = header["slices"][7]
+    start = 8 + length + entry["offset"]
+    one = gateway.http.get(base, headers={"Range": f"bytes={start}-{start + entry['length'] - 1}"}, timeout=30)
+    assert one.status_code == 206 and one.content == codestreams[7]
+    assert gateway.http.get(base, headers={"Range": f"bytes={len(whole)}-"}, timeout=30).status_code == 416
+    bad = gateway.http.get(base, params={"slices": "0-99"}, timeout=30)
+    assert bad.status_code == 400 and f"1-{len(codestreams)}" in bad.json()["message"]
+    assert gateway.http.get(base, params={"slice": "1"}, timeout=30).status_code == 400  # unknown parameter
+    etag = gateway.http.get(base, timeout=30).headers["ETag"]
+    assert gateway.http.get(base, headers={"If-None-Match": etag}, timeout=30).status_code == 304
+
+
+def test_thumbnails_decode_to_the_asked_size(gateway, ct):
+    study, series, _, _ = ct
+    base = series_url(gateway, study, series) + "/thumbnail"
+    for size in (256, 512):
+        for image_format, pil in (("jpeg", "JPEG"), ("png", "PNG")):
+            response = gateway.http.get(base, params={"size": size, "format": image_format}, timeout=30)
+            assert response.status_code == 200, response.text
+            assert response.headers["Content-Type"] == f"image/{image_format}"
+            assert response.headers["X-Non-Diagnostic"] == "true"
+            assert "max-age=604800" in response.headers["Cache-Control"]
+            image = Image.open(io.BytesIO(response.content))
+            assert image.format == pil and max(image.size) == size
+            assert np.asarray(image).std() > 5  # the windowed middle slice, not a blank square
+    assert gateway.http.get(base, params={"size": 300}, timeout=30).status_code == 400
+
+
+def test_a_2d_image_gets_thumbnails_as_it_is(gateway):
+    ds = intraoral_image()
+    study, series = ds.StudyInstanceUID, ds.SeriesInstanceUID
+    stow(gateway, [ds])
+    wait_ready(gateway.http, series_url(gateway, study, series))
+    response = gateway.http.get(series_url(gateway, study, series) + "/thumbnail", params={"size": 512}, timeout=30)
+    image = Image.open(io.BytesIO(response.content))
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    assert max(image.size) == 512 and abs(image.size[0] / image.size[1] - columns / rows) < 0.02
+
+
+def test_not_made_yet_is_a_404_with_the_jobs_progress(gateway):
+    study, series, datasets = make_ct(slices=3, size=64)
+    stow(gateway, datasets)
+    response = gateway.http.get(series_url(gateway, study, series) + "/preview", timeout=30)
+    assert response.status_code == 404
+    body = response.json()
+    assert "not generated yet" in body["message"]
+    assert body["errors"]["derived"]["state"] in ("pending", "running")
+    wait_ready(gateway.http, series_url(gateway, study, series))
+
+
+def test_progress_events_end_with_ready(gateway):
+    study, series, datasets = make_ct(slices=6, size=64)
+    stow(gateway, datasets)
+    events = []
+    with gateway.http.get(series_url(gateway, study, series) + "/preview/events", stream=True, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                events.append(line[7:])
+            if events and events[-1] == "ready":
+                break
+    assert events[0] == "status" and events[-1] == "ready"
+
+
+def test_a_replaced_instance_makes_a_new_version_and_the_old_signed_url_stops(gateway, tmp_path):
+    study, series, datasets = make_ct(slices=4, size=64)
+    stow(gateway, datasets)
+    base = series_url(gateway, study, series)
+    old = wait_ready(gateway.http, base)
+    signed = gateway.http.post(gateway.url + "/api/v1/signed-urls",
+                               json={"study": study, "series": series, "derived": "preview"}, timeout=30)
+    assert signed.status_code == 201, signed.text
+    url = signed.json()["url"]
+    assert f"/preview/v/{old['version']}?" in url
+    first = requests.get(url, timeout=30)  # no Authorization header: a CDN can fetch it
+    assert first.status_code == 200 and "public" in first.headers["Cache-Control"]
+    changed = datasets[1]
+    changed.PixelData = (changed.pixel_array // 2).astype(changed.pixel_array.dtype).tobytes()
+    stow(gateway, [changed])
+    new = wait_ready(gateway.http, base, version=old["version"])
+    assert new["version"] != old["version"]
+    gone = requests.get(url, timeout=30)
+    assert gone.status_code == 404 and new["version"] in gone.json()["message"]
+    header, _ = parse_stream(gateway.http.get(base + "/preview", timeout=30).content)
+    assert header["version"] == new["version"]
+
+
+def test_a_corrupt_instance_is_dead_lettered_and_the_rest_of_the_series_completes(gateway):
+    study, series, datasets = make_ct(slices=5, size=64)
+    broken = datasets[2]
+    broken.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    broken.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a codestream" * 4])
+    broken["PixelData"].VR = "OB"
+    stow(gateway, datasets)
+    base = series_url(gateway, study, series)
+    status = wait_ready(gateway.http, base)
+    assert [s["sop_uid"] for s in status["skipped"]] == [broken.SOPInstanceUID]
+    header, codestreams = parse_stream(gateway.http.get(base + "/preview", timeout=30).content)
+    assert header["slice_count"] == 4 and len(codestreams) == 4
+    assert broken.SOPInstanceUID not in [s["sop_uid"] for s in header["slices"]]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        failed = gateway.http.get(gateway.url + "/api/v1/admin/jobs",
+                                  params={"kind": "preview-instance", "status": "failed"}, timeout=30).json()
+        mine = [j for j in failed["items"] if j["payload"]["sop_uid"] == broken.SOPInstanceUID]
+        if mine:
+            assert "cannot be decoded" in mine[0]["last_error"]
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no dead letter for {broken.SOPInstanceUID}: {failed}")
+
+
+def test_another_clinic_sees_nothing_of_the_derived_objects(gateway, ct):
+    study, series, _, status = ct
+    stranger = gateway.session(gateway.token_for(clinic="elsewhere", roles=("doctor",)))
+    base = series_url(gateway, study, series)
+    for path in ("/preview", "/preview/status", "/preview/events", "/thumbnail",
+                 f"/preview/v/{status['version']}", f"/thumbnail/v/{status['version']}"):
+        response = stranger.get(base + path, timeout=30)
+        assert response.status_code == 404, (path, response.status_code)
+        assert "not generated" not in response.text  # nothing said about the series
+    signed = stranger.post(gateway.url + "/api/v1/signed-urls",
+                           json={"study": study, "series": series, "derived": "thumbnail"}, timeout=30)
+    assert signed.status_code == 404
+
+
+def test_a_revoked_share_stops_its_signed_thumbnail_url(gateway, ct):
+    study, series, _, _ = ct
+    share = gateway.http.post(gateway.url + "/api/v1/shares", json={
+        "study": study, "targets": [{"type": "clinic", "id": "lab-7"}], "permissions": ["view"]}, timeout=30)
+    assert share.status_code == 201, share.text
+    lab = gateway.session(gateway.token_for(clinic="lab-7", roles=("lab",)))
+    signed = lab.post(gateway.url + "/api/v1/signed-urls",
+                      json={"study": study, "series": series, "derived": "thumbnail", "size": 512, "format": "png"},
+                      timeout=30)
+    assert signed.status_code == 201, signed.text
+    url = signed.json()["url"]
+    assert requests.get(url, timeout=30).status_code == 200
+    revoked = gateway.http.delete(f"{gateway.url}/api/v1/shares/{share.json()['shares'][0]['id']}", timeout=30)
+    assert revoked.status_code in (200, 204)
+    assert requests.get(url, timeout=30).status_code == 404
+
+
+def test_deleting_the_study_deletes_its_derived_objects(gateway):
+    study, series, datasets = make_ct(slices=3, size=64)
+    stow(gateway, datasets)
+    base = series_url(gateway, study, series)
+    wait_ready(gateway.http, base)
+    blobs = gateway.data_dir / "blobs"
+    derived = [p for p in blobs.rglob("*") if p.is_file() and f"/derived/default/{study}/" in str(p)]
+    assert derived
+    assert gateway.http.delete(f"{gateway.dicomweb}/studies/{study}", timeout=30).status_code in (200, 204)
+    assert not any(p.exists() for p in derived)
+    assert gateway.http.get(base + "/preview/status", timeout=30).status_code == 404
