@@ -308,3 +308,20 @@ def test_deleting_the_study_deletes_its_derived_objects(gateway):
     assert gateway.http.delete(f"{gateway.dicomweb}/studies/{study}", timeout=30).status_code in (200, 204)
     assert not any(p.exists() for p in derived)
     assert gateway.http.get(base + "/preview/status", timeout=30).status_code == 404
+
+
+def test_the_python_client_reads_the_preview_into_a_volume(gateway, ct):
+    from proprietary.client import GatewayClient
+
+    study, series, datasets, status = ct
+    client = GatewayClient(gateway.url, gateway.token)
+    volume = client.preview(study, series)
+    by_z = sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    assert volume.stored.shape == (len(datasets), 64, 64) and volume.header["version"] == status["version"]
+    source = np.stack([bin_pixels(ds.pixel_array, 2) for ds in by_z]).astype(np.int32)
+    assert np.abs(volume.stored - source).mean() < 0.02 * np.ptp(source)
+    hu = source * float(by_z[0].RescaleSlope) + float(by_z[0].RescaleIntercept)
+    assert np.abs(volume.values - hu).mean() < 0.02 * np.ptp(hu)
+    part = client.preview(study, series, slices="2-3")
+    assert np.array_equal(part.stored, volume.stored[1:3])
+    assert client.preview_status(study, series)["state"] == "ready"
