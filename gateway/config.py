@@ -249,6 +249,44 @@ def _preview_clinics(value: Any) -> list[dict[str, Any]]:
     return entries
 
 
+DEFAULT_SNAPSHOT_PRESETS = [
+    {"name": "bone", "window": [150.0, 1800.0], "opacity": [[150.0, 0.0], [400.0, 0.04], [1000.0, 0.25], [2000.0, 0.6]]},
+    {"name": "soft_tissue", "window": [-300.0, 300.0],
+     "opacity": [[-500.0, 0.0], [-200.0, 0.01], [100.0, 0.04], [300.0, 0.08], [600.0, 0.0]]},
+]
+
+
+def _snapshot_presets(value: Any) -> list[dict[str, Any]]:
+    """Presets of the 3D snapshot: name, window [low, high] (HU), opacity [[HU, alpha], ...]."""
+    presets = []
+    for i, entry in enumerate(_tables(value, "snapshot presets")):
+        _check_keys(entry, i, "snapshot preset", {"name", "window", "opacity"}, {"name", "window", "opacity"})
+        name = str(entry["name"]).strip()
+        try:
+            if not name or not all(c.isalnum() or c == "_" for c in name):
+                raise ValueError(f"name {name!r} must be letters, digits and _")
+            window = [float(v) for v in entry["window"]]
+            if len(window) != 2 or not window[0] < window[1]:
+                raise ValueError("window must be [low, high] with low < high")
+            points = [[float(h), float(a)] for h, a in entry["opacity"]]
+            if len(points) < 2 or any(b[0] <= a[0] for a, b in zip(points, points[1:])) or \
+                    any(not 0 <= a <= 1 for _, a in points):
+                raise ValueError("opacity must be two or more [HU, alpha] points, HU rising, alpha in 0-1")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"snapshot preset {i + 1}: {exc}") from None
+        presets.append({"name": name, "window": window, "opacity": points})
+    if len({p["name"] for p in presets}) != len(presets):
+        raise ValueError("snapshot presets must have distinct names")
+    return presets
+
+
+def _snapshot_size(value: Any) -> int:
+    size = _int(value)
+    if not 256 <= size <= 512:
+        raise ValueError(f"expected 256 to 512 pixels, got {value!r}")
+    return size
+
+
 def _thumbnail_max_age(value: Any) -> int:
     seconds = _int(value)
     if not 7 * 86400 <= seconds <= 30 * 86400:
@@ -378,6 +416,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("previews.clinics", [], _preview_clinics, "per-clinic preview parameters: [[previews.clinics]] clinic, compression_ratio, binning"),
     Setting("previews.threads", 2, _positive(_int), "threads decoding and encoding the slices of one previews job (use the cores)"),
     Setting("previews.thumbnail_quality", 85, _positive(_int), "JPEG quality of thumbnails (1-100)"),
+    Setting("previews.snapshot_size", 512, _snapshot_size, "longer edge of 3D snapshots in pixels (256-512)"),
+    Setting("previews.snapshot_presets", DEFAULT_SNAPSHOT_PRESETS, _snapshot_presets, "3D snapshot presets: [[previews.snapshot_presets]] name, window = [low, high] HU, opacity = [[HU, alpha], ...] (the transfer function)"),
     Setting("previews.preview_max_age", 300, _non_negative(_int), "Cache-Control max-age of preview streams, in seconds (short: a new version replaces them)"),
     Setting("previews.thumbnail_max_age", 7 * 86400, _thumbnail_max_age, "Cache-Control max-age of thumbnails, in seconds (7 to 30 days)"),
     Setting("previews.lease_seconds", 600, _positive(_int), "a previews job not heard of for this long is taken over by another worker"),
@@ -459,6 +499,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)  # a TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML for {value!r}")
 
 

@@ -4,7 +4,7 @@
 The preview stream's format is :mod:`gateway.imaging.preview_format`'s (README "Preview
 stream"). Everything served here is non-diagnostic (``X-Non-Diagnostic: true``). A preview
 not made yet is a 404 whose body carries the job's state and progress (asking queues the job).
-``.../preview/v/{version}`` and ``.../thumbnail/v/{version}`` answer only while ``version``
+``.../preview/v/{version}``, ``.../thumbnail/v/{version}`` and ``.../snapshot/v/{version}`` answer only while ``version``
 is the latest (404 after a new instance or a replaced one): signed URLs name them
 (``POST /api/v1/signed-urls`` with ``derived``), so a CDN caches them by URL alone, and the
 signature, checked on every request, stops them when the share that granted them is revoked.
@@ -25,7 +25,7 @@ from gateway.services.archives import parse_slices
 from gateway.web import error_body, principal, services
 from proprietary.archives import UNSATISFIABLE, byte_range
 from proprietary.common import QUERY
-from proprietary.schemas import DerivedStatusSchema, PreviewQuery, ThumbnailQuery
+from proprietary.schemas import DerivedStatusSchema, PreviewQuery, SnapshotQuery, ThumbnailQuery
 
 blp = Blueprint("previews", __name__, url_prefix="/api/v1/studies",
                 description="Previews (JPEG 2000 stream of a whole series) and thumbnails, non-diagnostic")
@@ -103,13 +103,25 @@ def _chunks(fh, start: int, stop: int, prefix: bytes = b""):
             yield chunk
 
 
-def _thumbnail(study: str, series: str, args: dict, version: str | None) -> Response:
+def image_name(kind: str, args: dict, settings) -> str:
+    """The derived object a thumbnail or snapshot request names (400 for an unknown preset)."""
+    if kind == "thumbnail":
+        return f"thumbnail/{args.get('size', 256)}.{args.get('format', 'jpeg')}"
+    presets = [p["name"] for p in settings["previews.snapshot_presets"]]
+    preset = args.get("preset", "bone")
+    if preset not in presets:
+        raise BadRequest(f"preset {preset!r} is not one of {', '.join(presets)} (previews.snapshot_presets)")
+    return f"snapshot/{preset}-{args.get('mode', 'vr')}.png"
+
+
+def _image(kind: str, study: str, series: str, args: dict, version: str | None) -> Response:
     core = services()
-    name = f"thumbnail/{args['size']}.{args['format']}"
+    name = image_name(kind, args, core.settings)
     _, obj = core.derived.require(principal(), study, series, name, version=version)
-    headers = {"Content-Type": obj.content_type, "ETag": f'"{obj.version}-{args["size"]}-{args["format"]}"',
+    tag = f"{obj.version}-{name.replace('/', '-')}"
+    headers = {"Content-Type": obj.content_type, "ETag": f'"{tag}"',
                "Cache-Control": _cache_control(core.settings["previews.thumbnail_max_age"]), **NON_DIAGNOSTIC}
-    if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
+    if request.if_none_match.contains_weak(tag):
         return Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
     with contextlib.closing(core.derived.open(obj)) as fh:
         data = fh.read()
@@ -186,7 +198,7 @@ def preview_events(study: str, series: str):
          description="2D images as they are; a CT as its windowed middle slice; fitted in a square of size px.",
          responses={200: _IMAGE, 304: {"description": "not modified"}, 404: _NOT_YET})
 def thumbnail(args: dict, study: str, series: str):
-    return _thumbnail(study, series, args, None)
+    return _image("thumbnail", study, series, args, None)
 
 
 @blp.route("/<study>/series/<series>/thumbnail/v/<version>", methods=["GET"])
@@ -195,10 +207,29 @@ def thumbnail(args: dict, study: str, series: str):
          description="As the thumbnail, while version is the latest; 404 once a newer one exists.",
          responses={200: _IMAGE, 404: _NOT_YET})
 def thumbnail_version(args: dict, study: str, series: str, version: str):
-    return _thumbnail(study, series, args, version)
+    return _image("thumbnail", study, series, args, version)
+
+
+@blp.route("/<study>/series/<series>/snapshot", methods=["GET"])
+@blp.arguments(SnapshotQuery, **QUERY)
+@blp.doc(summary="The 3D snapshot of a CT volume (PNG)",
+         description="One front view of the binned volume: vr (front-to-back composited with the preset's transfer "
+                     "function) or mip (maximum intensity), windowed by the preset. Volumes only (a 2D image: 404).",
+         responses={200: {"description": "the snapshot", "content": {"image/png": {}}},
+                    400: {"description": "an unknown preset"}, 404: _NOT_YET})
+def snapshot(args: dict, study: str, series: str):
+    return _image("snapshot", study, series, args, None)
+
+
+@blp.route("/<study>/series/<series>/snapshot/v/<version>", methods=["GET"])
+@blp.arguments(SnapshotQuery, **QUERY)
+@blp.doc(summary="One version of a 3D snapshot (signed CDN URLs)",
+         responses={200: {"description": "the snapshot", "content": {"image/png": {}}}, 404: _NOT_YET})
+def snapshot_version(args: dict, study: str, series: str, version: str):
+    return _image("snapshot", study, series, args, version)
 
 
 def derived_path(study: str, series: str, kind: str, version: str) -> str:
-    if kind not in ("preview", "thumbnail"):
-        raise BadRequest('"derived" is preview or thumbnail')
+    if kind not in ("preview", "thumbnail", "snapshot"):
+        raise BadRequest('"derived" is preview, thumbnail or snapshot')
     return f"/api/v1/studies/{study}/series/{series}/{kind}/v/{version}"

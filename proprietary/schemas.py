@@ -138,9 +138,12 @@ class SignedUrlRequest(StrictSchema):
     study = fields.String()
     series = fields.String()
     instance = fields.String(metadata={"description": "with study and series: a download URL of the instance"})
-    derived = fields.String(validate=validate.OneOf(["preview", "thumbnail"]),
+    derived = fields.String(validate=validate.OneOf(["preview", "thumbnail", "snapshot"]),
                             metadata={"description": "with study and series: a URL of the latest version of the "
-                                                     "series' preview stream or thumbnail (CDN-cacheable)"})
+                                                     "series' preview stream, thumbnail or 3D snapshot "
+                                                     "(CDN-cacheable)"})
+    preset = fields.String(metadata={"description": "snapshot: a preset name"})
+    mode = fields.String(validate=validate.OneOf(["vr", "mip"]), metadata={"description": "snapshot: vr or mip"})
     size = fields.Integer(validate=validate.OneOf([256, 512]), metadata={"description": "thumbnail: 256 or 512"})
     format = fields.String(validate=validate.OneOf(["jpeg", "png"]), metadata={"description": "thumbnail: jpeg, png"})
 
@@ -335,6 +338,13 @@ class ThumbnailQuery(QuerySchema):
     size = fields.Integer(load_default=256, validate=validate.OneOf([256, 512]),
                           metadata={"description": "edge of the square the image is fitted in: 256 or 512"})
     format = fields.String(load_default="jpeg", validate=validate.OneOf(["jpeg", "png"]))
+
+
+class SnapshotQuery(QuerySchema):
+    preset = fields.String(load_default="bone", metadata={"description": "a preset of previews.snapshot_presets "
+                                                                        "(bone, soft_tissue by default)"})
+    mode = fields.String(load_default="vr", validate=validate.OneOf(["vr", "mip"]),
+                         metadata={"description": "vr (composited volume rendering) or mip (maximum intensity)"})
 
 
 class DerivedJobSchema(Schema):

@@ -12,7 +12,7 @@ from gateway.errors import BadRequest
 from gateway.times import iso
 from gateway.web import principal, public_base, services
 from proprietary.common import BODY
-from proprietary.previews import derived_path
+from proprietary.previews import derived_path, image_name
 from proprietary.schemas import SignedUrlRequest, SignedUrlSchema
 
 blp = Blueprint("signed_urls", __name__, url_prefix="/api/v1/signed-urls",
@@ -73,11 +73,14 @@ def _derived_url(body: dict, ttl: int) -> dict:
     study, series, kind = body.get("study"), body.get("series"), body["derived"]
     if not all(isinstance(v, str) and v for v in (study, series)):
         raise BadRequest('"study" and "series" UIDs are required with "derived"')
-    if kind == "preview" and ("size" in body or "format" in body):
-        raise BadRequest('"size" and "format" are for thumbnails')
+    own = {"preview": set(), "thumbnail": {"size", "format"}, "snapshot": {"preset", "mode"}}[kind]
+    foreign = sorted({"size", "format", "preset", "mode"} & set(body) - own)
+    if foreign:
+        raise BadRequest(f'"{foreign[0]}" is not a parameter of a {kind}')
     core, who = services(), principal()
-    params = {"size": str(body.get("size", 256)), "format": body.get("format", "jpeg")} if kind == "thumbnail" else {}
-    name = f"thumbnail/{params['size']}.{params['format']}" if params else "preview"
+    params = {"thumbnail": {"size": str(body.get("size", 256)), "format": body.get("format", "jpeg")},
+              "snapshot": {"preset": body.get("preset", "bone"), "mode": body.get("mode", "vr")}}.get(kind, {})
+    name = image_name(kind, params, core.settings) if params else "preview"
     found, obj = core.derived.require(who, study, series, name)
     path = derived_path(study, series, kind, obj.version)
     query = core.signer.sign("GET", path, who, params=params, ttl=ttl)

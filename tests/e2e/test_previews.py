@@ -325,3 +325,32 @@ def test_the_python_client_reads_the_preview_into_a_volume(gateway, ct):
     part = client.preview(study, series, slices="2-3")
     assert np.array_equal(part.stored, volume.stored[1:3])
     assert client.preview_status(study, series)["state"] == "ready"
+
+
+def test_the_3d_snapshot_differs_between_presets_and_is_not_blank(gateway, ct):
+    study, series, datasets, _ = ct
+    base = series_url(gateway, study, series) + "/snapshot"
+    pictures = {}
+    for preset in ("bone", "soft_tissue"):
+        for mode in ("vr", "mip"):
+            response = gateway.http.get(base, params={"preset": preset, "mode": mode}, timeout=30)
+            assert response.status_code == 200, response.text
+            assert response.headers["Content-Type"] == "image/png" and response.headers["X-Non-Diagnostic"] == "true"
+            image = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.float64)
+            assert max(image.shape) == 512 and image.std() > 3, (preset, mode, image.std())
+            pictures[preset, mode] = image
+    assert np.abs(pictures["bone", "vr"] - pictures["soft_tissue", "vr"]).mean() > 5
+    assert np.abs(pictures["bone", "vr"] - pictures["bone", "mip"]).mean() > 1
+    # Head up, physical aspect: the picture's height : width is the volume's extent along z : x.
+    by_z = sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    extent_z = float(by_z[-1].ImagePositionPatient[2]) - float(by_z[0].ImagePositionPatient[2])
+    extent_x = 64 * 2 * float(by_z[0].PixelSpacing[1])
+    height, width = pictures["bone", "vr"].shape
+    assert height / width == pytest.approx(extent_z * len(by_z) / (len(by_z) - 1) / extent_x, rel=0.05)
+    bad = gateway.http.get(base, params={"preset": "lungs"}, timeout=30)
+    assert bad.status_code == 400 and "bone, soft_tissue" in bad.json()["message"]
+    signed = gateway.http.post(gateway.url + "/api/v1/signed-urls", json={
+        "study": study, "series": series, "derived": "snapshot", "preset": "soft_tissue", "mode": "mip"}, timeout=30)
+    assert signed.status_code == 201, signed.text
+    assert requests.get(signed.json()["url"], timeout=30).content == \
+        gateway.http.get(base, params={"preset": "soft_tissue", "mode": "mip"}, timeout=30).content

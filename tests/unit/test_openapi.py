@@ -14,7 +14,9 @@ OTHER_MEDIA = {("put", "/api/v1/uploads/{upload_id}/archive"): "application/zip"
                    "application/vnd.dental-gateway.preview",
                ("get", "/api/v1/studies/{study}/series/{series}/preview/events"): "text/event-stream",
                ("get", "/api/v1/studies/{study}/series/{series}/thumbnail"): "image/jpeg",
-               ("get", "/api/v1/studies/{study}/series/{series}/thumbnail/v/{version}"): "image/jpeg"}
+               ("get", "/api/v1/studies/{study}/series/{series}/thumbnail/v/{version}"): "image/jpeg",
+               ("get", "/api/v1/studies/{study}/series/{series}/snapshot"): "image/png",
+               ("get", "/api/v1/studies/{study}/series/{series}/snapshot/v/{version}"): "image/png"}
 
 # Lists and streams of one resource that take no query parameter.
 NO_QUERY = {"/api/v1/studies/{study}/series/{series}/preview/status",

@@ -103,7 +103,8 @@ def test_ingest_queues_one_job_per_series_and_the_worker_makes_every_object(serv
     assert services.jobs.list_jobs(kind=KIND) == []
     objects = {o.name: o for o in services.derived.store.for_series("default", series)}
     assert set(objects) == {"preview", "means.json", "thumbnail/256.jpeg", "thumbnail/256.png",
-                            "thumbnail/512.jpeg", "thumbnail/512.png"}
+                            "thumbnail/512.jpeg", "thumbnail/512.png", "snapshot/bone-vr.png", "snapshot/bone-mip.png",
+                            "snapshot/soft_tissue-vr.png", "snapshot/soft_tissue-mip.png"}
     assert len({o.version for o in objects.values()}) == 1
     assert objects["means.json"].info == {"count": 6} and len(plugin.generator.seen) == 6
 

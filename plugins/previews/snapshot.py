@@ -1,0 +1,128 @@
+"""The 3D snapshot of a CT volume (derived objects ``snapshot/{preset}-{mip,vr}.png``): one front
+view, from the binned volume, for each preset of ``previews.snapshot_presets``.
+
+The view looks at the patient's face: rays run along the image rows (anterior to posterior for
+axial slices), so every slice makes one row of the picture, and the picture is made slice by
+slice as the slices are decoded (nothing holds the volume). Per slice, in modality units (HU):
+
+- **mip**: the maximum along each ray, windowed by the preset's ``window`` [low, high];
+- **vr**: front-to-back compositing along each ray: each sample has an opacity α from the
+  preset's transfer function (``opacity``: piecewise linear [HU, α] points) and a brightness
+  from the same window; the ray's value is Σ αᵢ·brightnessᵢ·Πⱼ<ᵢ(1 − αⱼ) (emission-absorption
+  without shading).
+
+Rows are put head up (the highest slice on top) and the picture is scaled to the physical
+aspect (slice spacing against the binned pixel spacing) to fit ``previews.snapshot_size``.
+Only volumes get one (several slices with positions). A built-in generator, entry point ``snapshot``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gateway.imaging import jpeg2000
+from plugins.hookspecs import hookimpl
+from plugins.previews.generators import Output, SeriesInput, Slice, value, values
+from plugins.previews.jpeg2000 import clinic_params
+
+MODES = ("mip", "vr")
+
+
+def snapshot_name(preset: str, mode: str) -> str:
+    return f"snapshot/{preset}-{mode}.png"
+
+
+def _number(header: dict, tag: str, default: float) -> float:
+    try:
+        return float(value(header, tag, default))
+    except (TypeError, ValueError):
+        return default
+
+
+class Snapshot:
+    name = "snapshot"
+
+    def params(self, series: SeriesInput, settings) -> dict | None:
+        if not series.volume or int(value(series.first, "00280002", 1) or 1) != 1:
+            return None
+        _, binning = clinic_params(settings, series.clinic_id)
+        return {"binning": binning, "size": settings["previews.snapshot_size"],
+                "presets": settings["previews.snapshot_presets"]}
+
+    def start(self, series: SeriesInput, params: dict, scratch: Path, version: str) -> "SnapshotSession":
+        return SnapshotSession(series, params, scratch)
+
+
+class SnapshotSession:
+    def __init__(self, series: SeriesInput, params: dict, scratch: Path):
+        self.series = series
+        self.params = params
+        self.scratch = scratch
+        self.rows: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {
+            (p["name"], m): [] for p in params["presets"] for m in MODES}
+
+    def wants(self, item: Slice) -> bool:
+        return True
+
+    def prepare(self, item: Slice, pixels: np.ndarray, header) -> dict:
+        if pixels.ndim != 2:
+            return {}
+        binned = jpeg2000.bin_pixels(pixels, self.params["binning"]).astype(np.float32)
+        hu = binned * _number(item.header, "00281053", 1.0) + _number(item.header, "00281052", 0.0)
+        made = {}
+        for preset in self.params["presets"]:
+            low, high = preset["window"]
+            bright = np.clip((hu - low) / max(high - low, 1e-6), 0.0, 1.0)
+            made[preset["name"], "mip"] = bright.max(axis=0)
+            points = np.array(preset["opacity"], dtype=np.float32)
+            alpha = np.interp(hu, points[:, 0], points[:, 1]).astype(np.float32)
+            through = np.cumprod(1.0 - alpha, axis=0)
+            before = np.vstack([np.ones((1, hu.shape[1]), np.float32), through[:-1]])
+            made[preset["name"], "vr"] = (alpha * bright * before).sum(axis=0)
+        return made
+
+    def add(self, item: Slice, prepared: dict) -> None:
+        for key, row in prepared.items():
+            self.rows[key].append((item.index, row))
+
+    def skip(self, item: Slice, reason: str) -> None:
+        pass  # a missing row is left out of the picture
+
+    def _aspect(self, columns: int) -> float:
+        """Height : width of one picture row against one column, from the geometry."""
+        spacing = [float(v) for v in values(self.series.first, "00280030")] or [1.0, 1.0]
+        column_mm = spacing[1] * self.params["binning"]
+        positions = [np.array(s.position) for s in self.series.slices if s.position is not None]
+        if len(positions) < 2:
+            return 1.0
+        step = float(np.linalg.norm(positions[-1] - positions[0])) / (len(positions) - 1)
+        return step / column_mm if column_mm > 0 and step > 0 else 1.0
+
+    def finish(self) -> list[Output]:
+        outputs = []
+        for (preset, mode), rows in self.rows.items():
+            if not rows:
+                continue
+            rows.sort(key=lambda r: r[0], reverse=True)  # head up
+            picture = np.stack([r for _, r in rows])
+            if mode == "vr" and picture.max() > 0:
+                picture = picture / picture.max()
+            image = Image.fromarray(np.rint(np.clip(picture, 0, 1) * 255).astype(np.uint8))
+            height = picture.shape[0] * self._aspect(picture.shape[1])
+            size = self.params["size"]
+            scale = size / max(picture.shape[1], height)
+            image = image.resize((max(1, round(picture.shape[1] * scale)), max(1, round(height * scale))),
+                                 Image.Resampling.LANCZOS)
+            path = self.scratch / f"snapshot-{preset}-{mode}.png"
+            image.save(path, "PNG")
+            outputs.append(Output(snapshot_name(preset, mode), "image/png", path,
+                                  {"preset": preset, "mode": mode, "width": image.width, "height": image.height,
+                                   "slices": len(rows)}))
+        return outputs
+
+
+@hookimpl
+def derived_generators(settings):
+    return [Snapshot()]
