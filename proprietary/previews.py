@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from urllib.parse import urlencode
 
 from flask import Response, jsonify, request
 from flask_smorest import Blueprint
@@ -22,10 +23,18 @@ from auth.signing import SIGNATURE_PARAM
 from gateway.errors import BadRequest
 from gateway.imaging.preview_format import MEDIA_TYPE, encode_header, read_header, subset_header
 from gateway.services.archives import parse_slices
-from gateway.web import error_body, principal, services
+from gateway.times import iso
+from gateway.web import error_body, principal, public_base, services
 from proprietary.archives import UNSATISFIABLE, byte_range
-from proprietary.common import QUERY
-from proprietary.schemas import DerivedStatusSchema, PreviewQuery, SnapshotQuery, ThumbnailQuery
+from proprietary.common import BODY, QUERY
+from proprietary.schemas import (
+    DerivedStatusSchema,
+    MiniCtRequestSchema,
+    MiniCtSchema,
+    PreviewQuery,
+    SnapshotQuery,
+    ThumbnailQuery,
+)
 
 blp = Blueprint("previews", __name__, url_prefix="/api/v1/studies",
                 description="Previews (JPEG 2000 stream of a whole series) and thumbnails, non-diagnostic")
@@ -233,3 +242,29 @@ def derived_path(study: str, series: str, kind: str, version: str) -> str:
     if kind not in ("preview", "thumbnail", "snapshot"):
         raise BadRequest('"derived" is preview, thumbnail or snapshot')
     return f"/api/v1/studies/{study}/series/{series}/{kind}/v/{version}"
+
+
+@blp.route("/<study>/series/<series>/mini-ct", methods=["POST"])
+@blp.arguments(MiniCtRequestSchema, **BODY)
+@blp.response(201, MiniCtSchema)
+@blp.doc(summary="Make a Mini CT of a region of interest",
+         description="A new DICOM series (stored and indexed like any other) of slices z, the box and a down-sampling "
+                     "factor, its geometry corrected; the same request on the same source answers the same series "
+                     "(cached: true). Needs write in the clinic that owns the series. Out of bounds: 400 naming the "
+                     "valid bounds. download: a short-lived signed URL of its zip archive.",
+         responses={400: {"description": "a range, box or factor outside the series' bounds"},
+                    404: {"description": "no such series in the principal's clinic"}})
+def mini_ct(body: dict, study: str, series: str):
+    core, who = services(), principal()
+    try:
+        ttl = core.signer.ttl(body.get("ttl"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    made = core.minict.make(who, study, series, z=tuple(body["z"]) if body.get("z") else None,
+                            box=body.get("box"), factor=body["downsample"])
+    path = f"/api/v1/studies/{made.study_uid}/series/{made.series_uid}/archive"
+    query = core.signer.sign("GET", path, who, ttl=ttl)
+    return {"study_uid": made.study_uid, "series_uid": made.series_uid, "instances": made.sop_uids,
+            "cached": made.cached, "geometry": made.geometry,
+            "download": {"url": f"{public_base()}{path}?{urlencode(query)}",
+                         "expires_at": iso(int(query["gw_exp"]) * 1000)}}

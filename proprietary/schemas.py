@@ -368,3 +368,33 @@ class DerivedStatusSchema(Schema):
     progress = fields.Dict(metadata={"description": "stage, done, total (slices), version"})
     skipped = fields.List(fields.Dict(), metadata={"description": "slices that could not be decoded: sop_uid, "
                                                                   "frame, reason"})
+
+
+class MiniCtBoxSchema(StrictSchema):
+    units = fields.String(load_default="pixels", validate=validate.OneOf(["pixels", "mm"]),
+                          metadata={"description": "pixels of the source slices (x: columns, y: rows, from 0), or mm "
+                                                   "in patient coordinates along the image's row (x) and column (y) "
+                                                   "directions"})
+    x = fields.Float(required=True)
+    y = fields.Float(required=True)
+    width = fields.Float(required=True)
+    height = fields.Float(required=True)
+
+
+class MiniCtRequestSchema(StrictSchema):
+    z = fields.List(fields.Integer(strict=True), validate=validate.Length(equal=2),
+                    metadata={"description": "[first, last] slice positions along the slice axis, 1-based, "
+                                             "inclusive; default: every slice"})
+    box = fields.Nested(MiniCtBoxSchema, metadata={"description": "default: the whole slice"})
+    downsample = fields.Integer(strict=True, load_default=1, validate=validate.Range(1, 4),
+                                metadata={"description": "1-4: each voxel is the mean of a factor³ block"})
+    ttl = fields.Integer(strict=True, metadata={"description": "lifetime of the download URL, seconds"})
+
+
+class MiniCtSchema(Schema):
+    study_uid = fields.String()
+    series_uid = fields.String(metadata={"description": "the new series"})
+    instances = fields.List(fields.String(), metadata={"description": "its SOP Instance UIDs, lowest slice first"})
+    cached = fields.Boolean(metadata={"description": "made by an earlier identical request"})
+    geometry = fields.Dict(metadata={"description": "rows, columns, pixel_spacing, orientation, factor, positions"})
+    download = fields.Dict(metadata={"description": "url (a signed zip download of the new series), expires_at"})

@@ -24,6 +24,7 @@ from gateway.services.delete import DeleteService
 from gateway.services.derived import DerivedService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
+from gateway.services.minict import MiniCtService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from gateway.services.transcode import TranscodeService
@@ -78,6 +79,7 @@ class Services:
     uploads: UploadService
     archives: ArchiveService
     derived: DerivedService
+    minict: MiniCtService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -110,6 +112,7 @@ class Services:
             deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
             ArchiveService(retrieve, query, index),
             derived,
+            MiniCtService(index, retrieve, ingest, derived, blobs, access=access),
             migrations,
         )
 

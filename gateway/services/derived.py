@@ -30,6 +30,12 @@ from storage.records import DerivedObject, InstanceRecord, Job
 logger = logging.getLogger(__name__)
 
 KIND = "previews"
+# Derived objects the previews job does not make (Mini CTs of a series, gateway/services/minict.py).
+MINI_CT_PREFIX = "mini-ct/"
+
+
+def made_by_pipeline(name: str) -> bool:
+    return not name.startswith(MINI_CT_PREFIX)
 
 
 def job_key(study: str, series: str) -> str:
@@ -110,7 +116,7 @@ class DerivedService:
             if not source.allows_series(series):
                 return None
             objects = {o.name: o for o in self._call(self.store.for_series, source.clinic_id, series)
-                       if o.study_uid == study}
+                       if o.study_uid == study and made_by_pipeline(o.name)}
             if not objects and not self._call(self.index.instances, source.clinic_id, study, series):
                 return None
             found = self.jobs.list_jobs(kind=KIND, clinic_id=source.clinic_id, key=job_key(study, series), limit=1)

@@ -37,7 +37,7 @@ from pathlib import Path
 from gateway.errors import GatewayError
 from gateway.imaging import PixelDataError
 from gateway.services.archives import slice_order
-from gateway.services.derived import KIND, blob_key, content_version, derive_job, job_key
+from gateway.services.derived import KIND, blob_key, content_version, derive_job, job_key, made_by_pipeline
 from gateway.services.jobs import JobRun, RetryPolicy, now_ms
 from plugins.hookspecs import hookimpl
 from plugins.previews.generators import Generator, SeriesInput, Slice, value, values
@@ -144,7 +144,7 @@ class DeriveHandler:
                 plans.append((generator, params))
         version = content_version([s.record for s in found.slices if s.frame == 1],
                                   {g.name: p for g, p in plans})
-        existing = core.derived.store.for_series(job.clinic_id, series)
+        existing = [o for o in core.derived.store.for_series(job.clinic_id, series) if made_by_pipeline(o.name)]
         if plans and existing and all(o.version == version for o in existing):
             run.done(job)  # made already: a job queued again for the same content
             return
@@ -225,7 +225,7 @@ class DeriveHandler:
         replaced = core.derived.store.put(records)
         made = {o.name for o in outputs}
         stale = [o.name for o in core.derived.store.for_series(job.clinic_id, found.series_uid)
-                 if o.name not in made]
+                 if o.name not in made and made_by_pipeline(o.name)]
         replaced += core.derived.store.delete(job.clinic_id, found.study_uid, found.series_uid, names=stale)
         kept = {r.blob_key for r in records}
         for old in replaced:

@@ -8,6 +8,7 @@ import struct
 import time
 
 import numpy as np
+import pydicom
 import pytest
 import requests
 from PIL import Image
@@ -354,3 +355,84 @@ def test_the_3d_snapshot_differs_between_presets_and_is_not_blank(gateway, ct):
     assert signed.status_code == 201, signed.text
     assert requests.get(signed.json()["url"], timeout=30).content == \
         gateway.http.get(base, params={"preset": "soft_tissue", "mode": "mip"}, timeout=30).content
+
+
+def _retrieve_series(gateway, study: str, series: str) -> list[pydicom.Dataset]:
+    from tests.helpers import multipart_parts
+
+    response = gateway.http.get(f"{gateway.dicomweb}/studies/{study}/series/{series}",
+                                headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                                timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    return [pydicom.dcmread(io.BytesIO(body)) for _, body in multipart_parts(response)]
+
+
+def test_mini_ct_is_a_valid_series_whose_voxels_and_geometry_match_the_source(gateway, ct, tmp_path):
+    import subprocess
+    import zipfile
+
+    study, series, datasets, _ = ct
+    by_z = sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    url = series_url(gateway, study, series) + "/mini-ct"
+    body = {"z": [3, 10], "box": {"x": 10, "y": 20, "width": 60, "height": 41}, "downsample": 2}
+    response = gateway.http.post(url, json=body, timeout=120)
+    assert response.status_code == 201, response.text
+    made = response.json()
+    assert made["cached"] is False and made["study_uid"] == study and made["series_uid"] != series
+    assert len(made["instances"]) == 4
+    out = sorted(_retrieve_series(gateway, study, made["series_uid"]),
+                 key=lambda ds: float(ds.ImagePositionPatient[2]))
+    assert [ds.SOPInstanceUID for ds in out] == made["instances"]
+    source = np.stack([ds.pixel_array for ds in by_z[2:10]]).astype(np.float64)  # slices 3-10
+    spacing = [float(v) for v in by_z[0].PixelSpacing]
+    for k, ds in enumerate(out):
+        assert (ds.Rows, ds.Columns) == (20, 30)
+        assert [float(v) for v in ds.PixelSpacing] == pytest.approx([2 * spacing[0], 2 * spacing[1]])
+        assert list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"] and ds.InstanceNumber == k + 1
+        assert [r.ReferencedSOPInstanceUID for r in ds.SourceImageSequence] == \
+            [d.SOPInstanceUID for d in by_z[2 + 2 * k:4 + 2 * k]]
+        block = source[2 * k:2 * k + 2, 20:60, 10:70].reshape(2, 20, 2, 30, 2).mean(axis=(0, 2, 4))
+        assert np.array_equal(ds.pixel_array, np.rint(block).astype(ds.pixel_array.dtype))
+        # Voxel (k, 0, 0) is the centre of its source block.
+        centre = np.mean([[float(v) for v in d.ImagePositionPatient] for d in by_z[2 + 2 * k:4 + 2 * k]], axis=0)
+        centre += np.array([10.5 * spacing[1], 20.5 * spacing[0], 0.0])
+        assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx(list(centre), abs=1e-4)
+        step = float(by_z[1].ImagePositionPatient[2]) - float(by_z[0].ImagePositionPatient[2])
+        assert float(ds.SpacingBetweenSlices) == pytest.approx(2 * step)
+        assert float(ds.SliceThickness) == pytest.approx(2 * float(by_z[0].SliceThickness))
+        path = tmp_path / f"mini-{k}.dcm"
+        ds.save_as(path)
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        assert "Error" not in report.stdout + report.stderr, report.stdout + report.stderr
+    # QIDO sees it; the signed download needs no Authorization header.
+    found = gateway.http.get(f"{gateway.dicomweb}/studies/{study}/series",
+                             params={"SeriesInstanceUID": made["series_uid"]}, timeout=30).json()
+    assert len(found) == 1
+    archive = requests.get(made["download"]["url"], timeout=60)
+    assert archive.status_code == 200
+    assert len(zipfile.ZipFile(io.BytesIO(archive.content)).namelist()) == 4
+    # The same request (also in mm) answers the same series.
+    again = gateway.http.post(url, json=body, timeout=60).json()
+    assert again["cached"] is True and again["series_uid"] == made["series_uid"]
+    origin = [float(v) for v in by_z[0].ImagePositionPatient]
+    in_mm = {"z": [3, 10], "downsample": 2, "box": {"units": "mm", "x": origin[0] + 10 * spacing[1],
+                                                    "y": origin[1] + 20 * spacing[0], "width": 60 * spacing[1],
+                                                    "height": 41 * spacing[0]}}
+    assert gateway.http.post(url, json=in_mm, timeout=60).json()["series_uid"] == made["series_uid"]
+
+
+def test_mini_ct_bounds_and_access(gateway, ct):
+    study, series, datasets, _ = ct
+    url = series_url(gateway, study, series) + "/mini-ct"
+    count = len(datasets)
+    for body, expected in (({"z": [0, 5]}, f"1-{count}"), ({"z": [5, 99]}, f"1-{count}"),
+                           ({"box": {"x": 100, "y": 0, "width": 60, "height": 10}}, "at most 128"),
+                           ({"z": [1, 1], "downsample": 2}, "leaves nothing"),
+                           ({"downsample": 5}, "downsample"), ({"box": {"x": 1}}, "width")):
+        response = gateway.http.post(url, json=body, timeout=30)
+        assert response.status_code == 400, (body, response.text)
+        assert expected in response.text, (body, response.text)
+    stranger = gateway.session(gateway.token_for(clinic="elsewhere", roles=("doctor",)))
+    assert stranger.post(url, json={}, timeout=30).status_code == 404
+    support = gateway.session(gateway.token_for(roles=("support",)))
+    assert support.post(url, json={}, timeout=30).status_code == 403

@@ -2,7 +2,7 @@
 schema (but 204s), and every one that takes a JSON body or query parameters declares them."""
 from __future__ import annotations
 
-WITH_BODY = {("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post", "/api/v1/admin/jobs/retry"),
+WITH_BODY = {("post", "/api/v1/studies/{study}/series/{series}/mini-ct"), ("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post", "/api/v1/admin/jobs/retry"),
              ("post", "/api/v1/admin/forwards/retry"), ("post", "/api/v1/uploads")}
 # Bodies that are not JSON: (method, path) → media type.
 OTHER_MEDIA = {("put", "/api/v1/uploads/{upload_id}/archive"): "application/zip",
