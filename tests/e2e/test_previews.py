@@ -436,3 +436,50 @@ def test_mini_ct_bounds_and_access(gateway, ct):
     assert stranger.post(url, json={}, timeout=30).status_code == 404
     support = gateway.session(gateway.token_for(roles=("support",)))
     assert support.post(url, json={}, timeout=30).status_code == 403
+
+
+def test_a_killed_workers_previews_job_is_taken_over(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    srv = ServerProcess(tmp_path / "data", env={
+        "GATEWAY_PREVIEWS__ENABLED": "true", "GATEWAY_WORKER__EMBEDDED": "false", "GATEWAY_PREVIEWS__SETTLE_SECONDS": "0",
+        "GATEWAY_PREVIEWS__POLL_INTERVAL": "0.1", "GATEWAY_PREVIEWS__THREADS": "1",
+        "GATEWAY_PREVIEWS__COMPRESSION_RATIO": "1", "GATEWAY_PREVIEWS__BINNING": "1"}).start()
+    workers = []
+
+    def start_worker():
+        log = open(tmp_path / f"worker-{len(workers)}.log", "wb")
+        workers.append(subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--kind", "previews"],
+                                        env=srv.env, stdout=log, stderr=subprocess.STDOUT))
+
+    try:
+        study, series, datasets = make_ct(slices=160, size=256)
+        stow(srv, datasets)
+        base = series_url(srv, study, series)
+        start_worker()
+        deadline, status = time.monotonic() + 120, {}
+        while time.monotonic() < deadline:
+            status = srv.http.get(base + "/preview/status", timeout=10).json()
+            progress = status.get("progress") or {}
+            if status["state"] == "running" and 0 < progress.get("done", 0) < progress.get("total", 0):
+                break
+            assert status["state"] != "ready", "the job ended before the worker could be killed: make it longer"
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"the job never ran: {status}")
+        os.kill(workers[0].pid, signal.SIGKILL)
+        workers[0].wait(timeout=30)
+        assert srv.http.get(base + "/preview", timeout=10).status_code == 404
+        start_worker()  # on the same host it sees the dead owner and takes the job over at once
+        ready = wait_ready(srv.http, base, timeout=120)
+        header, codestreams = parse_stream(srv.http.get(base + "/preview", timeout=60).content)
+        assert header["slice_count"] == len(datasets) == len(codestreams) and ready["skipped"] == []
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(timeout=30)
+        srv.stop()
