@@ -22,6 +22,21 @@ def dimse_server(tmp_path_factory, move_destination_port):
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def ohif_tools():
+    """(chromium path, OHIF dist folder) of the OHIF browser tests, installed when missing;
+    without them the tests skip, except under CI=true where they fail."""
+    from tests.conftest import IN_CI
+    from tests.e2e import ohif_harness as harness
+
+    try:
+        return harness.ensure_chromium(), harness.ensure_ohif()
+    except harness.Unavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true and the OHIF browser test cannot run: {exc}")
+        pytest.skip(f"OHIF browser test needs Chromium and the OHIF build: {exc}")
+
+
 # --- a standards OpenID Provider (tests/oidc_provider), one process for the session ---------------
 
 @pytest.fixture(scope="session")

@@ -636,6 +636,27 @@ CANVAS_STATS_JS = r"""
 """
 
 
+# JS run in the page: the canvas statistics once the viewport shows an image (a fair share
+# of non-black pixels with contrast), else null.
+PAINTED_JS = f"(() => {{ const s = {CANVAS_STATS_JS.strip()}; return s && !s.error && s.lit > 0.05 && s.std > 8 ? s : null; }})()"
+
+# JS run in the page: true once OHIF's study list has loaded (or shows its data source error).
+LIST_LOADED_JS = ("document.body && (/\\d+\\s*-\\s*\\d+ of \\d+|No studies/i.test(document.body.innerText)"
+                  " || document.body.innerText.includes('Data Source Connection Error'))")
+
+# JS run in the page: close OHIF's first-visit pop-ups; the number closed.
+DISMISS_POPUPS_JS = r"""
+(() => {
+  let n = 0;
+  for (const el of document.querySelectorAll('button, a, [role=button]')) {
+    const text = (el.innerText || '').trim();
+    if (text === 'Skip all' || text === 'Confirm and hide') { el.click(); n++; }
+  }
+  return n;
+})()
+"""
+
+
 # --- test data ---------------------------------------------------------------------------
 
 def ct_series(*, study_uid: str, series_uid: str, patient_name: str, patient_id: str,

@@ -24,6 +24,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from tests.conftest import ServerProcess
+from tests.e2e import ohif_harness as harness
 from tests.e2e import openid_provider as op
 from tests.helpers import multipart_body, multipart_content_type
 from tests.services import dicom_instance
@@ -209,3 +210,90 @@ def test_key_rotation_mid_run(gateway, openid_provider):
 def _jwks_fetches(provider) -> int:
     path = "/" + provider.discovery()["jwks_uri"].split("/", 3)[3]
     return sum(1 for r in provider.requests_served() if r["path"] == path and r["userAgent"].startswith("Python-urllib"))
+
+
+# --- OHIF logs in through the provider --------------------------------------------------------------
+
+FAMILY = "OIDCOHIF"
+LOGIN_PAGE_JS = "!!document.querySelector('#kc-form-login #kc-login')"
+
+
+def type_into(browser: harness.Browser, selector: str, text: str) -> None:
+    """Focus a field and type into it, as a user does (CDP Input.insertText)."""
+    assert browser.evaluate(f"(() => {{ const el = document.querySelector({selector!r}); "
+                            "if (!el) return false; el.focus(); return true; })()"), selector
+    browser.send("Input.insertText", {"text": text})
+
+
+def test_ohif_logs_in_through_the_provider_and_opens_a_study(gateway, openid_provider, ohif_oidc_port, ohif_tools,
+                                                             tmp_path):
+    chromium, dist = ohif_tools
+    study, series = generate_uid(), generate_uid()
+    instances = harness.ct_series(study_uid=study, series_uid=series, patient_name=f"{FAMILY}^PHANTOM",
+                                  patient_id="OIDC-OHIF-1", slices=6, size=128)
+    importer = service_token(openid_provider, op.IMPORTER)  # the deploy realm's machine client, clinic "default"
+    stored = harness.stow(gateway.dicomweb, instances, headers={"Authorization": f"Bearer {importer}"})
+    assert stored.status_code == 200, stored.text
+
+    # OHIF's own oidc configuration (authorization code with PKCE: its oidc-client-ts client).
+    oidc = [{"authority": openid_provider.issuer(), "client_id": op.OHIF_CLIENT, "redirect_uri": "/callback",
+             "response_type": "code", "scope": "openid profile email", "post_logout_redirect_uri": "/"}]
+    with harness.OhifSite(dist, gateway.dicomweb, oidc=oidc, port=ohif_oidc_port) as site, \
+            harness.Browser(chromium) as browser:
+        browser.goto(f"{site.url}/?patientName={FAMILY}")
+        try:
+            browser.wait_for(LOGIN_PAGE_JS, timeout=45)  # OHIF sent the browser to the provider
+        except TimeoutError:
+            browser.screenshot(tmp_path / "no-login-page.png")
+            pytest.fail(f"no login page at {browser.evaluate('location.href')}: {browser.console[-10:]}")
+        assert browser.evaluate("location.href").startswith(openid_provider.issuer() + "/interaction/")
+        type_into(browser, "#username", OHIF_USER)
+        type_into(browser, "#password", "not-the-password")
+        browser.evaluate("document.querySelector('#kc-login').click()")
+        browser.wait_for("document.querySelector('#input-error')?.innerText", timeout=30)
+        assert "Invalid username or password" in browser.evaluate("document.querySelector('#input-error').innerText")
+        type_into(browser, "#username", OHIF_USER)
+        type_into(browser, "#password", OHIF_PASSWORD)
+        browser.evaluate("document.querySelector('#kc-login').click()")
+
+        # Back in OHIF, logged in: the study list of clinic "default", filtered.
+        try:
+            browser.wait_for(f"location.origin === {site.url!r} && ({harness.LIST_LOADED_JS})", timeout=60)
+        except TimeoutError:
+            browser.screenshot(tmp_path / "no-study-list.png")
+            pytest.fail(f"no study list at {browser.evaluate('location.href')}: "
+                        f"{browser.evaluate('document.body.innerText')[:500]!r} {browser.console[-10:]}")
+        browser.wait_network_idle(gateway.dicomweb, idle=0.5, timeout=30)
+        text = browser.evaluate("document.body.innerText")
+        assert FAMILY in text and "OIDC-OHIF-1" in text, text[:2000]
+
+        browser.goto(f"{site.url}/viewer?StudyInstanceUIDs={study}")
+        try:
+            browser.wait_for(harness.PAINTED_JS, timeout=60, interval=0.5)
+        except TimeoutError:
+            browser.screenshot(tmp_path / "viewer-timeout.png")
+            pytest.fail(f"viewport never painted: {browser.evaluate(harness.CANVAS_STATS_JS)}; "
+                        f"{[r.describe() for r in browser.requests_to(gateway.dicomweb) if not r.ok][:5]}")
+        browser.wait_network_idle(gateway.dicomweb, idle=0.5, timeout=60)
+        print(f"\nOHIF through the OpenID provider: {browser.screenshot(tmp_path / 'viewer.png')}")
+
+        sent = browser.requests_to(gateway.dicomweb)
+        failed = [r.describe() for r in sent if not r.ok]
+        assert not failed, failed
+        assert any("/frames/" in r.url for r in sent), [r.url for r in sent]
+        # Every request carries a token of the provider for dr.demo through ohif-viewer (opening the
+        # viewer's address reloads OHIF, which signs in again on the provider's session: a new token).
+        headers = [{k.lower(): v for k, v in r.headers.items()}.get("authorization", "") for r in sent
+                   if r.method == "GET"]
+        assert headers and all(h.startswith("Bearer ") for h in headers), headers
+        for token in set(headers):
+            claims = op.claims_of(token.removeprefix("Bearer "))
+            assert (claims["iss"], claims["azp"], claims["preferred_username"], claims["clinicId"]) == (
+                openid_provider.issuer(), op.OHIF_CLIENT, OHIF_USER, "default"), claims
+
+    # The gateway knew the user behind OHIF's token: its audit log names dr.demo reading the study.
+    admin = user_token(openid_provider, "admin.default", ohif_oidc_port)
+    audit = call(gateway, admin, path="/api/v1/audit", params={"user": OHIF_USER, "resource": f"study:{study}"})
+    assert audit.status_code == 200, audit.text
+    assert {r["door"] for r in audit.json()["records"]} == {"dicomweb"}
+    assert {r["outcome"] for r in audit.json()["records"]} == {"ok"}
