@@ -120,7 +120,7 @@ def build_realm(*, name: str | None = None, users=(), clients=(), redirect_origi
     by_id.update({c["clientId"]: c for c in clients})
     realm["clients"] = list(by_id.values())
     if redirect_origin:
-        _client(realm, OHIF_CLIENT)["redirectUris"] = [f"{redirect_origin}/*"]
+        client_of(realm, OHIF_CLIENT)["redirectUris"] = [f"{redirect_origin}/*"]
     return realm
 
 
@@ -136,7 +136,7 @@ def service_client(client_id: str, secret: str, *, audience: str | None = "pacs-
                    lifespan: int | None = None) -> dict:
     """A confidential client with a service account (client credentials), as the deploy realm's
     ``pacs-importer``; without ``audience`` it has no audience mapper (Keycloak then says ``account``)."""
-    mappers = [m for m in _client(deploy_realm(), "pacs-importer")["protocolMappers"]
+    mappers = [m for m in client_of(deploy_realm(), "pacs-importer")["protocolMappers"]
                if audience or m["protocolMapper"] != "oidc-audience-mapper"]
     for m in mappers:
         if m["protocolMapper"] == "oidc-audience-mapper":
@@ -151,7 +151,7 @@ def service_account(client_id: str, clinic: str, roles=()) -> dict:
             "attributes": {"clinicId": [clinic]}, "realmRoles": list(roles)}
 
 
-def _client(realm: dict, client_id: str) -> dict:
+def client_of(realm: dict, client_id: str) -> dict:
     return next(c for c in realm["clients"] if c["clientId"] == client_id)
 
 

@@ -58,7 +58,7 @@ def gateway(tmp_path_factory, openid_provider, ohif_oidc_port):
 
 def _secret(client_id: str) -> str:
     if client_id == op.IMPORTER:
-        return op._client(op.deploy_realm(), op.IMPORTER)["secret"]
+        return op.client_of(op.deploy_realm(), op.IMPORTER)["secret"]
     return op.TEST_CLIENTS[client_id][0]
 
 

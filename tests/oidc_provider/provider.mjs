@@ -37,6 +37,7 @@ import http from 'node:http';
 import Provider, { errors } from 'oidc-provider';
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+config.host = config.host || '127.0.0.1';
 const adminToken = process.env.OIDC_ADMIN_TOKEN || '';
 const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 const requestLog = [];
@@ -47,6 +48,7 @@ function newKey() {
     use: 'sig', alg: 'RS256' };
 }
 
+const escape = (s) => String(s).replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 const first = (value) => (Array.isArray(value) ? value[0] : value);
 
 // --- the realm, as Keycloak reads its export ----------------------------------------------
@@ -255,8 +257,6 @@ function buildProvider(realm, issuer, keys) {
 
 // --- the login page ----------------------------------------------------------------------------
 
-const escape = (s) => String(s).replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
-
 function loginPage(realm, uid, clientId, error) {
   return `<!doctype html><html><head><meta charset="utf-8"><title>Sign in to ${escape(realm.name)}</title></head>
 <body><h1 id="kc-page-title">Sign in to your account</h1><p id="kc-client">${escape(clientId)}</p>
@@ -377,9 +377,8 @@ const server = http.createServer(async (req, res) => {
   }
 });
 
-server.listen(config.port || 0, config.host || '127.0.0.1', () => {
-  const origin = `http://${config.host || '127.0.0.1'}:${server.address().port}`;
-  config.host = config.host || '127.0.0.1';
+server.listen(config.port || 0, config.host, () => {
+  const origin = `http://${config.host}:${server.address().port}`;
   for (const name of realms.keys()) build(name, origin);
   process.stdout.write(`${JSON.stringify({ url: origin, realms: [...realms.keys()] })}\n`);
 });
