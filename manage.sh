@@ -9,7 +9,7 @@ VENV=${GATEWAY_VENV:-.venv}
 # python3-venv: Debian's python3 makes no venv without it.
 RUN_PACKAGES="python3 python3-venv libopenjp2-7"
 # The tests also drive real clients: dcmtk, dicom3tools (dciodvfy), Info-ZIP unzip, Orthanc (conformance), OHIF in headless
-# Chromium (npm fetches OHIF),
+# Chromium (npm fetches OHIF), an OpenID provider (npm's oidc-provider, run by Node: Debian's nodejs),
 # and start a PostgreSQL cluster of their own when none answers on 127.0.0.1:5432 (postgresql: the server).
 TEST_PACKAGES="dcmtk dicom3tools unzip chromium fonts-liberation orthanc orthanc-dicomweb postgresql"
 
@@ -19,6 +19,8 @@ install_system_packages() {
   local missing=()
   local wanted="$RUN_PACKAGES"
   [ "${1:-}" = test ] && wanted="$wanted $TEST_PACKAGES"
+  # Checked by command, not by package: a Node from elsewhere (NodeSource's nodejs carries npm) will do.
+  [ "${1:-}" = test ] && ! command -v node >/dev/null 2>&1 && wanted="$wanted nodejs"
   [ "${1:-}" = test ] && ! command -v npm >/dev/null 2>&1 && wanted="$wanted npm"
   for pkg in $wanted; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

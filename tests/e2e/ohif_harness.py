@@ -49,14 +49,18 @@ class Unavailable(RuntimeError):
     """A tool the test needs (browser, OHIF build) is missing and could not be installed."""
 
 
+def cache_root() -> Path:
+    """The tests' download cache: ``$GATEWAY_TEST_CACHE`` or ``~/.cache/gateway-tests``."""
+    return Path(os.environ.get("GATEWAY_TEST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gateway-tests"))
+
+
 def cache_dir() -> Path:
-    base = os.environ.get("GATEWAY_TEST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gateway-tests")
-    return Path(base) / "ohif" / OHIF_VERSION
+    return cache_root() / "ohif" / OHIF_VERSION
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     """Serialise installs between concurrent test processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
@@ -84,7 +88,7 @@ def find_chromium() -> str | None:
     return None
 
 
-def _apt_install(packages: tuple[str, ...]) -> None:
+def apt_install(packages: tuple[str, ...]) -> None:
     if os.geteuid() == 0:
         prefix: list[str] = []
     elif shutil.which("sudo") and _run(["sudo", "-n", "true"], 30).returncode == 0:
@@ -109,10 +113,10 @@ def ensure_chromium() -> str:
     path = find_chromium()
     if path:
         return path
-    with _file_lock(cache_dir().parent / "apt.lock"):
+    with file_lock(cache_root() / "apt.lock"):
         path = find_chromium()
         if not path:
-            _apt_install(APT_PACKAGES)
+            apt_install(APT_PACKAGES)
             path = find_chromium()
     if not path:
         raise Unavailable(f"{' '.join(APT_PACKAGES)} installed but no chromium binary found")
@@ -125,14 +129,14 @@ def ensure_ohif() -> Path:
     dist = root / "dist"
     if (dist / "index.html").is_file():
         return dist
-    with _file_lock(root / ".lock"):
+    with file_lock(root / ".lock"):
         if (dist / "index.html").is_file():
             return dist
         tgz = root / f"ohif-app-{OHIF_VERSION}.tgz"
         if not tgz.is_file():
             npm = shutil.which("npm")
             if not npm:
-                _apt_install(("npm",))
+                apt_install(("npm",))
                 npm = shutil.which("npm")
             if not npm:
                 raise Unavailable("npm is missing (Debian package `npm`)")
@@ -201,12 +205,16 @@ window.config.extensions = [...(window.config.extensions || []), {
 """
 
 
-def app_config(dist: Path, dicomweb_root: str, *, token: str | None = None, **overrides) -> str:
+def app_config(dist: Path, dicomweb_root: str, *, token: str | None = None, oidc: list[dict] | None = None,
+               **overrides) -> str:
     """OHIF's shipped ``app-config.js`` followed by an override of its data sources (and,
-    with ``token``, the extension that sends it)."""
+    with ``token``, the extension that sends it; with ``oidc``, OHIF's own ``oidc``
+    configuration: OHIF logs the user in and sends the access token)."""
     shipped = (dist / "app-config.js").read_text()
     source = json.dumps([data_source(dicomweb_root, **overrides)], indent=2)
     auth = BEARER_EXTENSION_JS % json.dumps(token) if token else ""
+    if oidc:
+        auth += f"\nwindow.config.oidc = {json.dumps(oidc, indent=2)};\n"
     return shipped + auth + f"""
 // --- gateway e2e override: the gateway is the only data source -----------------------
 window.config.dataSources = {source};
@@ -249,13 +257,15 @@ class _SiteHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class OhifSite:
-    """The built OHIF served on a loopback port, its data source being ``dicomweb_root``."""
+    """The built OHIF served on a loopback port (``port``, or a free one), its data source being
+    ``dicomweb_root``."""
 
-    def __init__(self, dist: Path, dicomweb_root: str, *, token: str | None = None, **overrides):
-        config = app_config(dist, dicomweb_root, token=token, **overrides).encode()
+    def __init__(self, dist: Path, dicomweb_root: str, *, token: str | None = None, oidc: list[dict] | None = None,
+                 port: int = 0, **overrides):
+        config = app_config(dist, dicomweb_root, token=token, oidc=oidc, **overrides).encode()
         handler = type("Handler", (_SiteHandler,), {"config_js": config})
         self._httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(handler, directory=str(dist)))
+            ("127.0.0.1", port), functools.partial(handler, directory=str(dist)))
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -622,6 +632,27 @@ CANVAS_STATS_JS = r"""
   return {cls: c.className, width: c.width, height: c.height, mean,
           std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)), lit: lit / n,
           rect: [r.left, r.top, r.width, r.height]};
+})()
+"""
+
+
+# JS run in the page: the canvas statistics once the viewport shows an image (a fair share
+# of non-black pixels with contrast), else null.
+PAINTED_JS = f"(() => {{ const s = {CANVAS_STATS_JS.strip()}; return s && !s.error && s.lit > 0.05 && s.std > 8 ? s : null; }})()"
+
+# JS run in the page: true once OHIF's study list has loaded (or shows its data source error).
+LIST_LOADED_JS = ("document.body && (/\\d+\\s*-\\s*\\d+ of \\d+|No studies/i.test(document.body.innerText)"
+                  " || document.body.innerText.includes('Data Source Connection Error'))")
+
+# JS run in the page: close OHIF's first-visit pop-ups; the number closed.
+DISMISS_POPUPS_JS = r"""
+(() => {
+  let n = 0;
+  for (const el of document.querySelectorAll('button, a, [role=button]')) {
+    const text = (el.innerText || '').trim();
+    if (text === 'Skip all' || text === 'Confirm and hide') { el.click(); n++; }
+  }
+  return n;
 })()
 """
 

@@ -35,7 +35,6 @@ from tests.e2e import ohif_harness as harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # the first run installs Chromium and OHIF
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 FAMILY = "OHIFE2E"                      # unique in the shared server
 PATIENT_NAME = f"{FAMILY}^PHANTOM"
 PATIENT_ID = "OHIF-E2E-0001"
@@ -51,30 +50,7 @@ VARIANTS = {
                              "bulkDataURI": {"enabled": True, "relativeResolution": "studies"}},
 }
 
-DISMISS_POPUPS_JS = r"""
-(() => {
-  let n = 0;
-  for (const el of document.querySelectorAll('button, a, [role=button]')) {
-    const text = (el.innerText || '').trim();
-    if (text === 'Skip all' || text === 'Confirm and hide') { el.click(); n++; }
-  }
-  return n;
-})()
-"""
-
-
 # --- fixtures ----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ohif_tools():
-    """(chromium path, OHIF dist folder), installed when missing."""
-    try:
-        return harness.ensure_chromium(), harness.ensure_ohif()
-    except harness.Unavailable as exc:
-        if IN_CI:
-            pytest.fail(f"CI=true and the OHIF browser test cannot run: {exc}")
-        pytest.skip(f"OHIF browser test needs Chromium and the OHIF build: {exc}")
-
 
 @pytest.fixture(scope="module")
 def study(server):
@@ -138,16 +114,12 @@ def path_of(r: harness.Request, server) -> str:
 
 # --- tests -------------------------------------------------------------------------------
 
-LIST_LOADED_JS = ("document.body && (/\\d+\\s*-\\s*\\d+ of \\d+|No studies/i.test(document.body.innerText)"
-                  " || document.body.innerText.includes('Data Source Connection Error'))")
-
-
 def open_study_list(browser: harness.Browser, server, url: str, shot: Path) -> str:
     """Open an OHIF study list page, wait until it has loaded, screenshot it; return its text."""
     browser.goto(url)
-    browser.wait_for(LIST_LOADED_JS, timeout=45)
+    browser.wait_for(harness.LIST_LOADED_JS, timeout=45)
     browser.wait_network_idle(server.dicomweb, idle=0.5, timeout=30)
-    browser.evaluate(DISMISS_POPUPS_JS)
+    browser.evaluate(harness.DISMISS_POPUPS_JS)
     browser.screenshot(shot)
     return browser.evaluate("document.body.innerText")
 
@@ -265,10 +237,8 @@ def test_viewer_renders_the_ct_slice(server, study, ohif_tools, artifacts, varia
         started = time.monotonic()
         browser.goto(f"{site.url}/viewer?StudyInstanceUIDs={study}")
         # Painted: the viewport canvas has a fair share of non-black pixels with contrast.
-        check = f"(() => {{ const s = {harness.CANVAS_STATS_JS.strip()}; " \
-                "return s && !s.error && s.lit > 0.05 && s.std > 8 ? s : null; })()"
         try:
-            stats = browser.wait_for(check, timeout=60, interval=0.5)
+            stats = browser.wait_for(harness.PAINTED_JS, timeout=60, interval=0.5)
         except TimeoutError:
             browser.screenshot(artifacts / f"viewer-{variant}-timeout.png")
             write_log(browser, server, artifacts / f"viewer-{variant}-requests.json")
@@ -278,7 +248,7 @@ def test_viewer_renders_the_ct_slice(server, study, ohif_tools, artifacts, varia
         painted = time.monotonic() - started
         browser.wait_network_idle(server.dicomweb, idle=0.5, timeout=60)
         idle = time.monotonic() - started
-        browser.evaluate(DISMISS_POPUPS_JS)
+        browser.evaluate(harness.DISMISS_POPUPS_JS)
         left, top, width, height = stats["rect"]
         scrolled = 0.0
         if variant == "default":
@@ -339,10 +309,8 @@ def test_viewer_opens_a_share_link(server, study, ohif_tools, artifacts):
     token = made.json()["shares"][0]["token"]
     with harness.OhifSite(dist, server.dicomweb) as site, harness.Browser(chromium) as browser:
         browser.goto(f"{site.url}/viewer?StudyInstanceUIDs={study}&token={token}")
-        check = f"(() => {{ const s = {harness.CANVAS_STATS_JS.strip()}; " \
-                "return s && !s.error && s.lit > 0.05 && s.std > 8 ? s : null; })()"
         try:
-            browser.wait_for(check, timeout=60, interval=0.5)
+            browser.wait_for(harness.PAINTED_JS, timeout=60, interval=0.5)
         except TimeoutError:
             browser.screenshot(artifacts / "viewer-share-link-timeout.png")
             write_log(browser, server, artifacts / "viewer-share-link-requests.json")

@@ -116,6 +116,43 @@ def test_the_keycloak_realm_gives_what_the_settings_expect():
         "auth.oidc_clinic_claim"] for m in mappers)
 
 
+def test_every_client_of_the_keycloak_realm_gets_tokens_the_gateway_accepts():
+    """What README's "A Keycloak realm that matches" says, client by client."""
+    realm = json.loads((DEPLOY / "keycloak" / "dental-realm.json").read_text())
+    env = _yaml("compose.yaml")[0]["x-gateway-env"]
+    audience, gateway_client = env["GATEWAY_AUTH__OIDC_AUDIENCE"], env["GATEWAY_AUTH__OIDC_CLIENT_ID"]
+    clients = {c["clientId"]: c for c in realm["clients"]}
+    assert clients[gateway_client].get("bearerOnly") is True
+    assert {r["name"] for r in realm["roles"]["client"][gateway_client]} == set(USER_ROLES)
+    readme = (DEPLOY.parent / "README.md").read_text()
+    section = readme[readme.index("**A Keycloak realm that matches.**"):readme.index("**Roles and actions.**")]
+    token_clients = [c for c in clients.values() if not c.get("bearerOnly")]
+    assert {"ohif-viewer", "pacs-importer"} <= {c["clientId"] for c in token_clients}
+    for client in token_clients:
+        name = client["clientId"]
+        assert f"`{name}`" in section, f"README does not describe client {name}"
+        mappers = {m["protocolMapper"]: m["config"] for m in client["protocolMappers"]}
+        assert mappers["oidc-audience-mapper"]["included.client.audience"] == audience, name
+        assert mappers["oidc-audience-mapper"]["access.token.claim"] == "true", name
+        clinic = mappers["oidc-usermodel-attribute-mapper"]
+        assert clinic["claim.name"] == env["GATEWAY_AUTH__OIDC_CLINIC_CLAIM"] == clinic["user.attribute"], name
+        assert clinic["access.token.claim"] == "true", name
+        if client.get("publicClient"):  # a browser viewer: authorization code with PKCE only
+            assert client["attributes"]["pkce.code.challenge.method"] == "S256", name
+            assert client["standardFlowEnabled"] and not client.get("implicitFlowEnabled"), name
+            assert not client.get("directAccessGrantsEnabled"), name
+            assert client["redirectUris"] and client["webOrigins"], name
+            assert f"client_id: '{name}'" in section
+        else:  # a machine client: client credentials, its service account a clinic's user
+            assert client["serviceAccountsEnabled"] and not client.get("standardFlowEnabled"), name
+            account = next(u for u in realm["users"] if u.get("serviceAccountClientId") == name)
+            assert account["username"] == f"service-account-{name}"
+            assert set(account["realmRoles"]) & set(USER_ROLES), name
+    for user in realm["users"]:
+        assert user["attributes"][env["GATEWAY_AUTH__OIDC_CLINIC_CLAIM"]], user["username"]
+        assert set(user.get("realmRoles", [])) <= set(USER_ROLES), user["username"]
+
+
 def test_the_grafana_dashboard_shows_metrics_that_exist():
     from prometheus_client import REGISTRY
 
