@@ -41,15 +41,20 @@ def _scratch() -> Path:
 
 def bin_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
     """The mean of each ``factor`` × ``factor`` block (rows and columns beyond the last whole
-    block are dropped), rounded, in the input's integer type."""
+    block are dropped), rounded to the nearest integer (halves to even), in the input's integer
+    type (colour: per sample)."""
     if factor == 1:
         return pixels
     rows, columns = pixels.shape[0] // factor * factor, pixels.shape[1] // factor * factor
     if rows == 0 or columns == 0:
         raise ValueError(f"an image of {pixels.shape[0]}×{pixels.shape[1]} cannot be binned by {factor}")
-    blocks = pixels[:rows, :columns].reshape(rows // factor, factor, columns // factor, factor, *pixels.shape[2:])
-    mean = blocks.mean(axis=(1, 3), dtype=np.float64)
-    return np.rint(mean).astype(pixels.dtype)
+    # The sum of factor² strided views: one pass of vectorised adds, much faster than a mean
+    # over the axes of a reshaped array.
+    total = np.zeros((rows // factor, columns // factor, *pixels.shape[2:]), dtype=np.int64)
+    for dy in range(factor):
+        for dx in range(factor):
+            total += pixels[dy:rows:factor, dx:columns:factor]
+    return np.rint(total / (factor * factor)).astype(pixels.dtype)
 
 
 def to_codec_samples(pixels: np.ndarray) -> tuple[np.ndarray, int]:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from pydicom import Dataset
 
+from gateway.imaging.jpeg2000 import bin_pixels
 from storage.records import InstanceRecord
 
 
@@ -39,6 +40,14 @@ class Slice:
     frame: int  # 1-based frame number within the instance
     header: dict  # the instance's DICOM JSON, as indexed
     position: list[float] | None  # ImagePositionPatient of the frame, when known
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # while the slice is prepared
+
+    def binned(self, pixels: np.ndarray, factor: int) -> np.ndarray:
+        """``pixels`` binned by ``factor``, computed once for every session that asks."""
+        key = ("binned", factor)
+        if key not in self.cache:
+            self.cache[key] = bin_pixels(pixels, factor)
+        return self.cache[key]
 
 
 @dataclass

@@ -90,7 +90,7 @@ class PreviewSession:
     def prepare(self, item: Slice, pixels: np.ndarray, header) -> tuple:
         if pixels.ndim == 3 and pixels.dtype != np.uint8:
             raise ValueError(f"colour pixels of type {pixels.dtype} are not supported in previews")
-        binned = jpeg2000.bin_pixels(pixels, self.binning)
+        binned = item.binned(pixels, self.binning)
         samples, offset = jpeg2000.to_codec_samples(binned)
         codestream = jpeg2000.encode(samples, ratio=self.ratio)
         window = None

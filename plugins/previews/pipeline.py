@@ -179,7 +179,12 @@ class DeriveHandler:
                 return None, getattr(exc, "message", None) or str(exc)
             except Exception as exc:  # pydicom and the codecs raise many kinds on broken data
                 return None, f"{type(exc).__name__}: {exc}"
-            return [x.prepare(item, pixels, header) for x in users], None
+            try:
+                return [x.prepare(item, pixels, header) for x in users], None
+            except Exception as exc:  # a slice a generator cannot take (odd pixel type...) is skipped
+                return None, f"{type(exc).__name__}: {exc}"
+            finally:
+                item.cache.clear()
 
         window = max(2, self.threads * 3)
         with ThreadPoolExecutor(self.threads, thread_name_prefix="derive") as pool:

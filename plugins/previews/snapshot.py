@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gateway.imaging import jpeg2000
 from plugins.hookspecs import hookimpl
 from plugins.previews.generators import Output, SeriesInput, Slice, value, values
 from plugins.previews.jpeg2000 import clinic_params
@@ -63,23 +62,49 @@ class SnapshotSession:
         self.rows: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {
             (p["name"], m): [] for p in params["presets"] for m in MODES}
 
+        self._luts: dict[tuple[float, float, str], dict] = {}
+
     def wants(self, item: Slice) -> bool:
         return True
+
+    def _tables(self, slope: float, intercept: float, dtype: np.dtype) -> dict | None:
+        """Brightness and opacity of every stored value of a 16-bit type, per preset: a table
+        lookup per sample instead of arithmetic and interpolation."""
+        if dtype.itemsize > 2 or dtype.kind not in "iu":
+            return None
+        key = (slope, intercept, dtype.str)
+        if key not in self._luts:
+            info = np.iinfo(dtype)
+            hu = np.arange(info.min, info.max + 1, dtype=np.float64) * slope + intercept
+            self._luts[key] = {"offset": -int(info.min), "presets": {
+                p["name"]: self._curves(p, hu) for p in self.params["presets"]}}
+        return self._luts[key]
+
+    @staticmethod
+    def _curves(preset: dict, hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        low, high = preset["window"]
+        bright = np.clip((hu - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+        points = np.array(preset["opacity"], dtype=np.float64)
+        alpha = np.interp(hu, points[:, 0], points[:, 1]).astype(np.float32)
+        return bright, alpha
 
     def prepare(self, item: Slice, pixels: np.ndarray, header) -> dict:
         if pixels.ndim != 2:
             return {}
-        binned = jpeg2000.bin_pixels(pixels, self.params["binning"]).astype(np.float32)
-        hu = binned * _number(item.header, "00281053", 1.0) + _number(item.header, "00281052", 0.0)
+        binned = item.binned(pixels, self.params["binning"])
+        slope, intercept = _number(item.header, "00281053", 1.0), _number(item.header, "00281052", 0.0)
+        tables = self._tables(slope, intercept, binned.dtype)
         made = {}
         for preset in self.params["presets"]:
-            low, high = preset["window"]
-            bright = np.clip((hu - low) / max(high - low, 1e-6), 0.0, 1.0)
+            if tables is not None:
+                bright_of, alpha_of = tables["presets"][preset["name"]]
+                index = binned.astype(np.int32) + tables["offset"]
+                bright, alpha = bright_of[index], alpha_of[index]
+            else:
+                bright, alpha = self._curves(preset, binned.astype(np.float64) * slope + intercept)
             made[preset["name"], "mip"] = bright.max(axis=0)
-            points = np.array(preset["opacity"], dtype=np.float32)
-            alpha = np.interp(hu, points[:, 0], points[:, 1]).astype(np.float32)
             through = np.cumprod(1.0 - alpha, axis=0)
-            before = np.vstack([np.ones((1, hu.shape[1]), np.float32), through[:-1]])
+            before = np.vstack([np.ones((1, binned.shape[1]), np.float32), through[:-1]])
             made[preset["name"], "vr"] = (alpha * bright * before).sum(axis=0)
         return made
 
