@@ -8,6 +8,12 @@ import pytest
 
 from storage.index.sqlite import SqliteIndexStore  # noqa: E402
 from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
+from tests.contract.annotations import (  # noqa: E402
+    AnnotationStoreContract,
+    MaskStoreContract,
+    ProjectStoreContract,
+    UserStoreContract,
+)
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
@@ -97,4 +103,20 @@ class TestSqliteAudit(AuditLogContract, SqliteBackend):
 
 
 class TestSqliteUploads(UploadStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteUsers(UserStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteProjects(ProjectStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteAnnotations(AnnotationStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteMasks(MaskStoreContract, SqliteBackend):
     pass
