@@ -333,6 +333,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upload.max_entries", 100_000, _positive(_int), "most entries one uploaded archive may hold (413 beyond)"),
     Setting("upload.max_central_directory", 32 * 1024**2, _positive(_int), "largest central directory of an uploaded archive, in bytes (it is read to find symlink entries)"),
     Setting("upload.expire_after", 86400, _positive(_int), "seconds an upload stays open after its last archive; then it expires"),
+    Setting("masks.max_bytes", 16 * 1024**2, _positive(_int), "largest mask PNG a signed upload URL is made for, in bytes (413 beyond)"),
+    Setting("masks.max_batch", 5000, _positive(_int), "most masks one signed-url request may name (413 beyond)"),
     Setting("worker.embedded", True, _bool, "'gateway serve' runs a job worker beside the HTTP server (in the DIMSE child, or in a child of its own when some kind of job has work); false: only 'gateway worker' processes run jobs"),
     Setting("worker.threads", 1, _positive(_int), "threads of each job worker ('gateway worker', and beside the DIMSE listener), each claiming jobs on its own"),
     Setting("storage.postgres_dsn", "", str, "PostgreSQL connection string for storage.index_backend = postgresql (postgresql://user@host:5432/db or key=value)", secret=True),

@@ -19,14 +19,17 @@ from auth.shares import ShareService
 from auth.signing import UrlSigner
 from gateway import metrics
 from gateway.config import SettingsError
+from gateway.services.annotations import AnnotationService
 from gateway.services.archives import ArchiveService
 from gateway.services.delete import DeleteService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
+from gateway.services.masks import MaskService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from gateway.services.transcode import TranscodeService
 from gateway.services.uploads import UploadService
+from gateway.services.users import UserService
 from plugins.manager import create_plugin_manager
 from storage import registry
 from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
@@ -76,6 +79,9 @@ class Services:
     deleter: DeleteService
     uploads: UploadService
     archives: ArchiveService
+    users: UserService
+    annotations: AnnotationService
+    masks: MaskService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -96,7 +102,12 @@ class Services:
         access = AccessControl(database.shares, index, audit, operator_clinics=settings["auth.operator_clinics"])
         retrieve = RetrieveService(blobs, index, access=access)
         ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
-        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs)
+        users = UserService(database.users)
+        annotations = AnnotationService(database.projects, database.annotations, index, blobs, access=access,
+                                        audit=audit, users=users)
+        masks = MaskService(database.masks, annotations, index, blobs, signer, access=access, audit=audit,
+                            settings=settings)
+        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs, annotations=annotations)
         query = QueryService(index, settings, access=access)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
@@ -105,6 +116,7 @@ class Services:
             query, retrieve, TranscodeService(retrieve),
             deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
             ArchiveService(retrieve, query, index),
+            users, annotations, masks,
             migrations,
         )
 
@@ -126,5 +138,5 @@ class Services:
                 close()
 
 
-__all__ = ["ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
-           "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService"]
+__all__ = ["AnnotationService", "ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "MaskService", "QueryService",
+           "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService", "UserService"]

@@ -16,9 +16,16 @@ logger = logging.getLogger(__name__)
 
 class DeleteService:
     """``instances_deleted`` is emitted with ``jobs`` (:class:`gateway.services.jobs.JobService`),
-    where plugins queue the clean-up of what they derived from the instances."""
+    where plugins queue the clean-up of what they derived from the instances.
 
-    def __init__(self, blobs: BlobStore, index: InstanceIndex, settings, plugin_manager, *, access, jobs):
+    The clinic's annotations of what was deleted (and their masks, rows and objects) are
+    deleted here, by ``annotations`` (:class:`gateway.services.annotations.AnnotationService`),
+    right after the instances: they are core data in the same index database, not something
+    a plugin derived, and a plugin hook would get neither the principal nor the stores."""
+
+    def __init__(self, blobs: BlobStore, index: InstanceIndex, settings, plugin_manager, *, access, jobs,
+                 annotations=None):
+        self.annotations = annotations
         self.blobs = blobs
         self.index = index
         self.settings = settings
@@ -49,6 +56,8 @@ class DeleteService:
                 self.blobs.delete(record.blob_key)
             except StorageError:
                 logger.exception("blob %s left behind after delete", record.blob_key)
+        if self.annotations is not None:
+            self.annotations.study_deleted(principal, study, series, sop)
         try:
             self.pm.hook.instances_deleted(records=removed, settings=self.settings, jobs=self.jobs)
         except Exception:
