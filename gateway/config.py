@@ -425,6 +425,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("previews.retry_initial", 10.0, _positive(_float), "seconds before a failed previews job is tried again; doubles on each failure"),
     Setting("previews.retry_max", 600.0, _positive(_float), "longest wait between two tries of a previews job, in seconds"),
     Setting("previews.max_attempts", 5, _positive(_int), "tries after which a previews job goes to the dead letter"),
+    Setting("masks.max_bytes", 16 * 1024**2, _positive(_int), "largest mask PNG a signed upload URL is made for, in bytes (413 beyond)"),
+    Setting("masks.max_batch", 5000, _positive(_int), "most masks one signed-url request may name (413 beyond)"),
     Setting("worker.embedded", True, _bool, "'gateway serve' runs a job worker beside the HTTP server (in the DIMSE child, or in a child of its own when some kind of job has work); false: only 'gateway worker' processes run jobs"),
     Setting("worker.threads", 1, _positive(_int), "threads of each job worker ('gateway worker', and beside the DIMSE listener), each claiming jobs on its own"),
     Setting("storage.postgres_dsn", "", str, "PostgreSQL connection string for storage.index_backend = postgresql (postgresql://user@host:5432/db or key=value)", secret=True),

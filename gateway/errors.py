@@ -106,3 +106,9 @@ class BackendUnavailable(GatewayError):
     http_status = 503
     dimse_status = 0xA700
     failure_reason = 0xA700
+
+
+class Conflict(GatewayError):
+    """The request contradicts what is stored (a project name taken)."""
+
+    http_status = 409

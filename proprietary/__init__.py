@@ -10,13 +10,31 @@ core services. It never imports another front door.
 - :mod:`proprietary.shares`: shares of studies and series (users, clinics, links);
 - :mod:`proprietary.signed_urls`: URLs usable without an Authorization header;
 - :mod:`proprietary.audit`: the audit log;
-- :mod:`proprietary.admin`: the job queue and its forwards.
+- :mod:`proprietary.admin`: the job queue and its forwards;
+- :mod:`proprietary.users`, :mod:`proprietary.projects`, :mod:`proprietary.annotations`,
+  :mod:`proprietary.masks`: the caller's user record, projects, annotations, AI mask groups and masks;
+- :mod:`proprietary.blob_uploads`: the gateway's own signed upload URLs (filesystem blob store).
 """
 from __future__ import annotations
 
-from proprietary import admin, archives, audit, previews, shares, signed_urls, uploads
+from proprietary import (
+    admin,
+    archives,
+    audit,
+    blob_uploads,
+    masks,
+    previews,
+    projects,
+    shares,
+    signed_urls,
+    uploads,
+    users,
+)
+# Not "from proprietary import annotations": that name is the __future__ feature here.
+from proprietary.annotations import blp as annotations_blp
 
-BLUEPRINTS = (uploads.blp, archives.blp, previews.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp)
+BLUEPRINTS = (uploads.blp, archives.blp, previews.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp, users.blp, projects.blp,
+              annotations_blp, masks.blp, blob_uploads.blp)
 
 
 def init_app(app, api) -> None:

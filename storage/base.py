@@ -9,6 +9,9 @@
 - :class:`AuditLog`: the append-only audit log;
 - :class:`UploadStore`: zip uploads of the fast API, their entries and event logs;
 - :class:`DerivedStore`: the records of objects derived from series (previews, thumbnails).
+- :class:`UserStore`, :class:`ProjectStore`, :class:`AnnotationStore`, :class:`MaskStore`:
+  the users (from their tokens' claims), projects, annotations and AI mask groups and masks
+  of the fast API.
 
 A backend is found by name through an entry-point group (see :mod:`storage.registry`) and is
 built with ``Backend.from_settings(settings)``; bad settings raise :class:`ValueError`. Blob
@@ -29,17 +32,24 @@ from typing import BinaryIO, Iterator, Protocol, Sequence, runtime_checkable
 from storage.query import Query
 from storage.records import (
     AddResult,
+    AnnotationRecord,
     AuditQuery,
     AuditRecord,
     DerivedObject,
     InstanceRecord,
     Job,
+    MaskGroupRecord,
+    MaskRecord,
+    MaskUpload,
     NewInstance,
+    PresignedRequest,
+    ProjectRecord,
     SearchResult,
     ShareRecord,
     Upload,
     UploadEntry,
     UploadEvent,
+    UserRecord,
 )
 
 
@@ -70,6 +80,13 @@ class BlobStore(Protocol):
 
     def staging_dir(self) -> Path:
         """A local folder for spooling incoming objects before :meth:`put_file`."""
+
+    def presigned_put(self, key: str, *, expires_in: int | None = None, content_type: str | None = None,
+                      content_length: int | None = None, sha256: str | None = None) -> PresignedRequest | None:
+        """A PUT a client sends straight to the store, without credentials, until it expires:
+        the object must have exactly ``content_length`` bytes, this ``content_type`` and this
+        ``sha256`` (hex) where the store enforces them. None: the store cannot take uploads
+        itself, the gateway serves the upload URL (and enforces all three while streaming)."""
 
 
 @runtime_checkable
@@ -264,6 +281,85 @@ class DerivedStore(Protocol):
         """Remove the records of a study (or one series, or some names of it); returns them."""
 
 
+@runtime_checkable
+class UserStore(Protocol):
+    """Users per clinic, as their identity tokens describe them."""
+
+    def upsert_user(self, user: UserRecord) -> UserRecord:
+        """Create the user, or update its profile (``created_at`` kept); the stored record."""
+
+    def get_user(self, clinic_id: str, user_id: str) -> UserRecord | None: ...
+
+
+@runtime_checkable
+class ProjectStore(Protocol):
+    def add_project(self, project: ProjectRecord) -> None:
+        """Record a new project; :class:`storage.errors.Conflict` when the clinic has one of that name."""
+
+    def get_project(self, project_id: str) -> ProjectRecord | None: ...
+
+    def list_projects(self, clinic_id: str, *, limit: int = 100, offset: int = 0) -> list[ProjectRecord]:
+        """A clinic's projects by name."""
+
+    def update_project(self, project_id: str, changes: dict, *, now_ms: int) -> ProjectRecord | None:
+        """Set ``name`` / ``description``; None when there is no such project, Conflict on a taken name."""
+
+
+@runtime_checkable
+class AnnotationStore(Protocol):
+    def add_annotation(self, annotation: AnnotationRecord) -> None: ...
+
+    def get_annotation(self, annotation_id: str) -> AnnotationRecord | None: ...
+
+    def list_annotations(self, clinic_id: str, *, study_uid: str | None = None, series_uid: str | None = None,
+                         project_id: str | None = None, user_id: str | None = None, type: str | None = None,
+                         limit: int = 100, offset: int = 0) -> list[AnnotationRecord]:
+        """A clinic's annotations matching every filter given, newest first."""
+
+    def update_annotation(self, annotation_id: str, changes: dict, *, now_ms: int) -> AnnotationRecord | None:
+        """Set the fields named in ``changes`` (``type``, ``data``, ``measurements``, ``software``,
+        ``project_id``); the updated record, None when there is no such annotation."""
+
+    def delete_annotation(self, annotation_id: str) -> bool:
+        """Remove it with its mask groups, masks and pending mask uploads; False when absent."""
+
+    def delete_study_annotations(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                                 sop_uid: str | None = None) -> list[AnnotationRecord]:
+        """Remove a clinic's annotations of a study (of one series, of one instance) as
+        :meth:`delete_annotation` does; the removed ones."""
+
+
+@runtime_checkable
+class MaskStore(Protocol):
+    """Mask groups of annotations, their masks, and the uploads signed for them."""
+
+    def add_group(self, group: MaskGroupRecord) -> None:
+        """Record a group; :class:`storage.errors.ObjectNotFound` when its annotation does not exist."""
+
+    def get_group(self, group_id: str) -> MaskGroupRecord | None: ...
+
+    def list_groups(self, annotation_id: str) -> list[MaskGroupRecord]:
+        """An annotation's groups, oldest first."""
+
+    def delete_group(self, group_id: str) -> bool:
+        """Remove the group with its masks and pending uploads; False when absent."""
+
+    def add_uploads(self, uploads: list[MaskUpload]) -> None:
+        """Record signed uploads in one transaction; one of the same (group, slice, label) is replaced."""
+
+    def uploads(self, group_id: str) -> list[MaskUpload]:
+        """A group's pending uploads, by slice and label."""
+
+    def record_masks(self, masks: list[MaskRecord]) -> list[MaskRecord]:
+        """Record masks in one transaction, removing their pending uploads. A mask of the same
+        (group, slice, label) is updated (its id kept); the stored records, in the given order."""
+
+    def list_masks(self, group_id: str, *, limit: int = 10_000, offset: int = 0) -> list[MaskRecord]:
+        """A group's masks by slice and label."""
+
+    def get_mask(self, mask_id: str) -> MaskRecord | None: ...
+
+
 # The stores an index backend may offer, by attribute name.
 INDEX_KINDS: dict[str, type] = {
     "instances": InstanceIndex,
@@ -272,6 +368,10 @@ INDEX_KINDS: dict[str, type] = {
     "audit": AuditLog,
     "uploads": UploadStore,
     "derived": DerivedStore,
+    "users": UserStore,
+    "projects": ProjectStore,
+    "annotations": AnnotationStore,
+    "masks": MaskStore,
 }
 
 

@@ -226,3 +226,119 @@ class DerivedObject:
     size: int
     info: dict[str, Any] = field(default_factory=dict)
     created_at: int = 0
+# --- users, projects, annotations, masks (the fast API's relational data) --------------------
+
+@dataclass
+class UserRecord:
+    """A user as the identity provider's claims describe it, kept per clinic; created or
+    updated from the token on first use."""
+
+    clinic_id: str
+    user_id: str  # the token's subject
+    username: str | None = None
+    email: str | None = None
+    name: str | None = None
+    organization: str | None = None
+    department: str | None = None
+    roles: tuple[str, ...] = ()
+    created_at: int = 0  # milliseconds since the epoch
+    updated_at: int = 0
+
+
+@dataclass
+class ProjectRecord:
+    """A clinic's group of annotations (a study campaign, an AI evaluation...)."""
+
+    id: str
+    clinic_id: str
+    name: str
+    description: str | None = None
+    created_by: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass
+class AnnotationRecord:
+    """A user's annotation of a study (a series, an instance): ``type`` (``measurement``,
+    ``segmentation``...), free JSON ``data`` and ``measurements``, the viewer ``software``."""
+
+    id: str
+    clinic_id: str
+    user_id: str
+    study_uid: str
+    type: str
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    project_id: str | None = None
+    data: Any = None  # JSON
+    measurements: Any = None  # JSON
+    software: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass
+class MaskGroupRecord:
+    """AI segmentation masks of one annotation, made by one model run."""
+
+    id: str
+    clinic_id: str
+    annotation_id: str
+    name: str
+    model_name: str | None = None
+    model_version: str | None = None
+    modality: str | None = None
+    slice_count: int | None = None
+    mask_type: str = "segmentation"
+    description: str | None = None
+    created_by: str = ""
+    created_at: int = 0
+
+
+@dataclass
+class MaskUpload:
+    """A mask object a signed PUT URL was issued for, not yet recorded by ``complete``."""
+
+    group_id: str
+    slice_index: int
+    label: str
+    clinic_id: str
+    blob_key: str
+    size: int
+    sha256: str  # hex
+    sop_uid: str | None = None
+    expires_at: int = 0
+    created_by: str = ""
+
+
+@dataclass
+class MaskRecord:
+    """One recorded mask: a PNG of one slice and one label, checked by ``complete``."""
+
+    id: str
+    group_id: str
+    clinic_id: str
+    annotation_id: str
+    slice_index: int
+    label: str
+    blob_key: str
+    size: int
+    sha256: str
+    width: int
+    height: int
+    content_type: str = "image/png"
+    sop_uid: str | None = None
+    created_by: str = ""
+    created_at: int = 0
+
+
+@dataclass
+class PresignedRequest:
+    """A request a client may send without credentials until it expires (a blob store's
+    presigned PUT): the URL, and the headers to send exactly as given (they are signed)."""
+
+    url: str
+    method: str
+    headers: dict[str, str] = field(default_factory=dict)
+    expires_in: int = 0

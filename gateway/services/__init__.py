@@ -19,16 +19,19 @@ from auth.shares import ShareService
 from auth.signing import UrlSigner
 from gateway import metrics
 from gateway.config import SettingsError
+from gateway.services.annotations import AnnotationService
 from gateway.services.archives import ArchiveService
 from gateway.services.delete import DeleteService
 from gateway.services.derived import DerivedService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
 from gateway.services.minict import MiniCtService
+from gateway.services.masks import MaskService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from gateway.services.transcode import TranscodeService
 from gateway.services.uploads import UploadService
+from gateway.services.users import UserService
 from plugins.manager import create_plugin_manager
 from storage import registry
 from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
@@ -80,6 +83,9 @@ class Services:
     archives: ArchiveService
     derived: DerivedService
     minict: MiniCtService
+    users: UserService
+    annotations: AnnotationService
+    masks: MaskService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -102,7 +108,13 @@ class Services:
         ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
         derived = DerivedService(metrics.Timed("derived", database.derived), blobs, index, jobs, access=access,
                                  enabled=settings["previews.enabled"])
-        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs, derived=derived)
+        users = UserService(database.users)
+        annotations = AnnotationService(database.projects, database.annotations, index, blobs, access=access,
+                                        audit=audit, users=users)
+        masks = MaskService(database.masks, annotations, index, blobs, signer, access=access, audit=audit,
+                            settings=settings)
+        deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs, annotations=annotations,
+                                derived=derived)
         query = QueryService(index, settings, access=access)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
@@ -113,6 +125,7 @@ class Services:
             ArchiveService(retrieve, query, index),
             derived,
             MiniCtService(index, retrieve, ingest, derived, blobs, access=access),
+            users, annotations, masks,
             migrations,
         )
 
@@ -134,5 +147,5 @@ class Services:
                 close()
 
 
-__all__ = ["ArchiveService", "DeleteService", "DerivedService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
-           "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService"]
+__all__ = ["AnnotationService", "DerivedService", "MiniCtService", "ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "MaskService", "QueryService",
+           "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService", "UserService"]

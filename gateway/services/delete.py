@@ -17,10 +17,17 @@ logger = logging.getLogger(__name__)
 
 class DeleteService:
     """``instances_deleted`` is emitted with ``jobs`` (:class:`gateway.services.jobs.JobService`),
-    where plugins queue the clean-up of what they derived from the instances."""
+    where plugins queue the clean-up of what they derived from the instances. A deleted study
+    or series loses its derived objects (previews, thumbnails) here, by ``derived``.
+
+    The clinic's annotations of what was deleted (and their masks, rows and objects) are
+    deleted here, by ``annotations`` (:class:`gateway.services.annotations.AnnotationService`),
+    right after the instances: they are core data in the same index database, not something
+    a plugin derived, and a plugin hook would get neither the principal nor the stores."""
 
     def __init__(self, blobs: BlobStore, index: InstanceIndex, settings, plugin_manager, *, access, jobs,
-                 derived=None):
+                 annotations=None, derived=None):
+        self.annotations = annotations
         self.blobs = blobs
         self.derived = derived  # DerivedService
         self.index = index
@@ -57,6 +64,8 @@ class DeleteService:
                 self.derived.forget(principal.clinic_id, study, series)
             except Exception:  # the previews job of the series forgets them too
                 logger.exception("derived objects of %s left behind after delete", resource)
+        if self.annotations is not None:
+            self.annotations.study_deleted(principal, study, series, sop)
         try:
             self.pm.hook.instances_deleted(records=removed, settings=self.settings, jobs=self.jobs)
         except Exception:

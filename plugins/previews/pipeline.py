@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 INSTANCE_KIND = "preview-instance"
 # A process re-queues one series at most this often while its instances arrive (seconds).
 REQUEUE_EVERY = 1.0
-_last_queued: dict[tuple[str, str], float] = {}
+_last_queued: dict[tuple[int, str, str], float] = {}  # by (job queue, clinic, series)
 PROGRESS_EVERY = 0.5  # seconds between two progress records of a run
 
 
@@ -277,9 +277,10 @@ class InstanceHandler:
 
 def _queue(jobs, clinic: str, study: str, series: str, *, delay: float, reason: str, force: bool = False) -> None:
     now = time.monotonic()
-    if not force and now - _last_queued.get((clinic, series), -1e9) < REQUEUE_EVERY:
+    key = (id(jobs.queue), clinic, series)
+    if not force and now - _last_queued.get(key, -1e9) < REQUEUE_EVERY:
         return
-    _last_queued[(clinic, series)] = now
+    _last_queued[key] = now
     if len(_last_queued) > 10_000:
         _last_queued.clear()
     jobs.enqueue([derive_job(clinic, study, series, due_ms=now_ms() + int(delay * 1000), reason=reason)])

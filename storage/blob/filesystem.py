@@ -86,5 +86,11 @@ class FilesystemBlobStore:
         if not os.access(self.root, os.W_OK):
             raise Unavailable(f"blob folder {self.root} is not writable")
 
+    def presigned_put(self, key: str, *, expires_in: int | None = None, content_type: str | None = None,
+                      content_length: int | None = None, sha256: str | None = None) -> None:
+        """None: a folder takes no uploads of its own; the gateway serves the signed upload URL."""
+        self._path(key)  # the key is still checked
+        return None
+
     def close(self) -> None:
         pass

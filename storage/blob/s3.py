@@ -17,12 +17,12 @@
 """
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import mimetypes
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +33,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from storage.errors import ObjectNotFound, StorageError, Unavailable
+from storage.records import PresignedRequest
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ def check_key(key: str) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-@dataclass
-class PresignedRequest:
-    """A request a client may send without credentials until it expires."""
-
-    url: str
-    method: str
-    headers: dict[str, str] = field(default_factory=dict)  # to send exactly as given (they are signed)
-    expires_in: int = 0
 
 
 class S3BlobStore:
@@ -238,16 +229,24 @@ class S3BlobStore:
             params["ResponseContentType"] = content_type
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self._expiry(expires_in))
 
-    def presigned_put(self, key: str, *, expires_in: int | None = None,
-                      content_type: str | None = None) -> PresignedRequest:
+    def presigned_put(self, key: str, *, expires_in: int | None = None, content_type: str | None = None,
+                      content_length: int | None = None, sha256: str | None = None) -> PresignedRequest:
         """A PUT that stores one object (up to 5 GB) under ``key``, with this store's encryption
-        and storage class; the client must send the returned headers unchanged."""
+        and storage class; the client must send the returned headers unchanged. The content
+        type, and when given the exact length and the SHA-256 (``x-amz-checksum-sha256``, which
+        S3 checks against the body), are signed: S3 refuses a PUT whose headers differ."""
         content_type = content_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_name(key), "ContentType": content_type,
                                   **self.put_args}
+        headers = {"Content-Type": content_type}
+        if content_length is not None:
+            params["ContentLength"] = int(content_length)
+            headers["Content-Length"] = str(int(content_length))
+        if sha256 is not None:
+            params["ChecksumSHA256"] = headers["x-amz-checksum-sha256"] = \
+                base64.b64encode(bytes.fromhex(sha256)).decode()
         seconds = self._expiry(expires_in)
         url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=seconds)
-        headers = {"Content-Type": content_type}
         names = {"ServerSideEncryption": "x-amz-server-side-encryption",
                  "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
                  "StorageClass": "x-amz-storage-class"}

@@ -14,10 +14,12 @@ import logging
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
+from storage.index.annotations import SqlAnnotationStore, SqlProjectStore, SqlUserStore
 from storage.index.audit import SqlAuditLog
 from storage.index.derived import SqlDerivedStore
 from storage.index.instances import SqlInstanceIndex
 from storage.index.jobs import SqlJobQueue
+from storage.index.masks import SqlMaskStore
 from storage.index.shares import SqlShareStore
 from storage.index.uploads import SqlUploadStore
 from storage.query import Query
@@ -29,11 +31,12 @@ T = TypeVar("T")
 
 class SqlDatabase:
     """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``, ``uploads``,
-    ``derived``."""
+    ``derived``, ``users``, ``projects``, ``annotations``, ``masks``."""
 
     dialect = "sql"
     migrations_package = "storage.index.migrations"
-    offers = ("instances", "jobs", "shares", "audit", "uploads", "derived")
+    offers = ("instances", "jobs", "shares", "audit", "uploads", "derived", "users", "projects", "annotations",
+              "masks")
     # Appended to the row selection of a job claim (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
 
@@ -44,6 +47,10 @@ class SqlDatabase:
         self.audit = SqlAuditLog(self)
         self.uploads = SqlUploadStore(self)
         self.derived = SqlDerivedStore(self)
+        self.users = SqlUserStore(self)
+        self.projects = SqlProjectStore(self)
+        self.annotations = SqlAnnotationStore(self)
+        self.masks = SqlMaskStore(self)
 
     # --- provided by subclasses -------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager:

@@ -6,11 +6,13 @@ that class.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
 
 import pytest
+import requests
 
 from storage.base import BlobStore
 from storage.errors import ObjectNotFound, StorageError
@@ -135,6 +137,27 @@ class BlobStoreContract:
             store.delete(key)
         with pytest.raises(ValueError):
             store.exists(key)
+
+    # --- presigned PUT (masks uploaded straight to the store) -----------------------------------------
+    def test_presigned_put_stores_the_object_or_leaves_it_to_the_gateway(self, store):
+        data = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+        key = "mask/c1/a1/g1/0007_tooth.png"
+        request = store.presigned_put(key, expires_in=120, content_type="image/png", content_length=len(data),
+                                      sha256=hashlib.sha256(data).hexdigest())
+        if request is None:  # the gateway serves the upload URL: nothing is made here
+            assert not store.exists(key)
+            return
+        assert request.method == "PUT" and request.expires_in == 120
+        assert request.headers["Content-Type"] == "image/png"
+        response = requests.put(request.url, data=data, headers=request.headers, timeout=30)
+        assert response.status_code == 200, response.text
+        with store.open(key) as fh:
+            assert fh.read() == data
+
+    @pytest.mark.parametrize("key", INVALID_KEYS)
+    def test_presigned_put_checks_the_key(self, store, key):
+        with pytest.raises(ValueError):
+            store.presigned_put(key, expires_in=60, content_type="image/png", content_length=1, sha256="0" * 64)
 
     def test_ping(self, store):
         assert store.ping() is None

@@ -23,6 +23,12 @@ import pytest
 import tests.contract  # noqa: E402
 from storage import registry  # noqa: E402
 from storage.base import INDEX_KINDS  # noqa: E402
+from tests.contract.annotations import (  # noqa: E402
+    AnnotationStoreContract,
+    MaskStoreContract,
+    ProjectStoreContract,
+    UserStoreContract,
+)
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.blob import BlobStoreContract  # noqa: E402
@@ -47,6 +53,10 @@ STORE_CONTRACTS = {
     "audit": AuditLogContract,
     "uploads": UploadStoreContract,
     "derived": DerivedStoreContract,
+    "users": UserStoreContract,
+    "projects": ProjectStoreContract,
+    "annotations": AnnotationStoreContract,
+    "masks": MaskStoreContract,
 }
 
 

@@ -19,6 +19,12 @@ from storage.errors import Unavailable  # noqa: E402
 from storage.index.postgres import PostgresIndexStore, _like_pattern  # noqa: E402
 from storage.query import Match, Query  # noqa: E402
 from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
+from tests.contract.annotations import (  # noqa: E402
+    AnnotationStoreContract,
+    MaskStoreContract,
+    ProjectStoreContract,
+    UserStoreContract,
+)
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.derived import DerivedStoreContract  # noqa: E402
@@ -334,4 +340,20 @@ class TestPostgresUploads(UploadStoreContract, PostgresBackend):
 
 
 class TestPostgresDerived(DerivedStoreContract, PostgresBackend):
+    pass
+
+
+class TestPostgresUsers(UserStoreContract, PostgresBackend):
+    pass
+
+
+class TestPostgresProjects(ProjectStoreContract, PostgresBackend):
+    pass
+
+
+class TestPostgresAnnotations(AnnotationStoreContract, PostgresBackend):
+    pass
+
+
+class TestPostgresMasks(MaskStoreContract, PostgresBackend):
     pass

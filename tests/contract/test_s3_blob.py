@@ -6,6 +6,7 @@ store talks to it over HTTP with SigV4, as to AWS.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import io
@@ -251,6 +252,25 @@ class TestS3Blob(BlobStoreContract):
         assert sigv4_query_signature(put.url, "PUT", S3_SECRET_KEY, put.headers) == put_query["X-Amz-Signature"]
         assert sigv4_query_signature(put.url, "PUT", S3_SECRET_KEY, {"Content-Type": "text/plain"}) != \
             put_query["X-Amz-Signature"]
+
+    def test_presigned_put_signs_length_and_checksum(self, store):
+        """moto accepts any body on a presigned PUT, so what AWS enforces is checked here: the
+        length and the SHA-256 are signed headers, and other values give another signature."""
+        data = b"\x89PNG mask"
+        sha = hashlib.sha256(data).hexdigest()
+        put = store.presigned_put("mask/c1/a/g/0000_t.png", expires_in=600, content_type="image/png",
+                                  content_length=len(data), sha256=sha)
+        query = dict(parse_qsl(urlsplit(put.url).query))
+        assert query["X-Amz-Expires"] == "600"
+        assert set(query["X-Amz-SignedHeaders"].split(";")) >= {"content-length", "content-type",
+                                                                 "x-amz-checksum-sha256"}
+        assert put.headers["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(sha)).decode()
+        assert put.headers["Content-Length"] == str(len(data))
+        assert sigv4_query_signature(put.url, "PUT", S3_SECRET_KEY, put.headers) == query["X-Amz-Signature"]
+        for name, value in (("Content-Length", str(len(data) + 1)), ("Content-Type", "text/plain"),
+                            ("x-amz-checksum-sha256", base64.b64encode(b"0" * 32).decode())):
+            assert sigv4_query_signature(put.url, "PUT", S3_SECRET_KEY, {**put.headers, name: value}) != \
+                query["X-Amz-Signature"], name
 
     @pytest.mark.parametrize("seconds", [0, 7 * 24 * 3600 + 1])
     def test_presigned_lifetime_limits(self, store, seconds):

@@ -8,6 +8,12 @@ import pytest
 
 from storage.index.sqlite import SqliteIndexStore  # noqa: E402
 from storage.records import AuditQuery, AuditRecord, Job  # noqa: E402
+from tests.contract.annotations import (  # noqa: E402
+    AnnotationStoreContract,
+    MaskStoreContract,
+    ProjectStoreContract,
+    UserStoreContract,
+)
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.derived import DerivedStoreContract  # noqa: E402
@@ -102,4 +108,20 @@ class TestSqliteUploads(UploadStoreContract, SqliteBackend):
 
 
 class TestSqliteDerived(DerivedStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteUsers(UserStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteProjects(ProjectStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteAnnotations(AnnotationStoreContract, SqliteBackend):
+    pass
+
+
+class TestSqliteMasks(MaskStoreContract, SqliteBackend):
     pass

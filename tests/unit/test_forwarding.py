@@ -21,7 +21,9 @@ def _app(tmp_path, rules, **overrides):
         "storage.data_dir": str(tmp_path / "data"), "storage.fsync": False, "log.level": "warning",
         "dimse.destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()},
                                {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": free_port()}],
-        "forward.rules": rules, "forward.retry_initial": 10.0, "forward.max_attempts": 2, **overrides,
+        "forward.rules": rules, "forward.retry_initial": 10.0, "forward.max_attempts": 2,
+        "previews.enabled": False,  # the queue holds forwards only
+        **overrides,
     }, environ={})
     return create_app(settings)
 

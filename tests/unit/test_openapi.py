@@ -2,8 +2,18 @@
 schema (but 204s), and every one that takes a JSON body or query parameters declares them."""
 from __future__ import annotations
 
-WITH_BODY = {("post", "/api/v1/studies/{study}/series/{series}/mini-ct"), ("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post", "/api/v1/admin/jobs/retry"),
-             ("post", "/api/v1/admin/forwards/retry"), ("post", "/api/v1/uploads")}
+WITH_BODY = {("post", "/api/v1/studies/{study}/series/{series}/mini-ct"),
+             ("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post", "/api/v1/admin/jobs/retry"),
+             ("post", "/api/v1/admin/forwards/retry"), ("post", "/api/v1/uploads"), ("post", "/api/v1/projects"),
+             ("patch", "/api/v1/projects/{project_id}"), ("post", "/api/v1/annotations"),
+             ("put", "/api/v1/annotations/{annotation_id}"), ("post", "/api/v1/annotations/{annotation_id}/mask-groups"),
+             ("post", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/signed-url"),
+             ("post", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/complete")}
+# GETs that take no query parameters: the caller's own record, an annotation's few mask groups, a mask's PNG.
+NO_QUERY = {("get", "/api/v1/me"), ("get", "/api/v1/annotations/{annotation_id}/mask-groups"),
+            ("get", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/masks/{mask_id}/content"),
+            ("get", "/api/v1/studies/{study}/series/{series}/preview/status"),
+            ("get", "/api/v1/studies/{study}/series/{series}/preview/events")}
 # Bodies that are not JSON: (method, path) → media type.
 OTHER_MEDIA = {("put", "/api/v1/uploads/{upload_id}/archive"): "application/zip",
                ("get", "/api/v1/uploads/{upload_id}/events"): "text/event-stream",
@@ -16,11 +26,10 @@ OTHER_MEDIA = {("put", "/api/v1/uploads/{upload_id}/archive"): "application/zip"
                ("get", "/api/v1/studies/{study}/series/{series}/thumbnail"): "image/jpeg",
                ("get", "/api/v1/studies/{study}/series/{series}/thumbnail/v/{version}"): "image/jpeg",
                ("get", "/api/v1/studies/{study}/series/{series}/snapshot"): "image/png",
-               ("get", "/api/v1/studies/{study}/series/{series}/snapshot/v/{version}"): "image/png"}
-
-# Lists and streams of one resource that take no query parameter.
-NO_QUERY = {"/api/v1/studies/{study}/series/{series}/preview/status",
-            "/api/v1/studies/{study}/series/{series}/preview/events"}
+               ("get", "/api/v1/studies/{study}/series/{series}/snapshot/v/{version}"): "image/png",
+               ("put", "/api/v1/blob-uploads/{key}"): "image/png",
+               ("get", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/masks/{mask_id}/content"):
+                   "image/png"}
 
 
 def test_every_api_operation_has_schemas(client):
@@ -40,7 +49,7 @@ def test_every_api_operation_has_schemas(client):
                              else op["responses"]["200"]["content"]), (method, path)
         if (method, path) in WITH_BODY:
             assert "schema" in op["requestBody"]["content"]["application/json"], (method, path)
-        if method == "get" and not path.endswith("}") and path not in NO_QUERY:
+        if method == "get" and not path.endswith("}") and (method, path) not in NO_QUERY:
             assert op.get("parameters"), (method, path)
 
 
