@@ -74,6 +74,11 @@ def encode(samples: np.ndarray, *, ratio: float | None) -> bytes:
     ``ratio`` None or 1: lossless."""
     import glymur  # loads the system OpenJPEG; only the processes that encode need it
 
+    if glymur.get_option("lib.num_threads") != 0:
+        # 0: OpenJPEG encodes in the calling thread. glymur's default, 1, makes OpenJPEG start
+        # (and stop) a worker thread for every codestream, 20 % of a 256² slice's time; our
+        # threads encode slices side by side instead.
+        glymur.set_option("lib.num_threads", 0)
     path = _scratch()
     options = {"cratios": [float(ratio)]} if ratio and ratio > 1 else {}
     # OpenJPEG refuses more resolution levels than the image's smaller edge allows.
