@@ -3,6 +3,7 @@ token, auth-keys, audit, migrate-backends. Every command that touches the stores
 from :meth:`gateway.services.Services.build`."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -106,7 +107,13 @@ def serve(host, port, workers, threads) -> None:
                 create_app,  # in each worker, after the fork: the master has no app
             )
 
-            return create_app(load_settings())
+            app = create_app(load_settings())
+            # Everything built so far (modules, pydicom's dictionaries, the app) lives as long as
+            # the worker: out of the collector's way, a full collection no longer walks it. It
+            # was the p99 of QIDO (45 ms, against 3 ms at p50, for the 101-study OHIF list).
+            gc.collect()
+            gc.freeze()
+            return app
 
     configure_logging(settings["log.level"], settings["log.format"])  # gunicorn's master logs through it
     banner = (f"DICOMweb at http://{settings['server.host']}:{settings['server.port']}/dicom-web "

@@ -12,6 +12,7 @@ worker`` runs the job worker alone.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -123,6 +124,10 @@ def run(settings, *, listen: bool = True, work: bool = True, kinds: list[str] | 
     worker = JobWorker.for_services(services, kinds=kinds) if work else None
     if worker is not None and not worker.handlers:
         worker = None
+    # What this process built lives as long as it does: out of the way of full collections
+    # (they walked it all and paused every association thread and job for tens of ms).
+    gc.collect()
+    gc.freeze()
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -123,6 +123,8 @@ def build_match(keyword: str, value: str, *, fuzzy: bool = False) -> Match | Non
 def _element(attr_vr: str, value: Any) -> dict[str, Any]:
     if value is None or value == "":
         return {"vr": attr_vr}
+    if attr_vr in _PLAIN_VRS and (type(value) is not str or "\\" not in value):
+        return {"vr": attr_vr, "Value": [value]}
     if attr_vr == "PN":
         groups = str(value).split("=")
         pn = {"Alphabetic": groups[0]}
@@ -136,6 +138,10 @@ def _element(attr_vr: str, value: Any) -> dict[str, Any]:
     if isinstance(value, str) and "\\" in value:
         return {"vr": attr_vr, "Value": [v for v in value.split("\\") if v]}
     return {"vr": attr_vr, "Value": [value]}
+
+
+# VRs whose value goes into DICOM JSON as it is in the index (no groups, no integer conversion).
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "LO", "LT", "SH", "ST", "TM", "UI", "UT", "UC", "UR"})
 
 
 def _upper_level_keys(level: str, study_uid: str | None, series_uid: str | None) -> set[str]:
@@ -205,7 +211,8 @@ class QueryService:
         truncated = found.truncated or (limit is not None and limit > self.max_limit)
         requested = {k for k in filters} | {keyword_for_tag(int(t, 16)) or t for t in extra}
         requested |= _upper_level_keys(level, study_uid, series_uid)
-        results = [self._result(row, level, requested, extra, include_all) for row in found.rows]
+        columns = self._columns(level, requested, include_all, found.rows[0] if found.rows else {})
+        results = [self._result(row, level, columns, extra, include_all) for row in found.rows]
         return SearchOutcome(results, truncated, ignored)
 
     def _search_patients(self, principal: Principal, filters: Mapping[str, str], *,
@@ -255,18 +262,32 @@ class QueryService:
         truncated = found.truncated or (limit is not None and limit > self.max_limit)
         return SearchOutcome(results, truncated, ignored)
 
-    def _result(self, row: dict[str, Any], level: str, requested: set[str], extra_tags: set[str],
+    @staticmethod
+    def _columns(level: str, requested: set[str], include_all: bool, first_row: dict[str, Any]) -> list[tuple]:
+        """(keyword, tag, vr, row key) of every indexed attribute a result of this search
+        carries: worked out once per search, not per row."""
+        keywords = set(DEFAULT_RETURN[level]) | set(PARENT_RETURN[level])
+        if include_all:
+            keywords |= {a.keyword for a in INDEXED if a.level in _LEVEL_OF[level]}
+        keywords |= {k for k in requested if k in BY_KEYWORD and BY_KEYWORD[k].level in _LEVEL_OF[level]}
+        columns = []
+        for keyword in sorted(keywords):
+            attr = BY_KEYWORD[keyword]
+            # Joined rows repeat column names (num_instances): study counters come aliased.
+            key = f"study_{attr.column}"
+            columns.append((keyword, attr.tag, attr.vr,
+                            key if attr.level == "study" and key in first_row else attr.column))
+        return columns
+
+    def _result(self, row: dict[str, Any], level: str, columns: list[tuple], extra_tags: set[str],
                 include_all: bool) -> dict[str, Any]:
         body: dict[str, Any] = {}
         # Attributes kept from the first instance (study/series level), then the instance's own.
-        sources = [json.loads(row.get("study_json") or "{}")]
+        merged: dict[str, Any] = json.loads(row.get("study_json") or "{}")
         if level in ("series", "instance"):
-            sources.append(json.loads(row.get("series_json") or "{}"))
+            merged.update(json.loads(row.get("series_json") or "{}"))
         if level == "instance" and row.get("header_json"):
-            sources.append(json.loads(row["header_json"]))
-        merged: dict[str, Any] = {}
-        for source in sources:
-            merged.update(source)
+            merged.update(json.loads(row["header_json"]))
         if include_all:
             for tag, element in merged.items():
                 if tag != "7FE00010":
@@ -275,23 +296,16 @@ class QueryService:
             for tag in extra_tags:
                 if tag in merged:
                     body[tag] = merged[tag]
-        keywords = set(DEFAULT_RETURN[level]) | set(PARENT_RETURN[level])
-        if include_all:
-            keywords |= {a.keyword for a in INDEXED if a.level in _LEVEL_OF[level]}
-        keywords |= {k for k in requested if k in BY_KEYWORD and BY_KEYWORD[k].level in _LEVEL_OF[level]}
-        for keyword in keywords:
-            attr = BY_KEYWORD[keyword]
-            if attr.vr == "PN" and attr.tag in merged:
-                body[attr.tag] = merged[attr.tag]  # keeps the three name groups as received
+        for keyword, tag, vr, key in columns:
+            if vr == "PN" and tag in merged:
+                body[tag] = merged[tag]  # keeps the three name groups as received
                 continue
-            # Joined rows repeat column names (num_instances): study counters come aliased.
-            value = row.get(f"study_{attr.column}" if attr.level == "study" and f"study_{attr.column}" in row
-                            else attr.column)
+            value = row.get(key)
             if keyword == "ModalitiesInStudy":
                 value = (value or "").strip("\\")
                 if not value:  # OHIF v3 reads ModalitiesInStudy.Value.length unguarded
                     continue
-            body[attr.tag] = _element(attr.vr, value)
+            body[tag] = _element(vr, value)
         if "00080005" in merged:
             body["00080005"] = merged["00080005"]
         return dict(sorted(body.items()))

@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Study-level matches that usually select few studies: their searches are ordered by a sort
+# of the matches, never by walking the date index (the tail-latency trap).
+SELECTIVE = {"PatientName", "PatientID", "AccessionNumber", "StudyDescription", "ReferringPhysicianName",
+             "StudyID", "PatientBirthDate", "StudyInstanceUID"}
+
 
 class SqlDatabase:
     """An index backend on one SQL database: ``instances``, ``jobs``, ``shares``, ``audit``, ``uploads``,
@@ -39,6 +44,9 @@ class SqlDatabase:
               "masks")
     # Appended to the row selection of a job claim (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
+    # Selective searches sorted after filtering (see study_order); the benchmark turns it off
+    # to show the difference.
+    fence_selective_searches = True
 
     def __init__(self) -> None:
         self.instances = SqlInstanceIndex(self)
@@ -74,8 +82,18 @@ class SqlDatabase:
         return f"id IN ({select})"
 
     def study_order(self, query: Query) -> str:
-        """ORDER BY of study-level searches: the study list, newest first, dateless last."""
-        return "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
+        """ORDER BY of study-level searches: the study list, newest first, dateless last.
+
+        With a selective match (a name, an ID) the sort key is an expression no index provides:
+        the database then finds the matches through their own index and sorts them, instead of
+        walking the date index backwards in the hope of meeting ``limit`` matches early, which
+        costs a scan of every study when the match is rare (PostgreSQL, 60,000 studies: p50
+        0.4 ms but p99 40 ms; SQLite without statistics always walks the date index: an exact
+        PatientID at 10,000 studies took 7 ms)."""
+        order = "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.id DESC"
+        if self.fence_selective_searches and any(m.keyword in SELECTIVE for m in query.matches):
+            return order.replace("s.study_date DESC", "(s.study_date || '') DESC", 1)
+        return order
 
     def retrying(self, func: Callable[[], T]) -> T:
         """Run a write transaction, again if a concurrent writer got in its way."""

@@ -378,13 +378,24 @@ class SqlInstanceIndex:
                 params.append(high)
             return " AND ".join(parts) or "1=1", params
         if match.kind == "wildcard":
-            return self.db.wildcard(column, match.value)
+            return self._wildcard(column, match.value)
         if attr.vr in ("IS", "US"):
             return f"{column} = ?", [int(match.value)]
         if attr.vr == "TM":
             # A time matches at the precision it was given ("10" matches 10:xx:xx).
             return self.db.wildcard(column, match.value + "*")
         return f"{column} = ?", [match.value]
+
+    def _wildcard(self, column: str, pattern: str) -> tuple[str, list[Any]]:
+        """A DICOM wildcard match, with the range of its literal prefix beside it: the range is
+        what lets an index serve the match whatever the dialect and however the pattern is
+        bound (SQLite's GLOB and PostgreSQL's LIKE use an index for a literal prefix only)."""
+        sql, params = self.db.wildcard(column, pattern)
+        prefix = pattern[:min((i for i in (pattern.find("*"), pattern.find("?")) if i >= 0), default=len(pattern))]
+        if prefix and prefix != pattern and ord(prefix[-1]) < 0x10FFFF:
+            sql = f"({column} >= ? AND {column} < ? AND {sql})"
+            params = [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), *params]
+        return sql, params
 
     def _person_name(self, column: str, match: Match) -> tuple[str, list[Any]]:
         groups = [f"{column}_alpha", f"{column}_ideo", f"{column}_phon"]
@@ -403,7 +414,7 @@ class SqlInstanceIndex:
             return "(" + (" AND ".join(parts) or "1=1") + ")", params
         for g in groups:
             if match.kind == "wildcard":
-                sql, p = self.db.wildcard(g, value)
+                sql, p = self._wildcard(g, value)
             else:
                 sql, p = f"{g} = ?", [value]
             parts.append(sql)
