@@ -47,6 +47,7 @@ class SqlDatabase:
     # Selective searches sorted after filtering (see study_order); the benchmark turns it off
     # to show the difference.
     fence_selective_searches = True
+    explain_prefix = "EXPLAIN "  # SQLite: EXPLAIN QUERY PLAN
 
     def __init__(self) -> None:
         self.instances = SqlInstanceIndex(self)

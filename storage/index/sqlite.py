@@ -23,6 +23,7 @@ def _glob_escape(pattern: str) -> str:
 
 class SqliteIndexStore(SqlDatabase):
     dialect = "sqlite"
+    explain_prefix = "EXPLAIN QUERY PLAN "
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL"):
         self.path = str(path)

@@ -630,3 +630,50 @@ class InstanceIndexContract(StoreContract):
 
     def test_clinic_ids(self, two_clinics):
         assert two_clinics.clinic_ids() == ["c1", "c2"]
+
+
+class QueryPlanChecks:
+    """The searches OHIF and the clinics' viewers send most use an index, whatever the archive's
+    size: checked with the database's own EXPLAIN on a few thousand studies. The backend's
+    fixture mixin gives ``analyze(backend)``: what a running database does to its statistics
+    (PostgreSQL's autovacuum; nothing on SQLite, whose planner has fixed statistics)."""
+
+    STUDIES = 2000
+
+    @pytest.fixture
+    def filled(self, backend):
+        items = []
+        for n in range(self.STUDIES):
+            family = ["Smith", "Kim", "Lee", "Park", "Nakamura", "Garcia"][n % 6] + ("" if n % 7 else f"x{n}")
+            items.append(make_instance(study=f"2.25.{n}", series=f"2.25.{n}.1", sop=f"2.25.{n}.1.1",
+                                       PatientID=f"P{n // 2:06d}", PatientName=f"{family}^Given{n % 13}",
+                                       StudyDate=f"20{10 + n % 15:02d}{1 + n % 12:02d}{1 + n % 28:02d}",
+                                       AccessionNumber=f"ACC{n:07d}"))
+        for start in range(0, len(items), 500):
+            backend.instances.add_instances(items[start:start + 500], replace=False)
+        self.analyze(backend)
+        return backend
+
+    @staticmethod
+    def _plan(backend, **matches) -> str:
+        query = Query(level="study", clinic_id="c1", limit=101, matches=[
+            Match(k, "wildcard" if "*" in v else "single", v) for k, v in matches.items()])
+        return "\n".join(backend.instances.explain(query))
+
+    def test_common_searches_use_an_index(self, filled):
+        # One test, one fill: filling is what costs.
+        plan = self._plan(filled, PatientID="P000123")
+        assert "studies_by_patient_id" in plan, plan
+        for pattern in ("smi*", "nakamurax*", "zzz*"):
+            plan = self._plan(filled, PatientName=pattern)
+            assert "studies_by_name" in plan and not _walks_all(plan), (pattern, plan)
+        plan = self._plan(filled)  # the study list: newest first, straight off the date index
+        assert "studies_by_date" in plan and "TEMP B-TREE" not in plan and " Sort " not in plan, plan
+        plan = self._plan(filled, AccessionNumber="ACC0000042")
+        assert "studies_by_accession" in plan, plan
+
+
+def _walks_all(plan: str) -> bool:
+    """A plan that reads every study of the clinic (or of the table)."""
+    return ("Seq Scan" in plan or "SCAN s" in plan or
+            "USING INDEX studies_by_date" in plan or "Index Scan using studies_by_date" in plan)

@@ -28,7 +28,7 @@ from tests.contract.annotations import (  # noqa: E402
 from tests.contract.audit import AuditLogContract  # noqa: E402
 from tests.contract.backend import IndexBackendContract  # noqa: E402
 from tests.contract.derived import DerivedStoreContract  # noqa: E402
-from tests.contract.instances import InstanceIndexContract, make_instance  # noqa: E402
+from tests.contract.instances import InstanceIndexContract, QueryPlanChecks, make_instance  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
 from tests.contract.uploads import UploadStoreContract  # noqa: E402
@@ -357,3 +357,10 @@ class TestPostgresAnnotations(AnnotationStoreContract, PostgresBackend):
 
 class TestPostgresMasks(MaskStoreContract, PostgresBackend):
     pass
+
+
+class TestPostgresQueryPlans(QueryPlanChecks, PostgresBackend):
+    @staticmethod
+    def analyze(backend) -> None:
+        with backend.transaction() as cur:  # what autovacuum does after a bulk load
+            cur.execute("ANALYZE studies")
