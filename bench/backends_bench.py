@@ -323,6 +323,22 @@ def measure_fence(dsn: str, args, reps: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def query_plans(store, args) -> dict[str, list[str]]:
+    """The plan of each common study search (``explain``), printed: each must use an index."""
+    from storage.query import Match, Query
+
+    studies = [s for s, _, _ in synthetic(args.studies, 1, 1)]
+    shapes = {"default list (OHIF)": [], "exact PatientID": [Match("PatientID", "single", studies[7][3])],
+              "name prefix (existing)": [Match("PatientName", "wildcard", studies[7][5][:3] + "*")],
+              "name prefix (no match)": [Match("PatientName", "wildcard", "zzq*")],
+              "exact AccessionNumber": [Match("AccessionNumber", "single", studies[7][10])]}
+    plans = {}
+    for name, matches in shapes.items():
+        plans[name] = store.instances.explain(Query(level="study", clinic_id=CLINIC, limit=101, matches=matches))
+        print(f"  {name:<26} " + " | ".join(plans[name]), flush=True)
+    return plans
+
+
 def load_orthanc(orthanc_url: str, args) -> None:
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -378,6 +394,18 @@ def qido(args) -> dict[str, Any]:
         results["load_sqlite_s"] = time.perf_counter() - started
         print(f"# loaded {results['studies']} studies / {results['instances']} instances: PostgreSQL "
               f"{results['load_postgres_s']:.0f} s, SQLite {results['load_sqlite_s']:.0f} s", flush=True)
+
+        from storage.index.postgres import PostgresIndexStore
+        from storage.index.sqlite import SqliteIndexStore
+
+        results["plans"] = {}
+        for label, store in (("sqlite", SqliteIndexStore(root / "index.sqlite3")),
+                             ("postgresql", PostgresIndexStore(database.dsn))):
+            print(f"# query plans on {label}", flush=True)
+            try:
+                results["plans"][label] = query_plans(store, args)
+            finally:
+                store.close()
 
         targets = {
             "sqlite": {"storage.sqlite_path": str(root / "index.sqlite3")},
