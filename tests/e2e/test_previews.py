@@ -271,8 +271,9 @@ def test_another_clinic_sees_nothing_of_the_derived_objects(gateway, ct):
     study, series, _, status = ct
     stranger = gateway.session(gateway.token_for(clinic="elsewhere", roles=("doctor",)))
     base = series_url(gateway, study, series)
-    for path in ("/preview", "/preview/status", "/preview/events", "/thumbnail",
-                 f"/preview/v/{status['version']}", f"/thumbnail/v/{status['version']}"):
+    for path in ("/preview", "/preview/status", "/preview/events", "/thumbnail", "/snapshot",
+                 f"/preview/v/{status['version']}", f"/thumbnail/v/{status['version']}",
+                 f"/snapshot/v/{status['version']}"):
         response = stranger.get(base + path, timeout=30)
         assert response.status_code == 404, (path, response.status_code)
         assert "not generated" not in response.text  # nothing said about the series
