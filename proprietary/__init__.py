@@ -9,13 +9,14 @@ core services. It never imports another front door.
 - :mod:`proprietary.shares`: shares of studies and series (users, clinics, links);
 - :mod:`proprietary.signed_urls`: URLs usable without an Authorization header;
 - :mod:`proprietary.audit`: the audit log;
-- :mod:`proprietary.admin`: the job queue and its forwards.
+- :mod:`proprietary.admin`: the job queue and its forwards;
+- :mod:`proprietary.metadata`: image metadata (viewer state, annotations, tags) with optimistic locking.
 """
 from __future__ import annotations
 
-from proprietary import admin, archives, audit, shares, signed_urls, uploads
+from proprietary import admin, archives, audit, metadata, shares, signed_urls, uploads
 
-BLUEPRINTS = (uploads.blp, archives.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp)
+BLUEPRINTS = (uploads.blp, archives.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp, metadata.blp)
 
 
 def init_app(app, api) -> None:

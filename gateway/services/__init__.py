@@ -23,23 +23,24 @@ from gateway.services.archives import ArchiveService
 from gateway.services.delete import DeleteService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
+from gateway.services.metadata import MetadataService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from gateway.services.transcode import TranscodeService
 from gateway.services.uploads import UploadService
 from plugins.manager import create_plugin_manager
 from storage import registry
-from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
+from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex, MetadataStore
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
 
-def _backend(kind: str, settings):
+def _backend(kind: str, settings, **context):
     """The backend of ``storage.<kind>_backend``; what it cannot use is a settings error."""
     name = settings[f"storage.{kind}_backend"]
     try:
-        return registry.create(kind, name, settings)
+        return registry.create(kind, name, settings, **context)
     except registry.BackendNotFound as exc:
         raise SettingsError(f"storage.{kind}_backend: {exc}") from exc
     except SettingsError:
@@ -76,6 +77,8 @@ class Services:
     deleter: DeleteService
     uploads: UploadService
     archives: ArchiveService
+    metadata_store: MetadataStore
+    metadata: MetadataService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -98,20 +101,28 @@ class Services:
         ingest = IngestService(blobs, index, settings, pm, access=access, jobs=jobs)
         deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs)
         query = QueryService(index, settings, access=access)
+        archives = ArchiveService(retrieve, query, index)
+        metadata_store = metrics.Timed("metadata", _backend("metadata", settings, index=database))
+        metadata = MetadataService.from_settings(metadata_store, index, blobs, access, audit, database.shares,
+                                                 archives.entry_names, settings)
+        deleter.cascades.append(metadata.instances_deleted)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
             ingest,
             query, retrieve, TranscodeService(retrieve),
             deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
-            ArchiveService(retrieve, query, index),
+            archives, metadata_store, metadata,
             migrations,
         )
 
     def ping(self) -> dict[str, str]:
         """``ok`` or why not, for each store (readiness)."""
         checks = {}
-        for name, store in (("index", self.database), ("blobs", self.blobs)):
+        stores = [("index", self.database), ("blobs", self.blobs)]
+        if getattr(self.metadata_store, "db", None) is not self.database:  # not the index database itself
+            stores.append(("metadata", self.metadata_store))
+        for name, store in stores:
             try:
                 store.ping()
                 checks[name] = "ok"
@@ -120,11 +131,12 @@ class Services:
         return checks
 
     def close(self) -> None:
-        for store in (self.database, self.blobs):
+        for store in (self.metadata_store, self.database, self.blobs):
             close = getattr(store, "close", None)
             if close:
                 close()
 
 
-__all__ = ["ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "QueryService",
+__all__ = ["ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService",
+           "MetadataService", "QueryService",
            "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService"]

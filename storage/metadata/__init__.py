@@ -79,13 +79,14 @@ class MetadataRecord:
     created_at: int = 0
     updated_at: int = 0
     updated_by: str = ""
+    source: dict[str, Any] | None = None  # where it came from, e.g. {"prj": {"key", "sha256", "name"}}
 
     def body(self) -> dict[str, Any]:
         """What a backend keeps besides the key, clinic and version (JSON-able)."""
         return {"owner": self.owner, "object_type": self.object_type, "viewer_state": self.viewer_state,
                 "annotations": self.annotations, "annotations_ref": self.annotations_ref, "tags": self.tags,
                 "patient_id": self.patient_id, "study_date": self.study_date, "created_at": self.created_at,
-                "updated_at": self.updated_at, "updated_by": self.updated_by}
+                "updated_at": self.updated_at, "updated_by": self.updated_by, "source": self.source}
 
     @classmethod
     def from_body(cls, clinic_id: str, key: MetadataKey, version: int, body: dict[str, Any]) -> "MetadataRecord":

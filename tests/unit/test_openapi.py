@@ -3,7 +3,10 @@ schema (but 204s), and every one that takes a JSON body or query parameters decl
 from __future__ import annotations
 
 WITH_BODY = {("post", "/api/v1/shares"), ("post", "/api/v1/signed-urls"), ("post", "/api/v1/admin/jobs/retry"),
-             ("post", "/api/v1/admin/forwards/retry"), ("post", "/api/v1/uploads")}
+             ("post", "/api/v1/admin/forwards/retry"), ("post", "/api/v1/uploads"),
+             ("put", "/api/v1/metadata/{study}/{series}/{instance}/{variant}"),
+             ("patch", "/api/v1/metadata/{study}/{series}/{instance}/{variant}/viewer-state"),
+             ("put", "/api/v1/metadata/{study}/{series}/{instance}/{variant}/annotations")}
 # Bodies that are not JSON: (method, path) → media type.
 OTHER_MEDIA = {("put", "/api/v1/uploads/{upload_id}/archive"): "application/zip",
                ("get", "/api/v1/uploads/{upload_id}/events"): "text/event-stream",
