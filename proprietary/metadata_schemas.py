@@ -7,7 +7,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from proprietary.schemas import QuerySchema, StrictSchema, _limit, _offset
 
-MAX_TAGS = 50
+MAX_TAGS = 40
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 
 
