@@ -10,6 +10,7 @@ services on top of them. Nothing else builds a store or a plugin manager.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from gateway.services.jobs import JobService
 from gateway.services.metadata import MetadataService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
+from gateway.services.sidecars import import_upload_sidecars
 from gateway.services.transcode import TranscodeService
 from gateway.services.uploads import UploadService
 from plugins.manager import create_plugin_manager
@@ -106,12 +108,14 @@ class Services:
         metadata = MetadataService.from_settings(metadata_store, index, blobs, access, audit, database.shares,
                                                  archives.entry_names, settings)
         deleter.cascades.append(metadata.instances_deleted)
+        uploads = UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs)
+        uploads.sidecar_import = functools.partial(import_upload_sidecars, metadata, blobs)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
             ingest,
             query, retrieve, TranscodeService(retrieve),
-            deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
+            deleter, uploads,
             archives, metadata_store, metadata,
             migrations,
         )

@@ -41,6 +41,7 @@ from auth.access import VIEW, AccessControl, Source
 from auth.audit import OK, AuditService, resource_name
 from auth.base import Principal
 from gateway.times import iso
+from gateway.services.prj import PrjError, parse_prj
 from gateway.errors import (
     BackendUnavailable,
     BadRequest,
@@ -432,6 +433,46 @@ class MetadataService:
             if len(found) < page:
                 return
             offset += page
+
+    # --- legacy .prj sidecars --------------------------------------------------------------------
+    def import_prj(self, principal: Principal, key: MetadataKey, data: bytes, *, name: str,
+                   blob_key: str | None = None) -> tuple[str, str]:
+        """One ``.prj`` file (its bytes) as the record of ``key`` in the principal's clinic:
+        ``("converted", version)``, ``("skipped", why)`` or ``("failed", why)``. Idempotent: the
+        same file again is skipped; a record that exists otherwise is never overwritten. The
+        original XML is kept in the blob store (``blob_key`` when it is there already)."""
+        resource = self._resource(key)
+        self.access.require(principal, policy.WRITE, resource=resource)
+        image = self._image(principal.clinic_id, key)
+        if image is None:
+            return "failed", f"image {key.object_key} is not stored in clinic {principal.clinic_id}"
+        digest = hashlib.sha256(data).hexdigest()
+        existing = self._call(self.store.get, image.clinic_id, key)
+        if existing is not None:
+            previous = (existing.source or {}).get("prj") or {}
+            return "skipped", ("unchanged (imported before)" if previous.get("sha256") == digest else
+                               f"has metadata already (version {existing.version}): not overwritten")
+        try:
+            content = parse_prj(data)
+        except PrjError as exc:
+            return "failed", f"{name}: {exc}"
+        now = now_ms()
+        k = key
+        if blob_key is None:
+            blob_key = f"metadata/{image.clinic_id}/{k.study_uid}/{k.series_uid}/{k.sop_uid}/{k.variant}/" \
+                       f"prj-{digest[:16]}.xml"
+            self._put_blob(blob_key, data)
+        record = MetadataRecord(clinic_id=image.clinic_id, key=key, owner=principal.user_id,
+                                object_type=content.object_type or image.object_type,
+                                viewer_state=content.viewer_state, tags=content.tags, created_at=now,
+                                source={"prj": {"key": blob_key, "sha256": digest, "name": name,
+                                                "ignored": content.ignored[:100]}})
+        self._set_annotations(record, content.annotations)
+        try:
+            stored = self._store(principal, image, record, None, now, what=f"import of {name}")
+        except PreconditionFailed:
+            return "skipped", "has metadata already (made meanwhile): not overwritten"
+        return "converted", f"version {stored['version']}"
 
     # --- deletes ----------------------------------------------------------------------------
     def instances_deleted(self, records: list[InstanceRecord]) -> None:
