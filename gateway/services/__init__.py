@@ -33,7 +33,7 @@ from gateway.services.uploads import UploadService
 from plugins.manager import create_plugin_manager
 from storage import registry
 from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex, MetadataStore
-from storage.errors import StorageError
+from storage.errors import ObjectNotFound, StorageError, VersionConflict
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class Services:
         deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs)
         query = QueryService(index, settings, access=access)
         archives = ArchiveService(retrieve, query, index)
-        metadata_store = metrics.Timed("metadata", _backend("metadata", settings, index=database))
+        metadata_store = metrics.Timed("metadata", _backend("metadata", settings, index=database),
+                                       answers=(VersionConflict, ObjectNotFound))
         metadata = MetadataService.from_settings(metadata_store, index, blobs, access, audit, database.shares,
                                                  archives.entry_names, settings)
         deleter.cascades.append(metadata.instances_deleted)

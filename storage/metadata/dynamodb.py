@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from typing import Iterable, Iterator
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
@@ -54,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 MAX_TAGS = 40
 MAX_BODY_BYTES = 380_000  # under the 400 KB item limit, with room for the keys and attributes
-_PARTITION_SEARCH_MAX = 100  # shared-state searches over at most this many studies read their partitions
+_PARTITION_SEARCH_MAX = 100
+_CONFLICT_ATTEMPTS = 5  # a transaction cancelled by a concurrent one on the same items is tried again  # shared-state searches over at most this many studies read their partitions
 
 
 def _index(name: str, hash_name: str) -> type[GlobalSecondaryIndex]:
@@ -199,24 +202,35 @@ class DynamoMetadataStore:
         item, history, put_tags, gone = self._items(new, version, old_tags)
         condition = (self.Item.pk.does_not_exist() if expected_version is None
                      else self.Item.version == expected_version)
-        try:
-            with self._transaction() as tx:
-                tx.save(item, condition=condition)
-                tx.save(history)
-                for tag in put_tags:
-                    tx.save(tag)
-                for tag in gone:
-                    tx.delete(tag)
-        except TransactWriteError as exc:
-            reasons = exc.cancellation_reasons or []
-            if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                with self._transaction() as tx:
+                    tx.save(item, condition=condition)
+                    tx.save(history)
+                    for tag in put_tags:
+                        tx.save(tag)
+                    for tag in gone:
+                        tx.delete(tag)
+                return new
+            except TransactWriteError as exc:
+                codes = [r.code if r is not None else None for r in (exc.cancellation_reasons or [])]
+                if codes and codes[0] == "ConditionalCheckFailed":
+                    break
+                if "TransactionConflict" not in codes:
+                    raise self._unavailable(exc, "transaction") from exc
+                # Another transaction on the same items was under way (concurrent writers of one
+                # record): if it wrote the record, this write is stale; else try again.
                 current = self.get(record.clinic_id, record.key)
-                raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
-                                      f"{current.version if current else 'none'}", current) from None
-            raise self._unavailable(exc, "transaction") from exc
-        except PynamoDBException as exc:
-            raise self._unavailable(exc, "transaction") from exc
-        return new
+                if (current.version if current else None) != expected_version:
+                    break
+                if attempt == _CONFLICT_ATTEMPTS:
+                    raise self._unavailable(exc, "transaction (kept meeting concurrent transactions)") from exc
+                time.sleep(random.uniform(0.005, 0.02) * attempt)
+            except PynamoDBException as exc:
+                raise self._unavailable(exc, "transaction") from exc
+        current = self.get(record.clinic_id, record.key)
+        raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
+                              f"{current.version if current else 'none'}", current)
 
     def put(self, record: MetadataRecord, *, expected_version: int | None) -> MetadataRecord:
         old_tags: list[str] = []
