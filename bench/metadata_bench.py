@@ -15,7 +15,8 @@ numbers). ``--images`` CT instances are stored by STOW-RS and each gets a record
 - ``GET`` then ``PATCH …/viewer-state`` with its ETag (a client's edit; a 412, when another
   client wrote the same record in between, is counted and retried with the current version);
 
-measured client side to the last byte. Output: p50/p99 of each, requests/s, the 412 count,
+measured client side to the last byte. Output: p50/p99 of each, requests/s, the 412 count, the
+503 count (a store failure: that edit is given up, and the first message is printed),
 as a markdown table (and JSON lines with ``--json``). Not a test: nothing asserts on time.
 """
 from __future__ import annotations
@@ -30,8 +31,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -70,6 +69,7 @@ def _prepare(server: ServerProcess, images: int) -> list[str]:
 def _measure(server: ServerProcess, keys: list[str], clients: int, per_client: int) -> dict[str, Any]:
     gets, patches = [], []
     conflicts = 0
+    failures: list[str] = []
     lock = threading.Lock()
 
     def client(n: int) -> None:
@@ -96,6 +96,10 @@ def _measure(server: ServerProcess, keys: list[str], clients: int, per_client: i
                     patches.append(elapsed)
                 if patched.status_code == 200:
                     break
+                if patched.status_code == 503:  # the store failed: counted, and the edit given up
+                    with lock:
+                        failures.append(patched.json().get("message", ""))
+                    break
                 assert patched.status_code == 412, patched.text
                 with lock:
                     conflicts += 1
@@ -110,7 +114,8 @@ def _measure(server: ServerProcess, keys: list[str], clients: int, per_client: i
     return {"get_p50_ms": percentile(gets, 50), "get_p99_ms": percentile(gets, 99),
             "patch_p50_ms": percentile(patches, 50), "patch_p99_ms": percentile(patches, 99),
             "requests": len(gets) + len(patches), "req_per_s": (len(gets) + len(patches)) / wall,
-            "conflicts_412": conflicts}
+            "conflicts_412": conflicts, "failed_503": len(failures),
+            "failure": failures[0][:200] if failures else None}
 
 
 def run_store(store: str, args, root: Path, moto: MotoServer | None, pg: PostgresDatabase | None) -> dict[str, Any]:
@@ -159,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             moto.stop()
         if pg:
             pg.drop()
-    print("| store | GET p50 | GET p99 | PATCH p50 | PATCH p99 | req/s | 412s (retried) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| store | GET p50 | GET p99 | PATCH p50 | PATCH p99 | req/s | 412s (retried) | 503s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['store']} | {r['get_p50_ms']:.1f} ms | {r['get_p99_ms']:.1f} ms | {r['patch_p50_ms']:.1f} ms | "
-              f"{r['patch_p99_ms']:.1f} ms | {r['req_per_s']:.0f} | {r['conflicts_412']} |")
+              f"{r['patch_p99_ms']:.1f} ms | {r['req_per_s']:.0f} | {r['conflicts_412']} | {r['failed_503']} |")
+        if r["failure"]:
+            print(f"\n{r['store']}: first 503: {r['failure']}")
     if args.json:
         with open(args.json, "a", encoding="utf-8") as out:
             for r in results:

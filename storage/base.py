@@ -191,9 +191,9 @@ class ShareStore(Protocol):
 
     def list_shares(self, *, clinic_id: str | None = None, target_type: str | None = None,
                     target_id: str | None = None, active_at: int | None = None, limit: int = 100,
-                    offset: int = 0) -> list[ShareRecord]:
-        """Shares owned by ``clinic_id`` and/or with that target, newest first; ``active_at``:
-        only those neither revoked nor expired at that time."""
+                    offset: int = 0, study_uid: str | None = None) -> list[ShareRecord]:
+        """Shares owned by ``clinic_id`` and/or with that target (of one study: ``study_uid``),
+        newest first; ``active_at``: only those neither revoked nor expired at that time."""
 
     def active_shares(self, *, user_id: str | None, clinic_id: str | None, now_ms: int) -> list[ShareRecord]:
         """Shares targeting this user (acting for ``clinic_id`` when the share names a

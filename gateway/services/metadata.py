@@ -138,16 +138,20 @@ class MetadataService:
             raise BackendUnavailable(f"metadata store failed: {exc}") from exc
 
     # --- the image ------------------------------------------------------------------------
-    def _image(self, clinic_id: str, key: MetadataKey) -> Image | None:
+    def _image(self, clinic_id: str, key: MetadataKey, *, header: bool = True) -> Image | None:
+        """The instance of ``key`` in the clinic; with ``header``, its patient, study date and type
+        (what a write records) from its DICOM JSON."""
         try:
             records = self.index.instances(clinic_id, key.study_uid, key.series_uid, key.sop_uid)
-            header = next(iter(self.index.instance_headers(clinic_id, key.study_uid, key.series_uid, key.sop_uid)),
-                          None) if records else None
+            if records and not header:
+                return Image(clinic_id, records[0], None, None, "2D")
+            text = next(iter(self.index.instance_headers(clinic_id, key.study_uid, key.series_uid, key.sop_uid)),
+                        None) if records else None
         except StorageError as exc:
             raise BackendUnavailable(f"index read failed: {exc}") from exc
         if not records:
             return None
-        values = json.loads(header) if header else {}
+        values = json.loads(text) if text else {}
         modality = str(_value(values, MODALITY) or "").upper()
         frames = records[0].number_of_frames or 1
         date = str(_value(values, STUDY_DATE) or "") or None
@@ -161,7 +165,7 @@ class MetadataService:
         def lookup(source: Source) -> Image | None:
             if not source.allows_series(key.series_uid):
                 return None
-            return self._image(source.clinic_id, key)
+            return self._image(source.clinic_id, key, header=False)
 
         return self.access.find(principal, key.study_uid, key.series_uid, key.sop_uid, VIEW, lookup,
                                 what=f"image {key.object_key}")
@@ -350,15 +354,16 @@ class MetadataService:
         return json.loads(data)
 
     # --- shares -----------------------------------------------------------------------------
-    def _active_shares(self, clinic_id: str):
+    def _active_shares(self, clinic_id: str, study_uid: str | None = None):
         try:
-            return self.shares.list_shares(clinic_id=clinic_id, active_at=now_ms(), limit=100_000)
+            return self.shares.list_shares(clinic_id=clinic_id, active_at=now_ms(), limit=100_000,
+                                           study_uid=study_uid)
         except StorageError as exc:
             raise BackendUnavailable(f"share store failed: {exc}") from exc
 
     def share_state(self, record: MetadataRecord, shares=None) -> dict[str, Any]:
         k = record.key
-        found = [s for s in (self._active_shares(record.clinic_id) if shares is None else shares)
+        found = [s for s in (self._active_shares(record.clinic_id, k.study_uid) if shares is None else shares)
                  if s.study_uid == k.study_uid and s.series_uid in (None, k.series_uid)]
         targets = []
         for share in found:

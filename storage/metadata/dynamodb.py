@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from typing import Iterable, Iterator
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
@@ -124,9 +125,9 @@ class DynamoMetadataStore:
         self.host = host
         self.Item = _model(table, region=self.region, host=host, access_key=access_key, secret_key=secret_key,
                            attempts=attempts)
-        self._connection_kwargs = {"region": self.region, "host": host, "max_retry_attempts": attempts,
-                                   "aws_access_key_id": access_key or None,
-                                   "aws_secret_access_key": secret_key or None}
+        self._connection = Connection(region=self.region, host=host, max_retry_attempts=attempts,
+                                      aws_access_key_id=access_key or None,
+                                      aws_secret_access_key=secret_key or None)
 
     @classmethod
     def from_settings(cls, settings, *, index=None) -> "DynamoMetadataStore":
@@ -183,8 +184,8 @@ class DynamoMetadataStore:
         gone = [self.Item(sk=f"~T#{tag}#{_sk(k)}", kind="tag", **common) for tag in set(old_tags) - set(tags)]
         return item, history, put_tags, gone
 
-    def _transaction(self):
-        return TransactWrite(connection=Connection(**self._connection_kwargs))
+    def _transaction(self, token: str):
+        return TransactWrite(connection=self._connection, client_request_token=token)
 
     # --- reads ---------------------------------------------------------------------------------
     def get(self, clinic_id: str, key: MetadataKey) -> MetadataRecord | None:
@@ -202,9 +203,13 @@ class DynamoMetadataStore:
         item, history, put_tags, gone = self._items(new, version, old_tags)
         condition = (self.Item.pk.does_not_exist() if expected_version is None
                      else self.Item.version == expected_version)
+        # One token for every attempt: DynamoDB applies a transaction sent again with the same
+        # token (within 10 minutes) once, so a retry after a lost answer or a 500 cannot apply it
+        # twice, nor see its own first attempt as a conflict.
+        token = uuid.uuid4().hex
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             try:
-                with self._transaction() as tx:
+                with self._transaction(token) as tx:
                     tx.save(item, condition=condition)
                     tx.save(history)
                     for tag in put_tags:
@@ -216,6 +221,10 @@ class DynamoMetadataStore:
                 codes = [r.code if r is not None else None for r in (exc.cancellation_reasons or [])]
                 if codes and codes[0] == "ConditionalCheckFailed":
                     break
+                if not codes and attempt < _CONFLICT_ATTEMPTS:  # not cancelled: the service failed (a 500)
+                    logger.info("DynamoDB transaction failed (%s), tried again", exc)
+                    time.sleep(random.uniform(0.01, 0.05) * attempt)
+                    continue
                 if "TransactionConflict" not in codes:
                     raise self._unavailable(exc, "transaction") from exc
                 # Another transaction on the same items was under way (concurrent writers of one
