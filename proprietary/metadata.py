@@ -36,6 +36,10 @@ blp = Blueprint("metadata", __name__, url_prefix="/api/v1/metadata",
                 description="Image metadata (viewer state, annotations, tags) with optimistic locking")
 
 KEY = "/<study>/<series>/<instance>/<variant>"
+IF_MATCH = {"in": "header", "name": "If-Match", "schema": {"type": "string", "example": '"3"'},
+            "description": "the ETag (version) of the record the change was made from"}
+IF_NONE_MATCH = {"in": "header", "name": "If-None-Match", "schema": {"type": "string", "enum": ["*"]},
+                 "description": "* to create the record (instead of If-Match)"}
 _LOCKING = ('Needs If-Match: "<version>" (the ETag of the record the change was made from): 428 without it, 412 '
             "with the current record in `current` (and its ETag) when the record has moved on since.")
 
@@ -89,7 +93,7 @@ def get_metadata(study: str, series: str, instance: str, variant: str):
 @blp.arguments(MetadataPutSchema, **BODY)
 @blp.response(200, MetadataSchema)
 @blp.alt_response(201, schema=MetadataSchema, description="created (If-None-Match: *)")
-@blp.doc(summary="Create or replace an image's metadata",
+@blp.doc(parameters=[IF_MATCH, IF_NONE_MATCH], summary="Create or replace an image's metadata",
          description="If-None-Match: * creates the record (412 when it exists). " + _LOCKING +
                      " Fields left out keep their value. The image must be stored in the clinic (404).")
 def put_metadata(body: dict, study: str, series: str, instance: str, variant: str):
@@ -104,7 +108,7 @@ def put_metadata(body: dict, study: str, series: str, instance: str, variant: st
 @requires(policy.WRITE, "metadata")
 @blp.arguments(ViewerStateSchema, **BODY)
 @blp.response(200, MetadataSchema)
-@blp.doc(summary="Change part of the viewer state",
+@blp.doc(parameters=[IF_MATCH], summary="Change part of the viewer state",
          description="A JSON merge patch (RFC 7386) of {rotation, zoom, window {center, width}, pan {x, y}, flip "
                      "{horizontal, vertical}}: keys left out keep their value, null resets one. " + _LOCKING)
 def patch_viewer_state(changes: dict, study: str, series: str, instance: str, variant: str):
@@ -118,7 +122,7 @@ def patch_viewer_state(changes: dict, study: str, series: str, instance: str, va
 @requires(policy.WRITE, "metadata")
 @blp.arguments(AnnotationsPutSchema, **BODY)
 @blp.response(200, MetadataSchema)
-@blp.doc(summary="Replace an image's annotations",
+@blp.doc(parameters=[IF_MATCH], summary="Replace an image's annotations",
          description="Bodies above metadata.inline_annotations_max bytes go to the blob store (the record keeps "
                      "annotationsRef); above metadata.max_annotations_bytes: 413. " + _LOCKING)
 def put_annotations(body: dict, study: str, series: str, instance: str, variant: str):
