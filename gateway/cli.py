@@ -1,6 +1,6 @@
 """The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, worker, forwards,
-token, auth-keys, audit, migrate-backends, metadata-table, export-sidecars, import-prj. Every command that touches the stores gets them
-from :meth:`gateway.services.Services.build`."""
+token, auth-keys, audit, migrate-backends, metadata-table, export-sidecars, import-prj. Every command
+that touches the stores gets them from :meth:`gateway.services.Services.build`."""
 from __future__ import annotations
 
 import json

@@ -12,11 +12,11 @@ import json
 from flask import Response, jsonify, request
 from flask_smorest import Blueprint
 
+from auth import policy
 from gateway.errors import BadRequest, PreconditionFailed
 from gateway.services.archives import safe_filename
 from gateway.services.metadata import etag
 from gateway.web import error_body, principal, services
-from auth import policy
 from proprietary.common import BODY, QUERY, requires
 from proprietary.metadata_schemas import (
     AnnotationsPutSchema,

@@ -40,8 +40,6 @@ from auth import policy
 from auth.access import VIEW, AccessControl, Source
 from auth.audit import OK, AuditService, resource_name
 from auth.base import Principal
-from gateway.times import iso
-from gateway.services.prj import PrjError, parse_prj
 from gateway.errors import (
     BackendUnavailable,
     BadRequest,
@@ -50,8 +48,16 @@ from gateway.errors import (
     PreconditionFailed,
     PreconditionRequired,
 )
+from gateway.services.prj import PrjError, parse_prj
+from gateway.times import iso
 from storage.errors import ObjectNotFound, StorageError, TooLarge, VersionConflict
-from storage.metadata import DEFAULT_VIEWER_STATE, MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state
+from storage.metadata import (
+    DEFAULT_VIEWER_STATE,
+    MetadataKey,
+    MetadataQuery,
+    MetadataRecord,
+    merge_viewer_state,
+)
 from storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)

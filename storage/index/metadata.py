@@ -71,8 +71,9 @@ class SqlMetadataStore:
         body = _dump(new)
         if expected_version is None:
             cur.execute(self.db.sql(
-                "INSERT INTO metadata_records (clinic_id, study_uid, series_uid, sop_uid, variant, version, patient_id, "
-                "study_date, updated_at, body) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                "INSERT INTO metadata_records (clinic_id, study_uid, series_uid, sop_uid, variant, version, "
+                "patient_id, study_date, updated_at, body) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING"),
                 [*params, new.patient_id, new.study_date, new.updated_at, body])
         else:
             cur.execute(self.db.sql(

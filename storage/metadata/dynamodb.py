@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 MAX_TAGS = 40
 MAX_BODY_BYTES = 380_000  # under the 400 KB item limit, with room for the keys and attributes
-_PARTITION_SEARCH_MAX = 100
-_CONFLICT_ATTEMPTS = 5  # a transaction cancelled by a concurrent one on the same items is tried again  # shared-state searches over at most this many studies read their partitions
+_PARTITION_SEARCH_MAX = 100  # shared-state searches over at most this many studies read their partitions
+_CONFLICT_ATTEMPTS = 5  # a transaction cancelled by a concurrent one on the same items is tried again
 
 
 def _index(name: str, hash_name: str) -> type[GlobalSecondaryIndex]:
