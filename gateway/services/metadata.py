@@ -109,6 +109,7 @@ class Image:
     patient_id: str | None
     study_date: str | None
     object_type: str
+    via_shares: tuple[str, ...] = ()  # read through these shares (another clinic's image)
 
 
 class MetadataService:
@@ -171,7 +172,10 @@ class MetadataService:
         def lookup(source: Source) -> Image | None:
             if not source.allows_series(key.series_uid):
                 return None
-            return self._image(source.clinic_id, key, header=False)
+            image = self._image(source.clinic_id, key, header=False)
+            if image is not None:
+                image.via_shares = tuple(source.shares)
+            return image
 
         return self.access.find(principal, key.study_uid, key.series_uid, key.sop_uid, VIEW, lookup,
                                 what=f"image {key.object_key}")
@@ -198,7 +202,14 @@ class MetadataService:
         record = self._call(self.store.get, image.clinic_id, key)
         if record is None:
             raise NotFound(f"image {key.object_key} has no metadata yet (create it with PUT and If-None-Match: *)")
-        return self.document(record, with_annotations=True, with_share=True)
+        return self.document(record, with_annotations=True, with_share=True, shares=self._visible_shares(image))
+
+    def _visible_shares(self, image: Image):
+        """The shares whose state a reader sees: all of them for the owning clinic; only those it
+        reads through for a share's target (who else a study is shared with is the owner's)."""
+        if not image.via_shares:
+            return None
+        return [s for s in self._active_shares(image.clinic_id, image.record.study_uid) if s.id in image.via_shares]
 
     def history(self, principal: Principal, key: MetadataKey, *, limit: int = 100,
                 before: int | None = None) -> list[dict[str, Any]]:
@@ -416,7 +427,7 @@ class MetadataService:
             raise NotFound(f"image {key.object_key} has no metadata yet")
         path = self.sidecar_paths(Principal.system(image.clinic_id, "sidecar"), key.study_uid, key.series_uid)
         return path.get((key.sop_uid, key.variant), _sidecar_name(key.sop_uid, key.variant)), \
-            self.sidecar_document(record, path.get((key.sop_uid, "original")))
+            self.sidecar_document(record, path.get((key.sop_uid, "original")), shares=self._visible_shares(image))
 
     def sidecar_paths(self, principal: Principal, study: str, series: str | None = None) -> dict:
         """(SOP Instance UID, variant) → the sidecar's path in the zip layout, for every instance
@@ -429,8 +440,8 @@ class MetadataService:
                 paths[(sop, variant)] = stem + (".json" if variant == "original" else f".{variant}.json")
         return paths
 
-    def sidecar_document(self, record: MetadataRecord, image_path: str | None) -> dict[str, Any]:
-        body = self.document(record, with_annotations=True, with_share=True)
+    def sidecar_document(self, record: MetadataRecord, image_path: str | None, *, shares=None) -> dict[str, Any]:
+        body = self.document(record, with_annotations=True, with_share=True, shares=shares)
         return {"format": "dental-pacs-gateway.metadata-sidecar/1",
                 "image": (image_path[:-5] + ".dcm") if image_path else None, **body}
 

@@ -216,22 +216,26 @@ def test_search_and_share_state(server):
     assert http.get(f"{server.url}{API}", params={"tag": tag, "from": "20240507"}).json()["records"] == []
     assert http.get(f"{server.url}{API}", params={"tag": tag, "shared": "true"}).json()["records"] == []
 
-    share = http.post(f"{server.url}/api/v1/shares", json={"study": study, "targets": [{"type": "clinic",
-                                                                                         "id": "lab-meta"}]})
+    share = http.post(f"{server.url}/api/v1/shares", json={"study": study, "targets": [
+        {"type": "clinic", "id": "lab-meta"}, {"type": "user", "id": "dr.second-opinion"}]})
     assert share.status_code == 201, share.text
     shared = http.get(f"{server.url}{API}", params={"tag": tag, "shared": "true"}).json()["records"]
     assert [r["objectKey"] for r in shared] == [keys[0]]
-    assert shared[0]["share"]["targets"][0]["id"] == "lab-meta" and shared[0]["share"]["expiresAt"]
+    assert sorted(t["id"] for t in shared[0]["share"]["targets"]) == ["dr.second-opinion", "lab-meta"]
+    assert shared[0]["share"]["expiresAt"]
     unshared = http.get(f"{server.url}{API}", params={"tag": tag, "shared": "false"}).json()["records"]
     assert sorted(r["objectKey"] for r in unshared) == sorted(keys[1:])
 
     # the lab reads the shared image's metadata, and may not change it (the record is the owner's)
     lab = server.session(server.token_for(clinic="lab-meta", user="lab1", roles=("lab",)))
-    assert lab.get(f"{server.url}{API}/{keys[0]}").json()["tags"] == [tag]
+    seen = lab.get(f"{server.url}{API}/{keys[0]}").json()
+    assert seen["tags"] == [tag]
+    assert [t["id"] for t in seen["share"]["targets"]] == ["lab-meta"]  # not who else it is shared with
     assert lab.put(f"{server.url}{API}/{keys[0]}", json={}, headers={"If-Match": '"1"'}).status_code == 404
     assert lab.get(f"{server.url}{API}", params={"tag": tag}).json()["records"] == []  # not its clinic's
     # revoked: the share state shows it at once
-    http.delete(f"{server.url}/api/v1/shares/{share.json()['shares'][0]['id']}")
+    for made in share.json()["shares"]:
+        http.delete(f"{server.url}/api/v1/shares/{made['id']}")
     assert http.get(f"{server.url}{API}/{keys[0]}").json()["share"]["targets"] == []
     assert lab.get(f"{server.url}{API}/{keys[0]}").status_code == 404
 
