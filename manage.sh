@@ -51,7 +51,7 @@ install_python_packages() {
     local log="$VENV/pip-install.log"
     # constraints.txt pins every version: a new release of a dependency cannot break a fresh set-up.
     if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt pip &&
-           "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt -e ".[test,s3,postgres]"; } >"$log" 2>&1; then
+           "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt -e ".[test,s3,postgres,dynamodb]"; } >"$log" 2>&1; then
       tail -n 40 "$log" >&2; say "pip install failed; full log in $log"; exit 1
     fi
     echo "$want" > "$stamp"

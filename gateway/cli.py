@@ -1,6 +1,6 @@
 """The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, worker, forwards,
-token, auth-keys, audit, migrate-backends. Every command that touches the stores gets them
-from :meth:`gateway.services.Services.build`."""
+token, auth-keys, audit, migrate-backends, metadata-table, export-sidecars, import-prj. Every command
+that touches the stores gets them from :meth:`gateway.services.Services.build`."""
 from __future__ import annotations
 
 import gc
@@ -26,6 +26,7 @@ from gateway.services.migrate import StoreMigration
 from gateway.synthetic import write_cbct
 from gateway.times import parse_time
 from gateway.worker import JobWorker
+from storage.errors import StorageError
 from storage.records import AuditQuery
 
 logger = logging.getLogger(__name__)
@@ -559,6 +560,90 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
         click.echo(f"failed {what}: {why}", err=True)
     click.echo(report.summary())
     if not report.ok:
+        sys.exit(1)
+
+
+
+# --- image metadata ---------------------------------------------------------------------------
+
+@main.group("metadata-table")
+def metadata_table() -> None:
+    """The DynamoDB table of the dynamodb metadata store (storage.metadata_backend = dynamodb)."""
+
+
+@metadata_table.command("create")
+def metadata_table_create() -> None:
+    """Create the table (storage.dynamodb_table) with its indexes, on-demand capacity; harmless when it exists."""
+    services = _services(_settings(), plugins=False)
+    try:
+        create = getattr(services.metadata_store, "create_table", None)
+        if create is None:
+            raise click.ClickException(f"storage.metadata_backend is {services.settings['storage.metadata_backend']!r}"
+                                       ": its tables are made by 'gateway migrate'")
+        try:
+            created = create()
+        except StorageError as exc:
+            raise click.ClickException(str(exc)) from None
+        table = services.settings["storage.dynamodb_table"]
+        click.echo(f"created table {table}" if created else f"table {table} exists already")
+    finally:
+        services.close()
+
+
+def _progress(total: int | None, unit: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+
+@main.command("export-sidecars")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--clinic", default="default", show_default=True, help="the clinic whose records are written")
+@click.option("--study", help="only this study's records")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def export_sidecars_(folder: Path, clinic: str, study: str | None, quiet: bool) -> None:
+    """Write every image metadata record as a JSON sidecar under FOLDER, beside where the zip
+    download puts the image ({PatientID}/{StudyDate}_{Study}/{SeriesNumber}_{Series}/0001.json)."""
+    from gateway.services.sidecars import export_sidecars
+
+    services = _services(_settings(), plugins=False)
+    try:
+        with audit_context(client=f"cli:{os.getuid()}", door="cli"), _progress(None, "file", quiet) as bar:
+            report = export_sidecars(services.metadata, clinic, folder, study=study, progress=bar.update)
+    finally:
+        services.close()
+    for line in report.lines:
+        click.echo(line, err=True)
+    click.echo(report.summary(("written", "failed")))
+    if report.counts["failed"]:
+        sys.exit(1)
+
+
+@main.command("import-prj")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--clinic", default="default", show_default=True, help="the clinic whose images they are")
+@click.option("--jobs", default=4, show_default=True, type=click.IntRange(1, 64), help="files converted at once")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def import_prj(paths: tuple[Path, ...], clinic: str, jobs: int, quiet: bool) -> None:
+    """Convert the legacy viewer's .prj sidecars under PATHS (beside their images, same name) into
+    image metadata records of images already stored (gateway import first). Re-running changes
+    nothing: what was imported is skipped, and an existing record is never overwritten."""
+    from gateway.services.sidecars import import_prj_files, prj_files
+
+    try:
+        files = list(prj_files(paths))
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="PATHS") from None
+    services = _services(_settings(), plugins=False)
+    try:
+        with audit_context(client=f"cli:{os.getuid()}", door="cli"), _progress(len(files), "file", quiet) as bar:
+            report = import_prj_files(services.metadata, clinic, files, jobs=jobs, progress=bar.update)
+    finally:
+        services.close()
+    for line in report.lines:
+        click.echo(line, err=True)
+    click.echo(report.summary(("converted", "skipped", "failed")))
+    if report.counts["failed"]:
         sys.exit(1)
 
 

@@ -112,3 +112,20 @@ class Conflict(GatewayError):
     """The request contradicts what is stored (a project name taken)."""
 
     http_status = 409
+
+
+class PreconditionFailed(GatewayError):
+    """A conditional write made against another version than the stored one (``If-Match``), or
+    a create (``If-None-Match: *``) of something that exists; ``current`` is what is stored."""
+
+    http_status = 412
+
+    def __init__(self, message: str, *, current=None, **details):
+        super().__init__(message, **details)
+        self.current = current
+
+
+class PreconditionRequired(GatewayError):
+    """A write without the precondition that keeps it from overwriting another's (RFC 6585)."""
+
+    http_status = 428

@@ -60,19 +60,23 @@ class Timed:
     """A store whose every public call is timed (and its failures counted) by operation name;
     everything else passes through."""
 
-    def __init__(self, store: str, target):
-        self._store, self._target = store, target
+    def __init__(self, store: str, target, *, answers: tuple[type[BaseException], ...] = ()):
+        # ``answers``: exceptions that are an answer of the store, not a failure (a version
+        # conflict of the metadata store): timed, not counted as errors.
+        self._store, self._target, self._answers = store, target, answers
 
     def __getattr__(self, name: str):
         attr = getattr(self._target, name)
         if name.startswith("_") or not callable(attr):
             return attr
-        store = self._store
+        store, answers = self._store, self._answers
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
             try:
                 return attr(*args, **kwargs)
+            except answers:
+                raise
             except Exception:
                 STORE_ERRORS.labels(store, name).inc()
                 raise

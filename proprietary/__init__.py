@@ -13,7 +13,8 @@ core services. It never imports another front door.
 - :mod:`proprietary.admin`: the job queue and its forwards;
 - :mod:`proprietary.users`, :mod:`proprietary.projects`, :mod:`proprietary.annotations`,
   :mod:`proprietary.masks`: the caller's user record, projects, annotations, AI mask groups and masks;
-- :mod:`proprietary.blob_uploads`: the gateway's own signed upload URLs (filesystem blob store).
+- :mod:`proprietary.blob_uploads`: the gateway's own signed upload URLs (filesystem blob store);
+- :mod:`proprietary.metadata`: image metadata (viewer state, annotations, tags) with optimistic locking.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from proprietary import (
     audit,
     blob_uploads,
     masks,
+    metadata,
     previews,
     projects,
     shares,
@@ -34,7 +36,7 @@ from proprietary import (
 from proprietary.annotations import blp as annotations_blp
 
 BLUEPRINTS = (uploads.blp, archives.blp, previews.blp, shares.blp, signed_urls.blp, audit.blp, admin.blp, users.blp, projects.blp,
-              annotations_blp, masks.blp, blob_uploads.blp)
+              annotations_blp, masks.blp, blob_uploads.blp, metadata.blp)
 
 
 def init_app(app, api) -> None:

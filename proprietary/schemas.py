@@ -97,7 +97,7 @@ class ShareListQuery(QuerySchema):
 
 class AuditQueryArgs(QuerySchema):
     user = fields.String()
-    action = fields.String(metadata={"description": "login, search, read, store, delete, share, revoke, sign, admin"})
+    action = fields.String(metadata={"description": "login, search, read, store, delete, share, revoke, sign, admin, metadata"})
     outcome = fields.String(metadata={"description": "ok, denied, not_found"})
     resource = fields.String(metadata={"description": "a prefix, e.g. study:1.2.3"})
     since = TimeField()

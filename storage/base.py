@@ -12,6 +12,8 @@
 - :class:`UserStore`, :class:`ProjectStore`, :class:`AnnotationStore`, :class:`MaskStore`:
   the users (from their tokens' claims), projects, annotations and AI mask groups and masks
   of the fast API.
+- :class:`MetadataStore`: versioned image metadata records with their history
+  (``gateway.metadata_stores``: SQL in the index database, DynamoDB).
 
 A backend is found by name through an entry-point group (see :mod:`storage.registry`) and is
 built with ``Backend.from_settings(settings)``; bad settings raise :class:`ValueError`. Blob
@@ -29,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol, Sequence, runtime_checkable
 
+from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord
 from storage.query import Query
 from storage.records import (
     AddResult,
@@ -207,9 +210,9 @@ class ShareStore(Protocol):
 
     def list_shares(self, *, clinic_id: str | None = None, target_type: str | None = None,
                     target_id: str | None = None, active_at: int | None = None, limit: int = 100,
-                    offset: int = 0) -> list[ShareRecord]:
-        """Shares owned by ``clinic_id`` and/or with that target, newest first; ``active_at``:
-        only those neither revoked nor expired at that time."""
+                    offset: int = 0, study_uid: str | None = None) -> list[ShareRecord]:
+        """Shares owned by ``clinic_id`` and/or with that target (of one study: ``study_uid``),
+        newest first; ``active_at``: only those neither revoked nor expired at that time."""
 
     def active_shares(self, *, user_id: str | None, clinic_id: str | None, now_ms: int) -> list[ShareRecord]:
         """Shares targeting this user (acting for ``clinic_id`` when the share names a
@@ -358,6 +361,44 @@ class MaskStore(Protocol):
         """A group's masks by slice and label."""
 
     def get_mask(self, mask_id: str) -> MaskRecord | None: ...
+
+
+@runtime_checkable
+class MetadataStore(Protocol):
+    """Image metadata records (:mod:`storage.metadata`), one per clinic and object key, each
+    write a new ``version`` kept in the record's history.
+
+    Writes are conditional and atomic in the store (SQL: ``UPDATE ... WHERE version = ?`` in
+    the transaction that adds the history row; DynamoDB: a ``ConditionExpression`` on
+    ``version`` in the transaction that puts the history item): of concurrent writers made
+    against the same version exactly one succeeds, the others get
+    :class:`storage.errors.VersionConflict` carrying the current record. No update is lost.
+    """
+
+    def get(self, clinic_id: str, key: MetadataKey) -> MetadataRecord | None: ...
+
+    def put(self, record: MetadataRecord, *, expected_version: int | None) -> MetadataRecord:
+        """Store ``record`` as version ``expected_version + 1``; ``expected_version=None``
+        creates version 1 and only when no record exists. Returns what was stored."""
+
+    def patch_viewer_state(self, clinic_id: str, key: MetadataKey, changes: dict, *, expected_version: int,
+                           updated_by: str, now_ms: int) -> MetadataRecord:
+        """Merge ``changes`` into the viewer state of version ``expected_version``
+        (:func:`storage.metadata.merge_viewer_state`) and store it as the next version.
+        :class:`storage.errors.ObjectNotFound` when there is no record."""
+
+    def search(self, query: MetadataQuery) -> list[MetadataRecord]:
+        """Records matching every filter, in the query's order, ``limit`` from ``offset``."""
+
+    def history(self, clinic_id: str, key: MetadataKey, *, limit: int = 100,
+                before_version: int | None = None) -> list[MetadataRecord]:
+        """Every stored version (the current one too), newest first."""
+
+    def delete_study(self, clinic_id: str, study_uid: str) -> int:
+        """Remove a study's records and their history; how many records there were."""
+
+    def ping(self) -> None:
+        """Raise :class:`storage.errors.Unavailable` when the store cannot be used."""
 
 
 # The stores an index backend may offer, by attribute name.

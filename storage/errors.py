@@ -15,3 +15,16 @@ class Conflict(StorageError):
 
 class ObjectNotFound(StorageError, KeyError):
     """No object or row under that key."""
+
+
+class VersionConflict(StorageError):
+    """A conditional write found another version than the one it was made against (or a
+    record where it meant to create one); ``current`` is the stored record, None when absent."""
+
+    def __init__(self, message: str, current=None):
+        super().__init__(message)
+        self.current = current
+
+
+class TooLarge(StorageError):
+    """The item exceeds what the backend can keep in one record."""

@@ -2,10 +2,10 @@
 
 One group per kind of backend: ``gateway.blob_stores`` (:class:`storage.base.BlobStore`),
 ``gateway.index_stores`` (:class:`storage.base.IndexBackend`: a database offering the instance
-index, job queue, share store and audit log) and ``gateway.metadata_stores`` (image metadata,
-the slot of the SQL and DynamoDB metadata stores: none is declared yet). A backend class is
-built with ``from_settings(settings)``, which raises :class:`ValueError` for settings it
-cannot use.
+index, job queue, share store and audit log) and ``gateway.metadata_stores`` (:class:`storage.base.MetadataStore`: image metadata, in the SQL
+index database or DynamoDB). A backend class is built with ``from_settings(settings)``, which
+raises :class:`ValueError` for settings it cannot use; a metadata store also gets
+``index=`` the index backend (the SQL store lives in it).
 """
 from __future__ import annotations
 
@@ -52,5 +52,5 @@ def backend_class(kind: str, name: str) -> type:
         ) from exc
 
 
-def create(kind: str, name: str, settings: Any) -> Any:
-    return backend_class(kind, name).from_settings(settings)
+def create(kind: str, name: str, settings: Any, **context: Any) -> Any:
+    return backend_class(kind, name).from_settings(settings, **context)

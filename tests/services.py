@@ -3,9 +3,9 @@
 - **PostgreSQL**: the machine's server (``GATEWAY_TEST_POSTGRES``, default
   ``host=127.0.0.1 port=5432 user=postgres dbname=postgres``). The session creates a fresh
   database of its own and drops it at the end; each test gets a fresh schema in it.
-- **S3**: ``moto_server`` (from the ``moto[server]`` package) started by the session as its own
-  process on a free loopback port. The code under test talks to it over HTTP with SigV4,
-  exactly as to AWS; each test gets a fresh bucket.
+- **S3 and DynamoDB**: ``moto_server`` (from the ``moto[server]`` package) started by the
+  session as its own process on a free loopback port. The code under test talks to it over
+  HTTP with SigV4, exactly as to AWS; each test gets a fresh bucket (a fresh DynamoDB table).
 - **A PostgreSQL the tests may stop**: :class:`ThrowawayPostgres`, a cluster made with
   ``initdb`` in a temporary folder, on a free loopback port, run as the ``postgres`` user
   when the tests run as root.
@@ -118,6 +118,14 @@ class MotoServer:
         name = name or f"gw-{uuid.uuid4().hex[:20]}"
         self.client().create_bucket(Bucket=name)
         return name
+
+    def dynamodb_settings(self, table: str | None = None) -> dict[str, str]:
+        """Gateway settings (dotted names) for the dynamodb metadata store on ``table`` (a new
+        name when None; ``gateway metadata-table create`` or the store's ``create_table`` makes it)."""
+        return {"storage.metadata_backend": "dynamodb",
+                "storage.dynamodb_table": table or f"gw-meta-{uuid.uuid4().hex[:16]}",
+                "storage.dynamodb_endpoint_url": self.endpoint_url, "storage.dynamodb_region": S3_REGION,
+                "storage.dynamodb_access_key_id": S3_ACCESS_KEY, "storage.dynamodb_secret_access_key": S3_SECRET_KEY}
 
     def settings(self, bucket: str) -> dict[str, str]:
         """Gateway settings (dotted names) for the s3 blob store on ``bucket``."""

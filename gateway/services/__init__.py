@@ -10,6 +10,7 @@ services on top of them. Nothing else builds a store or a plugin manager.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -27,24 +28,26 @@ from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstan
 from gateway.services.jobs import JobService
 from gateway.services.minict import MiniCtService
 from gateway.services.masks import MaskService
+from gateway.services.metadata import MetadataService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
+from gateway.services.sidecars import import_upload_sidecars
 from gateway.services.transcode import TranscodeService
 from gateway.services.uploads import UploadService
 from gateway.services.users import UserService
 from plugins.manager import create_plugin_manager
 from storage import registry
-from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex
-from storage.errors import StorageError
+from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex, MetadataStore
+from storage.errors import ObjectNotFound, StorageError, VersionConflict
 
 logger = logging.getLogger(__name__)
 
 
-def _backend(kind: str, settings):
+def _backend(kind: str, settings, **context):
     """The backend of ``storage.<kind>_backend``; what it cannot use is a settings error."""
     name = settings[f"storage.{kind}_backend"]
     try:
-        return registry.create(kind, name, settings)
+        return registry.create(kind, name, settings, **context)
     except registry.BackendNotFound as exc:
         raise SettingsError(f"storage.{kind}_backend: {exc}") from exc
     except SettingsError:
@@ -86,6 +89,8 @@ class Services:
     users: UserService
     annotations: AnnotationService
     masks: MaskService
+    metadata_store: MetadataStore
+    metadata: MetadataService
     migrations: list[str] = field(default_factory=list)  # applied by this build
 
     @classmethod
@@ -116,23 +121,35 @@ class Services:
         deleter = DeleteService(blobs, index, settings, pm, access=access, jobs=jobs, annotations=annotations,
                                 derived=derived)
         query = QueryService(index, settings, access=access)
+        archives = ArchiveService(retrieve, query, index)
+        metadata_store = metrics.Timed("metadata", _backend("metadata", settings, index=database),
+                                       answers=(VersionConflict, ObjectNotFound))
+        metadata = MetadataService.from_settings(metadata_store, index, blobs, access, audit, database.shares,
+                                                 archives.entry_names, settings)
+        deleter.cascades.append(metadata.instances_deleted)
+        uploads = UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs)
+        uploads.sidecar_import = functools.partial(import_upload_sidecars, metadata, blobs)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
             ShareService.from_settings(database.shares, index, access, audit, settings), signer,
             ingest,
             query, retrieve, TranscodeService(retrieve),
-            deleter, UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs),
-            ArchiveService(retrieve, query, index),
+            deleter, uploads,
+            archives,
             derived,
             MiniCtService(index, retrieve, ingest, derived, blobs, access=access),
             users, annotations, masks,
+            metadata_store, metadata,
             migrations,
         )
 
     def ping(self) -> dict[str, str]:
         """``ok`` or why not, for each store (readiness)."""
         checks = {}
-        for name, store in (("index", self.database), ("blobs", self.blobs)):
+        stores = [("index", self.database), ("blobs", self.blobs)]
+        if getattr(self.metadata_store, "db", None) is not self.database:  # not the index database itself
+            stores.append(("metadata", self.metadata_store))
+        for name, store in stores:
             try:
                 store.ping()
                 checks[name] = "ok"
@@ -141,11 +158,11 @@ class Services:
         return checks
 
     def close(self) -> None:
-        for store in (self.database, self.blobs):
+        for store in (self.metadata_store, self.database, self.blobs):
             close = getattr(store, "close", None)
             if close:
                 close()
 
 
-__all__ = ["AnnotationService", "DerivedService", "MiniCtService", "ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "MaskService", "QueryService",
+__all__ = ["AnnotationService", "DerivedService", "MiniCtService", "ArchiveService", "DeleteService", "Frame", "IngestService", "InstanceOutcome", "JobService", "MetadataService", "MaskService", "QueryService",
            "RetrieveService", "SearchOutcome", "Services", "StagedInstance", "TranscodeService", "UserService"]

@@ -255,6 +255,12 @@ class ArchiveService:
         return archive
 
     # --- names ----------------------------------------------------------------------------------
+    def entry_names(self, principal: Principal, study: str, series: str | None = None) -> dict[str, str]:
+        """Each instance's entry name in the archive of the study (series), by SOP Instance UID
+        (the names sidecars are written beside)."""
+        records = self.retrieve.instances(principal, study, series)
+        return self._names(principal, study, series, records)[0]
+
     def _names(self, principal: Principal, study: str, series: str | None,
                records: list[InstanceRecord]) -> tuple[dict[str, str], dict[str, object], datetime | None]:
         """Every instance's entry name (by SOP Instance UID), each series' SeriesNumber, and the

@@ -35,6 +35,9 @@ class DeleteService:
         self.pm = plugin_manager
         self.access = access
         self.jobs = jobs
+        # Core services whose records go with the instances (image metadata), called with the
+        # removed instances once their blobs are gone; set by Services.build.
+        self.cascades: list = []
 
     def delete(self, principal: Principal, study: str, series: str | None = None,
                sop: str | None = None) -> list[InstanceRecord]:
@@ -66,6 +69,11 @@ class DeleteService:
                 logger.exception("derived objects of %s left behind after delete", resource)
         if self.annotations is not None:
             self.annotations.study_deleted(principal, study, series, sop)
+        for cascade in self.cascades:
+            try:
+                cascade(removed)
+            except Exception:
+                logger.exception("clean-up after the delete of %s failed", resource)
         try:
             self.pm.hook.instances_deleted(records=removed, settings=self.settings, jobs=self.jobs)
         except Exception:

@@ -317,6 +317,9 @@ class UploadService:
         self.jobs = jobs
         self.limits = Limits.from_settings(settings)
         self.expire_after_ms = settings["upload.expire_after"] * 1000
+        # (principal, upload, entries) -> counts: the .prj sidecars made into image metadata when the
+        # upload completes; set by Services.build.
+        self.sidecar_import = None
 
     def _call(self, func, *args, **kwargs):
         try:
@@ -395,6 +398,11 @@ class UploadService:
         series = sorted({(e.study_uid, e.series_uid) for e in entries
                          if e.outcome in ("stored", "duplicate", "replaced") and e.series_uid})
         summary = {"instances": len(instances), "series": [{"study": s, "series": se} for s, se in series]}
+        if self.sidecar_import is not None and any(e.outcome == "sidecar" for e in entries):
+            try:
+                summary["metadata"] = self.sidecar_import(principal, upload, entries)
+            except Exception:  # the instances are stored: a sidecar's failure must not undo the completion
+                logger.exception("the .prj sidecars of upload %s were not imported", upload_id)
         if not self._call(self.store.finish, upload_id, "complete", now_ms=now_ms(), events=[("complete", summary)]):
             return self.get(principal, upload_id)
         upload = self.get(principal, upload_id)

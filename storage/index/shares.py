@@ -47,9 +47,10 @@ class SqlShareStore:
 
     def list_shares(self, *, clinic_id: str | None = None, target_type: str | None = None,
                     target_id: str | None = None, active_at: int | None = None, limit: int = 100,
-                    offset: int = 0) -> list[ShareRecord]:
+                    offset: int = 0, study_uid: str | None = None) -> list[ShareRecord]:
         where, params = [], []
-        for column, value in (("clinic_id", clinic_id), ("target_type", target_type), ("target_id", target_id)):
+        for column, value in (("clinic_id", clinic_id), ("target_type", target_type), ("target_id", target_id),
+                              ("study_uid", study_uid)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)

@@ -70,3 +70,6 @@ class ShareStoreContract(StoreContract):
         assert [s.id for s in store.list_shares(clinic_id="c1", active_at=5_000)] == ["b", "a"]
         assert [s.id for s in store.list_shares(target_type="user", target_id="u1")] == ["b"]
         assert [s.id for s in store.list_shares(limit=2, offset=1)] == ["c", "b"]
+        store.add_share(make_share("e", study="1.9", created_at=5_000))
+        assert [s.id for s in store.list_shares(clinic_id="c1", study_uid="1.9")] == ["e"]
+        assert [s.id for s in store.list_shares(clinic_id="c1", study_uid="1.1", active_at=5_000)] == ["b", "a"]

@@ -35,6 +35,7 @@ from tests.contract.blob import BlobStoreContract  # noqa: E402
 from tests.contract.derived import DerivedStoreContract  # noqa: E402
 from tests.contract.instances import InstanceIndexContract  # noqa: E402
 from tests.contract.jobs import JobQueueContract  # noqa: E402
+from tests.contract.metadata import MetadataStoreContract  # noqa: E402
 from tests.contract.shares import ShareStoreContract  # noqa: E402
 from tests.contract.uploads import UploadStoreContract  # noqa: E402
 
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = {
     "gateway.blob_stores": BlobStoreContract,
     "gateway.index_stores": IndexBackendContract,
-    "gateway.metadata_stores": None,
+    "gateway.metadata_stores": MetadataStoreContract,
 }
 # The contract of each store an index backend may offer.
 STORE_CONTRACTS = {
@@ -139,6 +140,18 @@ def test_the_meta_test_notices_a_backend_without_contract(monkeypatch):
     monkeypatch.setattr(me, "_backends", lambda group: {**real(group), "orphan": "collections:OrderedDict"})
     with pytest.raises(AssertionError, match="orphan = collections:OrderedDict"):
         test_every_backend_has_a_contract_subclass("gateway.index_stores")
+
+
+def test_the_meta_test_notices_a_metadata_store_without_contract(monkeypatch):
+    import tests.contract.test_entry_points as me
+    from storage.index.metadata import SqlMetadataStore
+
+    real = me._contract_classes
+    monkeypatch.setattr(me, "_contract_classes",
+                        lambda: [c for c in real() if getattr(c, "backend_class", None) is not SqlMetadataStore])
+    with pytest.raises(AssertionError, match="sql = storage.index.metadata:SqlMetadataStore: no "
+                                             "MetadataStoreContract subclass"):
+        test_every_backend_has_a_contract_subclass("gateway.metadata_stores")
 
 
 def test_the_meta_test_notices_an_offered_store_without_contract(monkeypatch):

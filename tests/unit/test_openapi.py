@@ -8,7 +8,10 @@ WITH_BODY = {("post", "/api/v1/studies/{study}/series/{series}/mini-ct"),
              ("patch", "/api/v1/projects/{project_id}"), ("post", "/api/v1/annotations"),
              ("put", "/api/v1/annotations/{annotation_id}"), ("post", "/api/v1/annotations/{annotation_id}/mask-groups"),
              ("post", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/signed-url"),
-             ("post", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/complete")}
+             ("post", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/complete"),
+             ("put", "/api/v1/metadata/{study}/{series}/{instance}/{variant}"),
+             ("patch", "/api/v1/metadata/{study}/{series}/{instance}/{variant}/viewer-state"),
+             ("put", "/api/v1/metadata/{study}/{series}/{instance}/{variant}/annotations")}
 # GETs that take no query parameters: the caller's own record, an annotation's few mask groups, a mask's PNG.
 NO_QUERY = {("get", "/api/v1/me"), ("get", "/api/v1/annotations/{annotation_id}/mask-groups"),
             ("get", "/api/v1/annotations/{annotation_id}/mask-groups/{group_id}/masks/{mask_id}/content"),

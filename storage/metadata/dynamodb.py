@@ -1,0 +1,351 @@
+"""The image metadata store on DynamoDB, through pynamodb: the ``dynamodb`` entry point of
+``gateway.metadata_stores`` (:class:`storage.base.MetadataStore`).
+
+One table (``storage.dynamodb_table``, made by ``gateway metadata-table create``), on-demand
+capacity. Items:
+
+==================  ===========================  ==================================================
+item                partition key ``pk``         sort key ``sk``
+==================  ===========================  ==================================================
+record              ``{clinic}#{study}``         ``{series}#{instance}#{variant}``
+history version     ``{clinic}#{study}``         ``~H#{series}#{instance}#{variant}#{version:010d}``
+tag (one per tag)   ``{clinic}#{study}``         ``~T#{tag}#{series}#{instance}#{variant}``
+==================  ===========================  ==================================================
+
+UIDs hold only digits and dots, which sort before ``~``: a study's records are ``sk < "~"``.
+Global secondary indexes (all projecting every attribute), each sorted by ``gsi_date`` =
+``{studyDate}#{study}#{series}#{instance}#{variant}`` (the search order):
+
+- ``by_date``: ``gsi_clinic`` = ``{clinic}`` (records only): a clinic's records by study date;
+- ``by_patient``: ``gsi_patient`` = ``{clinic}#{patientId}`` (records with a patient);
+- ``by_tag``: ``gsi_tag`` = ``{clinic}#{tag}`` (tag items, whose records are then read).
+
+The shared state is not stored (it is read from the share store at read time, see
+:mod:`gateway.services.metadata`), so there is no index of it: a shared-state search reads
+the partitions of the shared studies, or the clinic's ``by_date`` index less the shared ones.
+Searches on a secondary index are eventually consistent, as DynamoDB's indexes are.
+
+Every write is one ``TransactWriteItems``: the record ``Put`` with a ``ConditionExpression``
+(``attribute_not_exists(pk)`` for a create, ``version = :expected`` for an update), the
+history item, and the tag items put and deleted. A cancelled condition is a
+:class:`storage.errors.VersionConflict` with the record read afterwards. Items stay under
+DynamoDB's 400 KB (large annotation bodies are in the blob store already, see
+:mod:`gateway.services.metadata`; a record that still does not fit is
+:class:`storage.errors.TooLarge`). A transaction holds at most 100 items: 1 record, 1 history
+item and at most 2 × :data:`MAX_TAGS` tag items.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from typing import Iterable, Iterator
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.connection import Connection
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
+
+from storage.errors import ObjectNotFound, TooLarge, Unavailable, VersionConflict
+from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state, sort_key
+
+logger = logging.getLogger(__name__)
+
+MAX_TAGS = 40
+MAX_BODY_BYTES = 380_000  # under the 400 KB item limit, with room for the keys and attributes
+_PARTITION_SEARCH_MAX = 100  # shared-state searches over at most this many studies read their partitions
+_CONFLICT_ATTEMPTS = 5  # a transaction cancelled by a concurrent one on the same items is tried again
+
+
+def _index(name: str, hash_name: str) -> type[GlobalSecondaryIndex]:
+    meta = type("Meta", (), {"index_name": name, "projection": AllProjection()})
+    return type(f"Index_{name}", (GlobalSecondaryIndex,), {
+        "Meta": meta, hash_name: UnicodeAttribute(hash_key=True),
+        "gsi_date": UnicodeAttribute(range_key=True)})
+
+
+def _model(table: str, *, region: str | None, host: str | None, access_key: str | None, secret_key: str | None,
+           attempts: int) -> type[Model]:
+    """The pynamodb model of one table (a class per store: the table and endpoint are settings)."""
+    meta = {"table_name": table, "max_retry_attempts": attempts, "connect_timeout_seconds": 5,
+            "read_timeout_seconds": 10, "billing_mode": "PAY_PER_REQUEST"}
+    if region:
+        meta["region"] = region
+    if host:
+        meta["host"] = host
+    if access_key:
+        meta["aws_access_key_id"], meta["aws_secret_access_key"] = access_key, secret_key
+    return type("MetadataItem", (Model,), {
+        "Meta": type("Meta", (), meta),
+        "pk": UnicodeAttribute(hash_key=True),
+        "sk": UnicodeAttribute(range_key=True),
+        "kind": UnicodeAttribute(),  # record, history, tag
+        "clinic": UnicodeAttribute(),
+        "study": UnicodeAttribute(),
+        "series": UnicodeAttribute(),
+        "sop": UnicodeAttribute(),
+        "variant": UnicodeAttribute(),
+        "version": NumberAttribute(null=True),
+        "body": UnicodeAttribute(null=True),
+        "gsi_date": UnicodeAttribute(null=True),
+        "gsi_clinic": UnicodeAttribute(null=True),
+        "gsi_patient": UnicodeAttribute(null=True),
+        "gsi_tag": UnicodeAttribute(null=True),
+        "by_date": _index("by_date", "gsi_clinic")(),
+        "by_patient": _index("by_patient", "gsi_patient")(),
+        "by_tag": _index("by_tag", "gsi_tag")(),
+    })
+
+
+def _pk(clinic_id: str, study_uid: str) -> str:
+    return f"{clinic_id}#{study_uid}"
+
+
+def _sk(key: MetadataKey) -> str:
+    return f"{key.series_uid}#{key.sop_uid}#{key.variant}"
+
+
+def _history_prefix(key: MetadataKey) -> str:
+    return f"~H#{_sk(key)}#"
+
+
+class DynamoMetadataStore:
+    """Image metadata in one DynamoDB table (see the module's documentation for its items)."""
+
+    def __init__(self, table: str, *, region: str | None = None, host: str | None = None,
+                 access_key: str | None = None, secret_key: str | None = None, attempts: int = 5):
+        if not table:
+            raise ValueError("storage.metadata_backend is 'dynamodb' but storage.dynamodb_table is empty")
+        self.table = table
+        self.region = region or "us-east-1"
+        self.host = host
+        self.Item = _model(table, region=self.region, host=host, access_key=access_key, secret_key=secret_key,
+                           attempts=attempts)
+        self._connection = Connection(region=self.region, host=host, max_retry_attempts=attempts,
+                                      aws_access_key_id=access_key or None,
+                                      aws_secret_access_key=secret_key or None)
+
+    @classmethod
+    def from_settings(cls, settings, *, index=None) -> "DynamoMetadataStore":
+        return cls(settings["storage.dynamodb_table"],
+                   region=settings["storage.dynamodb_region"] or settings["storage.s3_region"] or None,
+                   host=settings["storage.dynamodb_endpoint_url"] or None,
+                   access_key=settings["storage.dynamodb_access_key_id"] or None,
+                   secret_key=settings["storage.dynamodb_secret_access_key"] or None,
+                   attempts=settings["storage.dynamodb_max_attempts"])
+
+    # --- the table -------------------------------------------------------------------------
+    def create_table(self, *, wait: bool = True) -> bool:
+        """Create the table and its indexes (on-demand capacity); False when it exists."""
+        try:
+            if self.Item.exists():
+                return False
+            self.Item.create_table(billing_mode="PAY_PER_REQUEST", wait=wait)
+        except PynamoDBException as exc:
+            raise Unavailable(f"DynamoDB table {self.table} cannot be created: {exc}") from exc
+        return True
+
+    def ping(self) -> None:
+        try:
+            self.Item.describe_table()
+        except PynamoDBException as exc:
+            raise Unavailable(f"DynamoDB table {self.table} unusable ({exc}); create it with "
+                              "'gateway metadata-table create'") from exc
+
+    def _unavailable(self, exc: Exception, what: str) -> Unavailable:
+        return Unavailable(f"DynamoDB {what} on table {self.table} failed: {exc}")
+
+    # --- items ---------------------------------------------------------------------------------
+    def _record(self, item) -> MetadataRecord:
+        return MetadataRecord.from_body(item.clinic, MetadataKey(item.study, item.series, item.sop, item.variant),
+                                        int(item.version), json.loads(item.body))
+
+    def _items(self, record: MetadataRecord, version: int, old_tags: Iterable[str]):
+        """The record item, its history item, the tag items to put and those to delete."""
+        k, clinic = record.key, record.clinic_id
+        body = json.dumps(record.body(), separators=(",", ":"), sort_keys=True)
+        if len(body.encode()) > MAX_BODY_BYTES:
+            raise TooLarge(f"{len(body.encode())} bytes of JSON, DynamoDB items hold at most 400 KB")
+        tags = list(dict.fromkeys(record.tags))
+        if len(tags) > MAX_TAGS:
+            raise TooLarge(f"{len(tags)} tags, at most {MAX_TAGS}")
+        common = {"pk": _pk(clinic, k.study_uid), "clinic": clinic, "study": k.study_uid, "series": k.series_uid,
+                  "sop": k.sop_uid, "variant": k.variant, "gsi_date": sort_key(record)}
+        item = self.Item(sk=_sk(k), kind="record", version=version, body=body, gsi_clinic=clinic,
+                         gsi_patient=f"{clinic}#{record.patient_id}" if record.patient_id else None, **common)
+        history = self.Item(sk=f"{_history_prefix(k)}{version:010d}", kind="history", version=version, body=body,
+                            **common)
+        put_tags = [self.Item(sk=f"~T#{tag}#{_sk(k)}", kind="tag", gsi_tag=f"{clinic}#{tag}", **common)
+                    for tag in tags]
+        gone = [self.Item(sk=f"~T#{tag}#{_sk(k)}", kind="tag", **common) for tag in set(old_tags) - set(tags)]
+        return item, history, put_tags, gone
+
+    def _transaction(self, token: str):
+        return TransactWrite(connection=self._connection, client_request_token=token)
+
+    # --- reads ---------------------------------------------------------------------------------
+    def get(self, clinic_id: str, key: MetadataKey) -> MetadataRecord | None:
+        try:
+            return self._record(self.Item.get(_pk(clinic_id, key.study_uid), _sk(key), consistent_read=True))
+        except DoesNotExist:
+            return None
+        except PynamoDBException as exc:
+            raise self._unavailable(exc, "get") from exc
+
+    # --- writes --------------------------------------------------------------------------------
+    def _write(self, record: MetadataRecord, expected_version: int | None, old_tags: Iterable[str]) -> MetadataRecord:
+        version = 1 if expected_version is None else expected_version + 1
+        new = record.next_version(version)
+        item, history, put_tags, gone = self._items(new, version, old_tags)
+        condition = (self.Item.pk.does_not_exist() if expected_version is None
+                     else self.Item.version == expected_version)
+        # One token for every attempt: DynamoDB applies a transaction sent again with the same
+        # token (within 10 minutes) once, so a retry after a lost answer or a 500 cannot apply it
+        # twice, nor see its own first attempt as a conflict.
+        token = uuid.uuid4().hex
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                with self._transaction(token) as tx:
+                    tx.save(item, condition=condition)
+                    tx.save(history)
+                    for tag in put_tags:
+                        tx.save(tag)
+                    for tag in gone:
+                        tx.delete(tag)
+                return new
+            except TransactWriteError as exc:
+                codes = [r.code if r is not None else None for r in (exc.cancellation_reasons or [])]
+                if codes and codes[0] == "ConditionalCheckFailed":
+                    break
+                if not codes and attempt < _CONFLICT_ATTEMPTS:  # not cancelled: the service failed (a 500)
+                    logger.info("DynamoDB transaction failed (%s), tried again", exc)
+                    time.sleep(random.uniform(0.01, 0.05) * attempt)
+                    continue
+                if "TransactionConflict" not in codes:
+                    raise self._unavailable(exc, "transaction") from exc
+                # Another transaction on the same items was under way (concurrent writers of one
+                # record): if it wrote the record, this write is stale; else try again.
+                current = self.get(record.clinic_id, record.key)
+                if (current.version if current else None) != expected_version:
+                    break
+                if attempt == _CONFLICT_ATTEMPTS:
+                    raise self._unavailable(exc, "transaction (kept meeting concurrent transactions)") from exc
+                time.sleep(random.uniform(0.005, 0.02) * attempt)
+            except PynamoDBException as exc:
+                raise self._unavailable(exc, "transaction") from exc
+        current = self.get(record.clinic_id, record.key)
+        raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
+                              f"{current.version if current else 'none'}", current)
+
+    def put(self, record: MetadataRecord, *, expected_version: int | None) -> MetadataRecord:
+        old_tags: list[str] = []
+        if expected_version is not None:
+            current = self.get(record.clinic_id, record.key)
+            if current is None or current.version != expected_version:
+                raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
+                                      f"{current.version if current else 'none'}", current)
+            old_tags = current.tags  # right when the conditional write succeeds
+        return self._write(record, expected_version, old_tags)
+
+    def patch_viewer_state(self, clinic_id: str, key: MetadataKey, changes: dict, *, expected_version: int,
+                           updated_by: str, now_ms: int) -> MetadataRecord:
+        current = self.get(clinic_id, key)
+        if current is None:
+            raise ObjectNotFound(key.object_key)
+        if current.version != expected_version:
+            raise VersionConflict(f"{key.object_key}: expected version {expected_version}, found {current.version}",
+                                  current)
+        old_tags = list(current.tags)
+        current.viewer_state = merge_viewer_state(current.viewer_state, changes)
+        current.updated_at, current.updated_by = now_ms, updated_by
+        return self._write(current, expected_version, old_tags)  # conditional on the version read
+
+    # --- search ---------------------------------------------------------------------------------
+    def _date_condition(self, attribute, query: MetadataQuery):
+        low, high = query.date_from, query.date_to
+        if low and high:
+            return attribute.between(low, f"{high}#~")
+        if low:
+            return attribute >= low
+        if high:
+            return attribute <= f"{high}#~"
+        return None
+
+    def _candidates(self, query: MetadataQuery) -> Iterator[MetadataRecord]:
+        """Records in search order, from the narrowest way in; the caller filters the rest."""
+        clinic = query.clinic_id
+        if query.study_uid is not None:
+            prefix = f"{query.series_uid}#" if query.series_uid else None
+            condition = self.Item.sk.startswith(prefix) if prefix else self.Item.sk < "~"
+            yield from (self._record(i) for i in self.Item.query(_pk(clinic, query.study_uid), condition,
+                                                                 scan_index_forward=False, consistent_read=True))
+        elif query.study_uids is not None and len(query.study_uids) <= _PARTITION_SEARCH_MAX:
+            found = [self._record(i) for study in query.study_uids
+                     for i in self.Item.query(_pk(clinic, study), self.Item.sk < "~", consistent_read=True)]
+            yield from sorted(found, key=sort_key, reverse=True)
+        elif query.patient_id is not None:
+            yield from (self._record(i) for i in self.Item.by_patient.query(
+                f"{clinic}#{query.patient_id}", self._date_condition(self.Item.gsi_date, query),
+                scan_index_forward=False))
+        elif query.tag is not None:
+            tags = self.Item.by_tag.query(f"{clinic}#{query.tag}",
+                                          self._date_condition(self.Item.gsi_date, query),
+                                          scan_index_forward=False)
+            for tag in tags:
+                record = self.get(clinic, MetadataKey(tag.study, tag.series, tag.sop, tag.variant))
+                if record is not None:
+                    yield record
+        else:
+            yield from (self._record(i) for i in self.Item.by_date.query(
+                clinic, self._date_condition(self.Item.gsi_date, query), scan_index_forward=False))
+
+    def search(self, query: MetadataQuery) -> list[MetadataRecord]:
+        if query.study_uids is not None and not query.study_uids:
+            return []
+        found: list[MetadataRecord] = []
+        skipped = 0
+        try:
+            for record in self._candidates(query):
+                if not query.matches(record):
+                    continue
+                if skipped < query.offset:
+                    skipped += 1
+                    continue
+                found.append(record)
+                if len(found) >= query.limit:
+                    break
+        except PynamoDBException as exc:
+            raise self._unavailable(exc, "query") from exc
+        return found
+
+    # --- history, delete --------------------------------------------------------------------------
+    def history(self, clinic_id: str, key: MetadataKey, *, limit: int = 100,
+                before_version: int | None = None) -> list[MetadataRecord]:
+        prefix = _history_prefix(key)
+        condition = (self.Item.sk.between(prefix, f"{prefix}{before_version - 1:010d}") if before_version is not None
+                     else self.Item.sk.startswith(prefix))
+        try:
+            items = self.Item.query(_pk(clinic_id, key.study_uid), condition, scan_index_forward=False,
+                                    consistent_read=True, limit=limit)
+            return [self._record(i) for i in items][:limit]
+        except PynamoDBException as exc:
+            raise self._unavailable(exc, "query") from exc
+
+    def delete_study(self, clinic_id: str, study_uid: str) -> int:
+        records = 0
+        try:
+            items = list(self.Item.query(_pk(clinic_id, study_uid), consistent_read=True))
+            with self.Item.batch_write() as batch:
+                for item in items:
+                    records += item.kind == "record"
+                    batch.delete(item)
+        except PynamoDBException as exc:
+            raise self._unavailable(exc, "delete") from exc
+        return records
+
+    def close(self) -> None:
+        """Nothing to close (botocore keeps its own pool)."""

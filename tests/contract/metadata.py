@@ -1,0 +1,196 @@
+"""The contract every image metadata store (``gateway.metadata_stores``) keeps.
+
+A backend's test module writes a fixture mixin (``backend_class`` and a ``store`` fixture
+returning an empty store) and combines it: ``class TestSqliteMetadata(MetadataStoreContract,
+SqliteMetadata)``. The meta-test (``test_entry_points.py``) fails for a backend without one.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from storage.base import MetadataStore
+from storage.errors import ObjectNotFound, VersionConflict
+from storage.metadata import DEFAULT_VIEWER_STATE, MetadataKey, MetadataQuery, MetadataRecord
+from tests.contract.backend import missing_methods
+
+
+def key(sop: str = "1.2.3.4", study: str = "1.2", series: str = "1.2.3", variant: str = "original") -> MetadataKey:
+    return MetadataKey(study, series, sop, variant)
+
+
+def record(k: MetadataKey | None = None, clinic: str = "c1", **kw) -> MetadataRecord:
+    kw.setdefault("owner", "dr")
+    kw.setdefault("updated_by", "dr")
+    kw.setdefault("updated_at", 1_000)
+    kw.setdefault("created_at", 1_000)
+    return MetadataRecord(clinic_id=clinic, key=k or key(), **kw)
+
+
+class MetadataStoreContract:
+    backend_class: type
+
+    def test_fixture_builds_the_declared_backend(self, store):
+        assert type(store) is self.backend_class
+        assert isinstance(store, MetadataStore)
+        assert not missing_methods(store, MetadataStore)
+        for name, member in vars(MetadataStore).items():
+            if not name.startswith("_") and callable(member):
+                assert list(inspect.signature(getattr(store, name)).parameters) == \
+                    list(inspect.signature(member).parameters)[1:], name
+        store.ping()
+
+    # --- create, read, conditional writes -----------------------------------------------------
+    def test_create_then_get(self, store):
+        assert store.get("c1", key()) is None
+        stored = store.put(record(tags=["implant", "molar"], patient_id="P1", study_date="20240506",
+                                  object_type="CT", annotations=[{"id": "a1", "type": "line"}]),
+                           expected_version=None)
+        assert stored.version == 1
+        got = store.get("c1", key())
+        assert got == stored
+        assert (got.tags, got.patient_id, got.object_type, got.annotations) == \
+            (["implant", "molar"], "P1", "CT", [{"id": "a1", "type": "line"}])
+        assert got.viewer_state == DEFAULT_VIEWER_STATE
+        assert store.get("c2", key()) is None  # clinics are apart
+        assert store.get("c1", key(variant="preview")) is None
+
+    def test_create_twice_conflicts_with_the_current_record(self, store):
+        store.put(record(tags=["first"]), expected_version=None)
+        with pytest.raises(VersionConflict) as caught:
+            store.put(record(tags=["second"]), expected_version=None)
+        assert caught.value.current.version == 1 and caught.value.current.tags == ["first"]
+        assert store.get("c1", key()).tags == ["first"]
+
+    def test_update_needs_the_current_version(self, store):
+        store.put(record(), expected_version=None)
+        v2 = store.put(record(tags=["a"]), expected_version=1)
+        assert v2.version == 2
+        with pytest.raises(VersionConflict) as caught:
+            store.put(record(tags=["stale"]), expected_version=1)
+        assert caught.value.current.version == 2 and caught.value.current.tags == ["a"]
+        with pytest.raises(VersionConflict) as missing:
+            store.put(record(key(sop="9.9")), expected_version=3)
+        assert missing.value.current is None
+        assert store.get("c1", key()).tags == ["a"]
+
+    def test_patch_viewer_state_merges(self, store):
+        store.put(record(), expected_version=None)
+        v2 = store.patch_viewer_state("c1", key(), {"zoom": 2.5, "window": {"center": 400, "width": 2000}},
+                                      expected_version=1, updated_by="staff", now_ms=2_000)
+        assert v2.version == 2 and v2.updated_by == "staff" and v2.updated_at == 2_000
+        v3 = store.patch_viewer_state("c1", key(), {"window": {"width": 1500}, "rotation": 90},
+                                      expected_version=2, updated_by="dr", now_ms=3_000)
+        assert v3.viewer_state["window"] == {"center": 400, "width": 1500}
+        assert (v3.viewer_state["zoom"], v3.viewer_state["rotation"]) == (2.5, 90)
+        v4 = store.patch_viewer_state("c1", key(), {"zoom": None}, expected_version=3, updated_by="dr", now_ms=4)
+        assert v4.viewer_state["zoom"] == DEFAULT_VIEWER_STATE["zoom"]
+        assert store.get("c1", key()) == v4
+
+    def test_patch_of_a_stale_or_missing_record(self, store):
+        store.put(record(), expected_version=None)
+        store.patch_viewer_state("c1", key(), {"zoom": 2}, expected_version=1, updated_by="a", now_ms=2)
+        with pytest.raises(VersionConflict) as caught:
+            store.patch_viewer_state("c1", key(), {"zoom": 3}, expected_version=1, updated_by="b", now_ms=3)
+        assert caught.value.current.version == 2 and caught.value.current.viewer_state["zoom"] == 2
+        with pytest.raises(ObjectNotFound):
+            store.patch_viewer_state("c1", key(sop="9.9"), {"zoom": 3}, expected_version=1, updated_by="b", now_ms=3)
+
+    def test_concurrent_writers_of_one_version_one_wins(self, store):
+        store.put(record(), expected_version=None)
+        barrier = threading.Barrier(8)
+
+        def write(n: int):
+            barrier.wait()
+            try:
+                return store.patch_viewer_state("c1", key(), {"rotation": n}, expected_version=1,
+                                                updated_by=f"u{n}", now_ms=10 + n).viewer_state["rotation"]
+            except VersionConflict:
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(write, range(8)))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        current = store.get("c1", key())
+        assert current.version == 2 and current.viewer_state["rotation"] == winners[0]
+
+    # --- history ----------------------------------------------------------------------------------
+    def test_history_keeps_every_version(self, store):
+        store.put(record(tags=["v1"]), expected_version=None)
+        store.put(record(tags=["v2"]), expected_version=1)
+        store.patch_viewer_state("c1", key(), {"zoom": 3}, expected_version=2, updated_by="x", now_ms=5)
+        versions = store.history("c1", key())
+        assert [v.version for v in versions] == [3, 2, 1]
+        assert [v.tags for v in versions] == [["v2"], ["v2"], ["v1"]]
+        assert versions[0] == store.get("c1", key())
+        assert [v.version for v in store.history("c1", key(), limit=1, before_version=3)] == [2]
+        assert store.history("c2", key()) == []
+
+    # --- search -----------------------------------------------------------------------------------
+    @staticmethod
+    def _fill(store):
+        rows = [("1.1", "1.1.1", "1.1.1.1", "original", "P1", "20240101", ["implant"]),
+                ("1.1", "1.1.1", "1.1.1.1", "preview", "P1", "20240101", []),
+                ("1.1", "1.1.2", "1.1.2.1", "original", "P1", "20240101", ["caries", "implant"]),
+                ("1.2", "1.2.1", "1.2.1.1", "original", "P2", "20240301", ["caries"]),
+                ("1.3", "1.3.1", "1.3.1.1", "mini-ct", "P1", "20250101", []),
+                ("1.4", "1.4.1", "1.4.1.1", "original", None, None, ["implant"])]
+        for study, series, sop, variant, patient, date, tags in rows:
+            store.put(record(key(sop, study, series, variant), patient_id=patient, study_date=date, tags=tags),
+                      expected_version=None)
+        store.put(record(key("1.1.1.1", "1.1", "1.1.1"), clinic="c2", patient_id="P1", study_date="20240101",
+                         tags=["implant"]), expected_version=None)
+
+    @staticmethod
+    def _keys(store, **filters) -> list[str]:
+        return [r.key.object_key for r in store.search(MetadataQuery(clinic_id="c1", **filters))]
+
+    def test_search_order_and_paging(self, store):
+        self._fill(store)
+        everything = self._keys(store)
+        assert everything == ["1.3/1.3.1/1.3.1.1/mini-ct", "1.2/1.2.1/1.2.1.1/original",
+                              "1.1/1.1.2/1.1.2.1/original", "1.1/1.1.1/1.1.1.1/preview",
+                              "1.1/1.1.1/1.1.1.1/original", "1.4/1.4.1/1.4.1.1/original"]
+        assert self._keys(store, limit=2, offset=1) == everything[1:3]
+        assert self._keys(store, offset=10) == []
+
+    def test_search_filters(self, store):
+        self._fill(store)
+        assert self._keys(store, study_uid="1.1", series_uid="1.1.1") == \
+            ["1.1/1.1.1/1.1.1.1/preview", "1.1/1.1.1/1.1.1.1/original"]
+        assert self._keys(store, patient_id="P1", date_from="20240101", date_to="20241231") == \
+            ["1.1/1.1.2/1.1.2.1/original", "1.1/1.1.1/1.1.1.1/preview", "1.1/1.1.1/1.1.1.1/original"]
+        assert self._keys(store, date_from="20240201") == ["1.3/1.3.1/1.3.1.1/mini-ct", "1.2/1.2.1/1.2.1.1/original"]
+        assert self._keys(store, tag="implant") == ["1.1/1.1.2/1.1.2.1/original", "1.1/1.1.1/1.1.1.1/original",
+                                                    "1.4/1.4.1/1.4.1.1/original"]
+        assert self._keys(store, tag="caries", patient_id="P2") == ["1.2/1.2.1/1.2.1.1/original"]
+        assert self._keys(store, study_uids=frozenset({"1.2", "1.4"})) == \
+            ["1.2/1.2.1/1.2.1.1/original", "1.4/1.4.1/1.4.1.1/original"]
+        assert self._keys(store, study_uids=frozenset()) == []
+        assert self._keys(store, exclude_study_uids=frozenset({"1.1", "1.3"})) == \
+            ["1.2/1.2.1/1.2.1.1/original", "1.4/1.4.1/1.4.1.1/original"]
+        assert self._keys(store, tag="nothing") == []
+
+    def test_tags_follow_updates(self, store):
+        store.put(record(tags=["a", "b"]), expected_version=None)
+        store.put(record(tags=["b", "c"]), expected_version=1)
+        assert self._keys(store, tag="a") == []
+        assert self._keys(store, tag="c") == [key().object_key]
+
+    # --- delete -------------------------------------------------------------------------------------
+    def test_delete_study(self, store):
+        self._fill(store)
+        store.put(record(key("1.1.1.1", "1.1", "1.1.1"), tags=["x"]), expected_version=1)
+        assert store.delete_study("c1", "1.1") == 3
+        assert store.get("c1", key("1.1.1.1", "1.1", "1.1.1")) is None
+        assert store.history("c1", key("1.1.1.1", "1.1", "1.1.1")) == []
+        assert self._keys(store, tag="x") == []
+        assert store.get("c2", key("1.1.1.1", "1.1", "1.1.1")) is not None  # the other clinic's stays
+        assert store.delete_study("c1", "1.1") == 0
+        # a record made again after a delete starts from version 1
+        assert store.put(record(key("1.1.1.1", "1.1", "1.1.1")), expected_version=None).version == 1
+        assert [v.version for v in store.history("c1", key("1.1.1.1", "1.1", "1.1.1"))] == [1]

@@ -1,0 +1,311 @@
+"""Image metadata against a real ``gateway serve`` over HTTP: the locking protocol (428, 412
+with the current record, If-None-Match: *), 50 concurrent PATCHes of one record, history,
+annotations offloaded to the blob store, search, the share state, sidecars, another clinic's
+404 on every endpoint (audited), and the records going with their study."""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from tests.services import dicom_instance, stow
+
+pytestmark = pytest.mark.e2e
+
+API = "/api/v1/metadata"
+
+
+@pytest.fixture(scope="module")
+def image(server):
+    """One stored CT instance (instance number 1) of a study of its own, and its object key."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    response = stow(server.url, [dicom_instance(study, series, sop, patient="Meta^Data")],
+                    headers=server.auth_headers)
+    assert response.status_code == 200, response.text
+    return f"{study}/{series}/{sop}/original"
+
+
+def _new_image(server, *, patient: str = "Meta^Other") -> str:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    assert stow(server.url, [dicom_instance(study, series, sop, patient=patient)],
+                headers=server.auth_headers).status_code == 200
+    return f"{study}/{series}/{sop}/original"
+
+
+def _create(http, url: str, body: dict | None = None):
+    response = http.put(url, json=body or {}, headers={"If-None-Match": "*"})
+    assert response.status_code == 201, response.text
+    return response
+
+
+def test_locking_protocol(server, image):
+    http, url = server.http, f"{server.url}{API}/{image}"
+    assert http.get(url).status_code == 404  # an image without metadata yet
+    missing = http.put(url, json={"tags": ["x"]})
+    assert missing.status_code == 428
+    assert missing.json()["code"] == 428 and "If-Match" in missing.json()["message"]
+    assert http.get(url).status_code == 404  # nothing stored
+
+    created = _create(http, url, {"tags": ["implant"], "viewerState": {"zoom": 2}})
+    assert created.headers["ETag"] == '"1"'
+    doc = created.json()
+    assert (doc["version"], doc["type"], doc["tags"], doc["clinic"], doc["variant"]) == \
+        (1, "CT", ["implant"], "default", "original")
+    assert doc["viewerState"]["zoom"] == 2 and doc["viewerState"]["rotation"] == 0
+    assert (doc["patientId"], doc["studyDate"], doc["objectKey"]) == ("SHARED-1", "20240506", image)
+    assert doc["share"] == {"targets": [], "expiresAt": None}
+
+    again = http.put(url, json={"tags": ["other"]}, headers={"If-None-Match": "*"})
+    assert again.status_code == 412 and again.json()["current"]["tags"] == ["implant"]
+
+    got = http.get(url)
+    assert got.status_code == 200 and got.headers["ETag"] == '"1"' and got.json() == doc
+
+    updated = http.put(url, json={"tags": ["implant", "molar"]}, headers={"If-Match": '"1"'})
+    assert updated.status_code == 200 and updated.headers["ETag"] == '"2"'
+    assert updated.json()["viewerState"]["zoom"] == 2  # left out: kept
+    stale = http.put(url, json={"tags": ["lost?"]}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412 and stale.headers["ETag"] == '"2"'
+    assert stale.json()["current"]["tags"] == ["implant", "molar"] and "version 2" in stale.json()["message"]
+
+    patched = http.patch(f"{url}/viewer-state", json={"window": {"center": 400, "width": 2000}, "rotation": 90},
+                         headers={"If-Match": '"2"'})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["viewerState"] == {"rotation": 90, "zoom": 2, "window": {"center": 400, "width": 2000},
+                                             "pan": {"x": 0, "y": 0}, "flip": {"horizontal": False,
+                                                                               "vertical": False}}
+    assert patched.headers["ETag"] == '"3"'
+    # a 412 is the store's answer, not its failure: timed on /metrics, never counted as an error
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert 'gateway_store_operation_seconds_count{operation="put",store="metadata"}' in metrics
+    assert not [line for line in metrics.splitlines()
+                if line.startswith("gateway_store_errors_total") and 'store="metadata"' in line]
+
+
+@pytest.mark.parametrize("request_kw, status, names", [
+    ({"json": {"zoom": -1}}, 400, "zoom"),
+    ({"json": {"zoom": 2, "colour": "red"}}, 400, "colour"),
+    ({"json": {"window": {"center": "high"}}}, 400, "center"),
+    ({"json": {}}, 400, "changes nothing"),
+    ({"json": {"zoom": 2}, "headers": {"If-Match": "3"}}, 400, "If-Match"),
+    ({"json": {"zoom": 2}, "headers": {"If-Match": "*"}}, 400, "If-Match"),
+    ({"json": {"zoom": 2}, "headers": {}}, 428, "If-Match"),
+])
+def test_bad_writes_change_nothing(server, request_kw, status, names):
+    http = server.http
+    url = f"{server.url}{API}/{_new_image(server)}"
+    _create(http, url)
+    kw = {"headers": {"If-Match": '"1"'}, **request_kw}
+    response = http.patch(f"{url}/viewer-state", **kw)
+    assert response.status_code == status, response.text
+    assert names in response.text
+    assert http.get(url).json()["version"] == 1
+
+
+def test_bad_keys_and_bodies(server, image):
+    http = server.http
+    study, series, sop, _ = image.split("/")
+    for key, word in ((f"{study}/{series}/{sop}/thumbnail", "variant"), (f"{study}/x.y/{sop}/original", "series")):
+        response = http.get(f"{server.url}{API}/{key}")
+        assert response.status_code == 400 and word in response.json()["message"]
+    response = http.put(f"{server.url}{API}/{image}", json={"tags": "implant"}, headers={"If-Match": '"1"'})
+    assert response.status_code == 400 and "tags" in response.json()["message"]
+    unknown = f"{study}/{series}/{generate_uid()}/original"  # an instance the clinic does not hold
+    response = http.put(f"{server.url}{API}/{unknown}", json={}, headers={"If-None-Match": "*"})
+    assert response.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory, postgres_database):
+    """A gateway whose index, and so metadata, is in PostgreSQL."""
+    from tests.conftest import ServerProcess
+    from tests.services import env_of
+
+    srv = ServerProcess(tmp_path_factory.mktemp("pg-meta") / "data",
+                        env=env_of({"storage.index_backend": "postgresql",
+                                    "storage.postgres_dsn": postgres_database.new_schema(), "storage.fsync": "false"}))
+    yield srv.start()
+    srv.stop()
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_50_concurrent_patches_lose_nothing(request, store):
+    """Each PATCH is made against the version its client read: each is applied once or answered
+    412; those answered 412 merge into the current record and try again until applied. The final
+    version counts every applied change, and the history holds each of them exactly once."""
+    server = request.getfixturevalue("server" if store == "sqlite" else "postgres_server")
+    url = f"{server.url}{API}/{_new_image(server)}"
+    _create(server.http, url)
+    barrier = threading.Barrier(50)
+    first_try = {"applied": 0, "conflict": 0}
+    lock = threading.Lock()
+
+    def edit(n: int) -> int:
+        http = server.session()
+        version = int(http.get(url).headers["ETag"].strip('"'))
+        barrier.wait()
+        attempt = 0
+        while True:
+            response = http.patch(f"{url}/viewer-state", json={"pan": {"x": n}}, headers={"If-Match": f'"{version}"'})
+            assert response.status_code in (200, 412), response.text
+            if attempt == 0:
+                with lock:
+                    first_try["applied" if response.status_code == 200 else "conflict"] += 1
+            if response.status_code == 200:
+                assert response.json()["viewerState"]["pan"]["x"] == n
+                return response.json()["version"]
+            version = response.json()["current"]["version"]  # merge (nothing to merge here) and retry
+            assert response.headers["ETag"] == f'"{version}"'
+            attempt += 1
+
+    with ThreadPoolExecutor(50) as pool:
+        versions = list(pool.map(edit, range(50)))
+    assert first_try["applied"] + first_try["conflict"] == 50 and first_try["applied"] >= 1
+    assert sorted(versions) == list(range(2, 52))  # every change got a version of its own
+    final = server.http.get(url).json()
+    assert final["version"] == 51
+    history = server.http.get(f"{url}/history", params={"limit": 100}).json()["versions"]
+    assert [v["version"] for v in history] == list(range(51, 0, -1))
+    applied = {v["version"]: v["viewerState"]["pan"]["x"] for v in history if v["version"] > 1}
+    assert sorted(applied.values()) == list(range(50))  # each change exactly once
+    assert all(applied[version] == n for n, version in enumerate(versions))
+
+
+def test_history_and_annotations(server):
+    http = server.http
+    url = f"{server.url}{API}/{_new_image(server)}"
+    _create(http, url, {"annotations": [{"id": "a1", "type": "line"}]})
+    big = [{"id": f"a{i}", "type": "polygon", "points": [[i, j] for j in range(40)]} for i in range(200)]
+    assert len(json.dumps(big)) > 64 * 1024
+    put = http.put(f"{url}/annotations", json={"annotations": big}, headers={"If-Match": '"1"'})
+    assert put.status_code == 200, put.text
+    doc = put.json()
+    assert doc["annotations"] == big and doc["annotationsRef"]["count"] == 200
+    assert http.get(url).json()["annotations"] == big  # loaded back from the blob store
+    small = http.put(f"{url}/annotations", json={"annotations": []}, headers={"If-Match": '"2"'})
+    assert small.json()["annotations"] == [] and "annotationsRef" not in small.json()
+    assert http.put(f"{url}/annotations", json={"annotations": []}, headers={"If-Match": '"2"'}).status_code == 412
+    assert http.put(f"{url}/annotations", json={"annotations": "x"}, headers={"If-Match": '"3"'}).status_code == 400
+
+    history = http.get(f"{url}/history").json()["versions"]
+    assert [v["version"] for v in history] == [3, 2, 1]
+    assert history[1]["annotationsRef"]["count"] == 200 and "annotations" not in history[1]
+    assert history[2]["annotations"] == [{"id": "a1", "type": "line"}]
+    page = http.get(f"{url}/history", params={"limit": 1, "before": 3}).json()["versions"]
+    assert [v["version"] for v in page] == [2]
+    assert http.get(f"{url}/history", params={"limit": "many"}).status_code == 400
+
+
+def test_search_and_share_state(server):
+    http = server.http
+    tag = f"t{generate_uid()[-8:]}"
+    keys = [_new_image(server, patient=f"Search^{tag}") for _ in range(3)]
+    for key in keys:
+        _create(http, f"{server.url}{API}/{key}", {"tags": [tag]})
+    found = http.get(f"{server.url}{API}", params={"tag": tag}).json()["records"]
+    assert sorted(r["objectKey"] for r in found) == sorted(keys)
+    study = keys[0].split("/")[0]
+    assert [r["objectKey"] for r in http.get(f"{server.url}{API}", params={"study": study}).json()["records"]] == \
+        [keys[0]]
+    assert len(http.get(f"{server.url}{API}", params={"tag": tag, "from": "2024-05-06", "to": "20240506"})
+               .json()["records"]) == 3
+    assert http.get(f"{server.url}{API}", params={"tag": tag, "from": "20240507"}).json()["records"] == []
+    assert http.get(f"{server.url}{API}", params={"tag": tag, "shared": "true"}).json()["records"] == []
+
+    share = http.post(f"{server.url}/api/v1/shares", json={"study": study, "targets": [
+        {"type": "clinic", "id": "lab-meta"}, {"type": "user", "id": "dr.second-opinion"}]})
+    assert share.status_code == 201, share.text
+    shared = http.get(f"{server.url}{API}", params={"tag": tag, "shared": "true"}).json()["records"]
+    assert [r["objectKey"] for r in shared] == [keys[0]]
+    assert sorted(t["id"] for t in shared[0]["share"]["targets"]) == ["dr.second-opinion", "lab-meta"]
+    assert shared[0]["share"]["expiresAt"]
+    unshared = http.get(f"{server.url}{API}", params={"tag": tag, "shared": "false"}).json()["records"]
+    assert sorted(r["objectKey"] for r in unshared) == sorted(keys[1:])
+
+    # the lab reads the shared image's metadata, and may not change it (the record is the owner's)
+    lab = server.session(server.token_for(clinic="lab-meta", user="lab1", roles=("lab",)))
+    seen = lab.get(f"{server.url}{API}/{keys[0]}").json()
+    assert seen["tags"] == [tag]
+    assert [t["id"] for t in seen["share"]["targets"]] == ["lab-meta"]  # not who else it is shared with
+    assert lab.put(f"{server.url}{API}/{keys[0]}", json={}, headers={"If-Match": '"1"'}).status_code == 404
+    assert lab.get(f"{server.url}{API}", params={"tag": tag}).json()["records"] == []  # not its clinic's
+    # revoked: the share state shows it at once
+    for made in share.json()["shares"]:
+        http.delete(f"{server.url}/api/v1/shares/{made['id']}")
+    assert http.get(f"{server.url}{API}/{keys[0]}").json()["share"]["targets"] == []
+    assert lab.get(f"{server.url}{API}/{keys[0]}").status_code == 404
+
+    for params, word in (({"from": "May"}, "from"), ({"series": "1.2"}, "study"), ({"colour": "x"}, "colour")):
+        response = http.get(f"{server.url}{API}", params=params)
+        assert response.status_code == 400 and word in response.text, response.text
+
+
+def test_sidecar(server, image):
+    http = server.http
+    url = f"{server.url}{API}/{image}"
+    if http.get(url).status_code == 404:
+        _create(http, url)
+    response = http.get(f"{url}/sidecar")
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Disposition"] == 'attachment; filename="0001.json"'
+    body = response.json()
+    assert body["format"] == "dental-pacs-gateway.metadata-sidecar/1"
+    assert body["image"].endswith("/0001.dcm") and body["objectKey"] == image
+    assert body["version"] == int(response.headers["ETag"].strip('"'))
+    assert http.get(f"{url}/sidecar", params={"disposition": "inline"}).headers["Content-Disposition"] == \
+        'inline; filename="0001.json"'
+
+
+def test_another_clinic_gets_404_everywhere_and_is_audited(server):
+    http = server.http
+    key = _new_image(server)
+    url = f"{server.url}{API}/{key}"
+    _create(http, url, {"tags": ["private"]})
+    other = server.session(server.token_for(clinic="elsewhere", user="intruder", roles=("doctor",)))
+    calls = [("GET", url, {}), ("PUT", url, {"json": {}, "headers": {"If-Match": '"1"'}}),
+             ("PUT", url, {"json": {}, "headers": {"If-None-Match": "*"}}),
+             ("PATCH", f"{url}/viewer-state", {"json": {"zoom": 3}, "headers": {"If-Match": '"1"'}}),
+             ("PUT", f"{url}/annotations", {"json": {"annotations": []}, "headers": {"If-Match": '"1"'}}),
+             ("GET", f"{url}/history", {}), ("GET", f"{url}/sidecar", {})]
+    for method, target, kw in calls:
+        response = other.request(method, target, **kw)
+        assert response.status_code == 404, (method, target, response.text)
+        assert "elsewhere" not in response.text and "default" not in response.text
+    assert other.get(f"{server.url}{API}", params={"tag": "private"}).json()["records"] == []
+    assert http.get(url).json()["version"] == 1  # nothing changed
+    study = key.split("/")[0]
+    records = http.get(f"{server.url}/api/v1/audit", params={"resource": f"study:{study}", "outcome": "denied",
+                                                              "limit": 100}).json()["records"]
+    mine = [r for r in records if r["user_id"] == "intruder"]
+    assert len(mine) == len(calls), mine
+    assert all(r["resource_clinic"] == "default" and "held by clinic default" in r["detail"] for r in mine)
+    changes = http.get(f"{server.url}/api/v1/audit", params={"resource": f"study:{study}", "action": "metadata",
+                                                              "outcome": "ok"}).json()["records"]
+    assert [r["detail"] for r in changes] == ["put: version 1"]
+
+
+def test_roles(server, image):
+    url = f"{server.url}{API}/{image}"
+    support = server.session(server.token_for(roles=("support",)))
+    assert support.get(url).status_code == 403
+    assert support.patch(f"{url}/viewer-state", json={"zoom": 2}, headers={"If-Match": '"1"'}).status_code == 403
+    staff = server.session(server.token_for(user="nurse", roles=("staff",)))
+    current = staff.get(url)
+    assert current.status_code == 200
+    patched = staff.patch(f"{url}/viewer-state", json={"flip": {"horizontal": True}},
+                          headers={"If-Match": current.headers["ETag"]})
+    assert patched.status_code == 200 and patched.json()["updatedBy"] == "nurse"
+
+
+def test_metadata_goes_with_its_study(server):
+    http = server.http
+    key = _new_image(server)
+    _create(http, f"{server.url}{API}/{key}", {"tags": ["doomed"]})
+    study = key.split("/")[0]
+    assert http.delete(f"{server.url}/dicom-web/studies/{study}").status_code == 204
+    assert http.get(f"{server.url}{API}", params={"study": study}).json()["records"] == []
+    assert http.get(f"{server.url}{API}/{key}").status_code == 404
