@@ -484,3 +484,25 @@ def test_a_killed_workers_previews_job_is_taken_over(tmp_path):
                 worker.terminate()
                 worker.wait(timeout=30)
         srv.stop()
+
+
+def test_a_colour_photo_gets_an_rgb_preview_and_thumbnails(gateway, tmp_path):
+    from tests.data import sample_file
+
+    ds = pydicom.dcmread(sample_file("SC_rgb.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    stow(gateway, [ds])
+    base = series_url(gateway, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    status = wait_ready(gateway.http, base)
+    assert not any(name.startswith("snapshot/") for name in status["objects"])  # one image is no volume
+    header, (codestream,) = parse_stream(gateway.http.get(base + "/preview", timeout=30).content)
+    assert header["samples_per_pixel"] == 3 and (header["rows"], header["columns"]) == (50, 50)
+    decoded = glymur_decode(codestream, tmp_path).astype(np.int32)
+    source = bin_pixels(ds.pixel_array, 2).astype(np.int32)
+    assert decoded.shape == (50, 50, 3) and np.abs(decoded - source).mean() < 0.05 * 255
+    thumb = Image.open(io.BytesIO(gateway.http.get(base + "/thumbnail", params={"size": 256, "format": "png"},
+                                                   timeout=30).content))
+    assert thumb.mode == "RGB" and thumb.size == (256, 256)
+    reference = np.asarray(Image.fromarray(ds.pixel_array).resize((256, 256)), dtype=np.float64)
+    assert np.abs(np.asarray(thumb, dtype=np.float64) - reference).mean() < 10  # the colours, not grey
