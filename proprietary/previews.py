@@ -21,7 +21,12 @@ from flask_smorest import Blueprint
 
 from auth.signing import SIGNATURE_PARAM
 from gateway.errors import BadRequest
-from gateway.imaging.preview_format import MEDIA_TYPE, encode_header, read_header, subset_header
+from gateway.imaging.preview_format import (
+    MEDIA_TYPE,
+    encode_header,
+    read_header,
+    subset_header,
+)
 from gateway.services.archives import parse_slices
 from gateway.times import iso
 from gateway.web import error_body, principal, public_base, services

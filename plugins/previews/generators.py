@@ -31,6 +31,36 @@ def values(header: dict, tag: str) -> list:
     return list((header.get(tag) or {}).get("Value") or [])
 
 
+# Where enhanced (multi-frame) objects keep an attribute: its functional group macro.
+MACRO_OF = {
+    "00281053": "00289145", "00281052": "00289145",  # rescale: Pixel Value Transformation
+    "00280030": "00289110", "00180050": "00289110", "00180088": "00289110",  # Pixel Measures
+    "00200037": "00209116",  # Plane Orientation
+    "00200032": "00209113",  # Plane Position
+    "00281050": "00289132", "00281051": "00289132",  # Frame VOI LUT
+}
+
+
+def frame_values(header: dict, tag: str, frame: int = 1) -> list:
+    """An attribute's values for one frame (1-based): the data set's own, else those of its
+    per-frame functional group, else of the shared one (enhanced CT, MR...)."""
+    own = values(header, tag)
+    macro = MACRO_OF.get(tag)
+    if own or macro is None:
+        return own
+    per_frame = values(header, "52009230")
+    for groups in ([per_frame[frame - 1]] if len(per_frame) >= frame else []) + values(header, "52009229")[:1]:
+        items = values(groups, macro)
+        if items and values(items[0], tag):
+            return values(items[0], tag)
+    return []
+
+
+def frame_value(header: dict, tag: str, frame: int = 1, default: Any = None) -> Any:
+    found = frame_values(header, tag, frame)
+    return found[0] if found else default
+
+
 @dataclass
 class Slice:
     """One image of a series: a frame of an instance, at ``index`` along the slice axis."""

@@ -20,7 +20,14 @@ import numpy as np
 from gateway.imaging import jpeg2000
 from gateway.imaging.preview_format import MEDIA_TYPE, encode_header
 from plugins.hookspecs import hookimpl
-from plugins.previews.generators import Output, SeriesInput, Slice, value, values
+from plugins.previews.generators import (
+    Output,
+    SeriesInput,
+    Slice,
+    frame_value,
+    frame_values,
+    value,
+)
 
 NAME = "preview"
 FORMAT_VERSION = 1
@@ -36,9 +43,9 @@ def clinic_params(settings, clinic: str) -> tuple[float, int]:
     return float(ratio), int(binning)
 
 
-def _number(header: dict, tag: str, default: float | None = None) -> float | None:
+def _number(header: dict, tag: str, default: float | None = None, frame: int = 1) -> float | None:
     try:
-        found = value(header, tag)
+        found = frame_value(header, tag, frame)
         return float(found) if found is not None else default
     except (TypeError, ValueError):
         return default
@@ -99,13 +106,15 @@ class PreviewSession:
         return codestream, binned.shape, offset, window
 
     def _window(self, item: Slice, binned: np.ndarray) -> dict:
-        centers, widths = values(item.header, "00281050"), values(item.header, "00281051")
+        centers = frame_values(item.header, "00281050", item.frame)
+        widths = frame_values(item.header, "00281051", item.frame)
         try:
             if centers and widths and float(widths[0]) > 0:
                 return {"center": float(centers[0]), "width": float(widths[0]), "from": "header"}
         except (TypeError, ValueError):
             pass
-        slope, intercept = _number(item.header, "00281053", 1.0), _number(item.header, "00281052", 0.0)
+        slope = _number(item.header, "00281053", 1.0, item.frame)
+        intercept = _number(item.header, "00281052", 0.0, item.frame)
         low, high = np.percentile(binned.astype(np.float64) * slope + intercept, [1, 99])
         return {"center": float((low + high) / 2), "width": float(max(high - low, 1.0)), "from": "pixels"}
 
@@ -123,7 +132,8 @@ class PreviewSession:
         entry = {"index": len(self.entries), "sop_uid": item.record.sop_uid, "frame": item.frame,
                  "instance_number": item.record.instance_number, "position": item.position,
                  "offset": self.offset, "length": len(codestream)}
-        slope, intercept = _number(item.header, "00281053", 1.0), _number(item.header, "00281052", 0.0)
+        slope = _number(item.header, "00281053", 1.0, item.frame)
+        intercept = _number(item.header, "00281052", 0.0, item.frame)
         if (slope, intercept) != (self.slope, self.intercept):
             entry["rescale_slope"], entry["rescale_intercept"] = slope, intercept
         self.entries.append(entry)
@@ -135,8 +145,8 @@ class PreviewSession:
     def header(self) -> dict:
         first = self.series.first
         rows, columns = (self.shape or (0, 0))[:2]
-        spacing = [float(v) for v in values(first, "00280030")] or None
-        orientation = [float(v) for v in values(first, "00200037")] or None
+        spacing = [float(v) for v in frame_values(first, "00280030")] or None
+        orientation = [float(v) for v in frame_values(first, "00200037")] or None
         normal = _normal(orientation)
         steps = []
         if normal:

@@ -37,10 +37,23 @@ from pathlib import Path
 from gateway.errors import GatewayError
 from gateway.imaging import PixelDataError
 from gateway.services.archives import slice_order
-from gateway.services.derived import KIND, blob_key, content_version, derive_job, job_key, made_by_pipeline
+from gateway.services.derived import (
+    KIND,
+    blob_key,
+    content_version,
+    derive_job,
+    job_key,
+    made_by_pipeline,
+)
 from gateway.services.jobs import JobRun, RetryPolicy, now_ms
 from plugins.hookspecs import hookimpl
-from plugins.previews.generators import Generator, SeriesInput, Slice, value, values
+from plugins.previews.generators import (
+    Generator,
+    SeriesInput,
+    Slice,
+    frame_values,
+    value,
+)
 from storage.errors import StorageError
 from storage.records import Job
 
@@ -62,17 +75,11 @@ def _floats(items: list, count: int) -> list[float] | None:
 
 
 def frame_positions(header: dict, frames: int) -> list[list[float] | None]:
-    """ImagePositionPatient of each frame: per-frame functional groups (enhanced objects),
-    else the instance's own for a single frame."""
-    per_frame = values(header, "52009230")
-    if frames > 1 and len(per_frame) == frames:
-        positions = []
-        for item in per_frame:
-            plane = values(item, "00209113")
-            positions.append(_floats(values(plane[0], "00200032"), 3) if plane else None)
-        return positions
-    own = _floats(values(header, "00200032"), 3)
-    return [own] + [None] * (frames - 1)
+    """ImagePositionPatient of each frame: the instance's own for a single frame, else its
+    per-frame functional groups (enhanced objects); None where unknown."""
+    if frames == 1:
+        return [_floats(frame_values(header, "00200032"), 3)]
+    return [_floats(frame_values(header, "00200032", n), 3) for n in range(1, frames + 1)]
 
 
 def series_input(services, clinic: str, study: str, series: str) -> SeriesInput | None:

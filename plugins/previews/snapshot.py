@@ -23,7 +23,14 @@ import numpy as np
 from PIL import Image
 
 from plugins.hookspecs import hookimpl
-from plugins.previews.generators import Output, SeriesInput, Slice, value, values
+from plugins.previews.generators import (
+    Output,
+    SeriesInput,
+    Slice,
+    frame_value,
+    frame_values,
+    value,
+)
 from plugins.previews.jpeg2000 import clinic_params
 
 MODES = ("mip", "vr")
@@ -33,9 +40,9 @@ def snapshot_name(preset: str, mode: str) -> str:
     return f"snapshot/{preset}-{mode}.png"
 
 
-def _number(header: dict, tag: str, default: float) -> float:
+def _number(header: dict, tag: str, default: float, frame: int = 1) -> float:
     try:
-        return float(value(header, tag, default))
+        return float(frame_value(header, tag, frame, default))
     except (TypeError, ValueError):
         return default
 
@@ -92,7 +99,8 @@ class SnapshotSession:
         if pixels.ndim != 2:
             return {}
         binned = item.binned(pixels, self.params["binning"])
-        slope, intercept = _number(item.header, "00281053", 1.0), _number(item.header, "00281052", 0.0)
+        slope = _number(item.header, "00281053", 1.0, item.frame)
+        intercept = _number(item.header, "00281052", 0.0, item.frame)
         tables = self._tables(slope, intercept, binned.dtype)
         made = {}
         for preset in self.params["presets"]:
@@ -117,7 +125,7 @@ class SnapshotSession:
 
     def _aspect(self, columns: int) -> float:
         """Height : width of one picture row against one column, from the geometry."""
-        spacing = [float(v) for v in values(self.series.first, "00280030")] or [1.0, 1.0]
+        spacing = [float(v) for v in frame_values(self.series.first, "00280030")] or [1.0, 1.0]
         column_mm = spacing[1] * self.params["binning"]
         positions = [np.array(s.position) for s in self.series.slices if s.position is not None]
         if len(positions) < 2:

@@ -506,3 +506,31 @@ def test_a_colour_photo_gets_an_rgb_preview_and_thumbnails(gateway, tmp_path):
     assert thumb.mode == "RGB" and thumb.size == (256, 256)
     reference = np.asarray(Image.fromarray(ds.pixel_array).resize((256, 256)), dtype=np.float64)
     assert np.abs(np.asarray(thumb, dtype=np.float64) - reference).mean() < 10  # the colours, not grey
+
+
+def test_an_enhanced_ct_is_previewed_frame_by_frame_with_its_functional_groups(gateway, tmp_path):
+    from tests.data import sample_file
+
+    ds = pydicom.dcmread(sample_file("eCT_Supplemental.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    stow(gateway, [ds])
+    base = series_url(gateway, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    wait_ready(gateway.http, base)
+    header, codestreams = parse_stream(gateway.http.get(base + "/preview", timeout=30).content)
+    assert header["slice_count"] == 2 and [s["frame"] for s in header["slices"]] == [1, 2]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    transform = shared.PixelValueTransformationSequence[0]
+    assert (header["rescale_slope"], header["rescale_intercept"]) == \
+        (float(transform.RescaleSlope), float(transform.RescaleIntercept))
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    assert header["pixel_spacing"] == pytest.approx([2 * v for v in spacing])
+    assert header["orientation"] == pytest.approx(
+        [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient])
+    positions = [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]
+                 for f in ds.PerFrameFunctionalGroupsSequence]
+    assert [s["position"] for s in header["slices"]] == [pytest.approx(p) for p in positions]
+    for number, codestream in enumerate(codestreams):
+        decoded = glymur_decode(codestream, tmp_path).astype(np.int32) + header["value_offset"]
+        source = bin_pixels(ds.pixel_array[number], 2).astype(np.int32)
+        assert np.abs(decoded - source).mean() < 0.02 * max(np.ptp(source), 1)
