@@ -132,8 +132,6 @@ class Session(Protocol):
 @runtime_checkable
 class Generator(Protocol):
     name: str
-    # Optional: True makes the generator run in a second pass over the slices, after the
-    # preview and the others are stored (what is slower and wanted later: the 3D snapshot).
 
     def params(self, series: SeriesInput, settings) -> dict | None:
         """The parameters of what this generator makes of ``series`` (part of the version),

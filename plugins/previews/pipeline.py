@@ -55,7 +55,7 @@ from plugins.previews.generators import (
     value,
 )
 from storage.errors import StorageError
-from storage.records import DerivedObject, Job
+from storage.records import Job
 
 logger = logging.getLogger(__name__)
 
@@ -155,25 +155,14 @@ class DeriveHandler:
         if plans and existing and all(o.version == version for o in existing):
             run.done(job)  # made already: a job queued again for the same content
             return
-        # The preview (and what needs no more than it) first, stored and served at once; then the
-        # generators that come after it (the 3D snapshot), in a second pass over the slices.
-        phases = [[(g, p) for g, p in plans if not getattr(g, "after_preview", False)],
-                  [(g, p) for g, p in plans if getattr(g, "after_preview", False)]]
-        phases = [phase for phase in phases if phase]
-        skipped: dict[tuple[str, int], tuple[Slice, str]] = {}
-        for number, phase in enumerate(phases, start=1):
-            scratch = Path(tempfile.mkdtemp(prefix="derive-", dir=core.blobs.staging_dir()))
-            try:
-                stage = "slices" if number == 1 else "after preview"
-                outputs, missed = self._make(job, run, found, phase, version, scratch, stage)
-                if outputs is None:
-                    return  # the lease was lost: another worker has the job
-                self._store(job, found, version, outputs, final=number == len(phases))
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            for item, reason in missed:
-                skipped.setdefault((item.record.sop_uid, item.frame), (item, reason))
-        skipped = list(skipped.values())
+        scratch = Path(tempfile.mkdtemp(prefix="derive-", dir=core.blobs.staging_dir()))
+        try:
+            outputs, skipped = self._make(job, run, found, plans, version, scratch)
+            if outputs is None:
+                return  # the lease was lost: another worker has the job
+            self._store(job, found, version, outputs)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if skipped:
             core.jobs.enqueue([Job(INSTANCE_KIND, f"{series}/{s.record.sop_uid}", job.clinic_id,
                                    {"study_uid": study, "series_uid": series, "sop_uid": s.record.sop_uid,
@@ -182,7 +171,7 @@ class DeriveHandler:
         logger.info("previews of series %s (%d slices, %d skipped): version %s", series, len(found.slices),
                     len(skipped), version)
 
-    def _make(self, job: Job, run: JobRun, found: SeriesInput, plans, version: str, scratch: Path, stage: str):
+    def _make(self, job: Job, run: JobRun, found: SeriesInput, plans, version: str, scratch: Path):
         sessions = [g.start(found, params, scratch, version) for g, params in plans]
         wanted = [(s, [x for x in sessions if x.wants(s)]) for s in found.slices]
         wanted = [(s, xs) for s, xs in wanted if xs]
@@ -225,18 +214,18 @@ class DeriveHandler:
                 done += 1
                 if time.monotonic() - last_progress > PROGRESS_EVERY or done == total:
                     last_progress = time.monotonic()
-                    if not run.progress(job, {"stage": stage, "done": done, "total": total,
+                    if not run.progress(job, {"stage": "slices", "done": done, "total": total,
                                               "version": version}):
                         for _, f in pending:
                             f.cancel()
                         return None, skipped
-        run.progress(job, {"stage": f"storing ({stage})", "done": total, "total": total, "version": version})
+        run.progress(job, {"stage": "storing", "done": total, "total": total, "version": version})
         outputs = [o for session in sessions for o in session.finish()]
         return outputs, skipped
 
-    def _store(self, job: Job, found: SeriesInput, version: str, outputs, *, final: bool) -> None:
-        """Record ``outputs`` (replacing the same names); after the last phase, the objects of
-        older versions that this one did not remake go too (until then they are still served)."""
+    def _store(self, job: Job, found: SeriesInput, version: str, outputs) -> None:
+        from storage.records import DerivedObject
+
         core = self.services
         records = []
         for out in outputs:
@@ -246,10 +235,10 @@ class DeriveHandler:
             records.append(DerivedObject(job.clinic_id, found.study_uid, found.series_uid, out.name, version, key,
                                          out.content_type, size, out.info, created_at=now_ms()))
         replaced = core.derived.store.put(records)
-        if final:
-            stale = [o.name for o in core.derived.store.for_series(job.clinic_id, found.series_uid)
-                     if o.version != version and made_by_pipeline(o.name)]
-            replaced += core.derived.store.delete(job.clinic_id, found.study_uid, found.series_uid, names=stale)
+        made = {o.name for o in outputs}
+        stale = [o.name for o in core.derived.store.for_series(job.clinic_id, found.series_uid)
+                 if o.name not in made and made_by_pipeline(o.name)]
+        replaced += core.derived.store.delete(job.clinic_id, found.study_uid, found.series_uid, names=stale)
         kept = {r.blob_key for r in records}
         for old in replaced:
             if old.blob_key not in kept:

@@ -13,9 +13,7 @@ slice as the slices are decoded (nothing holds the volume). Per slice, in modali
 
 Rows are put head up (the highest slice on top) and the picture is scaled to the physical
 aspect (slice spacing against the binned pixel spacing) to fit ``previews.snapshot_size``.
-Only volumes get one (several slices with positions). Made after the preview, in a second pass
-over the slices (``after_preview``), so that the preview is served sooner. A built-in
-generator, entry point ``snapshot``.
+Only volumes get one (several slices with positions). A built-in generator, entry point ``snapshot``.
 """
 from __future__ import annotations
 
@@ -51,7 +49,6 @@ def _number(header: dict, tag: str, default: float, frame: int = 1) -> float:
 
 class Snapshot:
     name = "snapshot"
-    after_preview = True  # made in a second pass, once the preview is stored and served
 
     def params(self, series: SeriesInput, settings) -> dict | None:
         if not series.volume or int(value(series.first, "00280002", 1) or 1) != 1:
