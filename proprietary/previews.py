@@ -12,7 +12,6 @@ signature, checked on every request, stops them when the share that granted them
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from urllib.parse import urlencode
 
@@ -31,7 +30,14 @@ from gateway.services.archives import parse_slices
 from gateway.times import iso
 from gateway.web import error_body, principal, public_base, services
 from proprietary.archives import UNSATISFIABLE, byte_range
-from proprietary.common import BODY, QUERY
+from proprietary.common import (
+    BODY,
+    EVENT_POLL,
+    KEEP_ALIVE,
+    QUERY,
+    sse_event,
+    sse_response,
+)
 from proprietary.schemas import (
     DerivedStatusSchema,
     MiniCtRequestSchema,
@@ -44,8 +50,6 @@ from proprietary.schemas import (
 blp = Blueprint("previews", __name__, url_prefix="/api/v1/studies",
                 description="Previews (JPEG 2000 stream of a whole series) and thumbnails, non-diagnostic")
 
-EVENT_POLL = 0.5
-KEEP_ALIVE = 15.0
 CHUNK = 256 * 1024
 NON_DIAGNOSTIC = {"X-Non-Diagnostic": "true"}
 
@@ -185,25 +189,22 @@ def preview_events(study: str, series: str):
 
     def stream():
         last, quiet, number = None, time.monotonic(), 0
-        yield f"retry: {int(EVENT_POLL * 4000)}\n\n"
         while True:
             status = derived.series(who, study, series).status()
             if status != last:
                 number += 1
                 last, quiet = status, time.monotonic()
-                yield f"id: {number}\nevent: status\ndata: {json.dumps(status, separators=(',', ':'))}\n\n"
+                yield sse_event(number, "status", status)
                 if status["state"] in ("ready", "failed"):
-                    event = "ready" if status["state"] == "ready" else "failed"
-                    yield (f"id: {number + 1}\nevent: {event}\n"
-                           f"data: {json.dumps({'version': status['version'], 'job': status.get('job')})}\n\n")
+                    yield sse_event(number + 1, status["state"], {"version": status["version"],
+                                                                  "job": status.get("job")})
                     return
             elif time.monotonic() - quiet > KEEP_ALIVE:
                 quiet = time.monotonic()
                 yield ": still working\n\n"
             time.sleep(EVENT_POLL)
 
-    return Response(stream(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse_response(stream())
 
 
 @blp.route("/<study>/series/<series>/thumbnail", methods=["GET"])

@@ -10,20 +10,33 @@ process. The work is :class:`gateway.services.uploads.UploadService`'s.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import time
 
-from flask import Response, jsonify, request
+from flask import jsonify, request
 from flask_smorest import Blueprint
 
 from gateway.errors import UnsupportedMediaType
 from gateway.services.uploads import PartResult
 from gateway.times import iso
 from gateway.web import error_body, principal, public_base, request_body, services
-from proprietary.common import BODY, QUERY
-from proprietary.schemas import (PartResultSchema, UploadCreateSchema, UploadListingSchema, UploadListQuery,
-                                 UploadListSchema, UploadQueryArgs, UploadSchema)
+from proprietary.common import (
+    BODY,
+    EVENT_POLL,
+    KEEP_ALIVE,
+    QUERY,
+    sse_event,
+    sse_response,
+)
+from proprietary.schemas import (
+    PartResultSchema,
+    UploadCreateSchema,
+    UploadListingSchema,
+    UploadListQuery,
+    UploadListSchema,
+    UploadQueryArgs,
+    UploadSchema,
+)
 from storage.records import Upload, UploadEntry
 
 logger = logging.getLogger(__name__)
@@ -32,12 +45,10 @@ blp = Blueprint("uploads", __name__, url_prefix="/api/v1/uploads",
                 description="Zip uploads of whole studies: streamed, resumable, with progress events")
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
-EVENT_POLL = 0.5  # seconds between two looks at the upload's event log
 # The body is read in pieces this small because a read that the dropped connection cuts short
 # is lost whole (gunicorn raises instead of returning what it has): what a resuming client
 # must send again is then at most the entry it was sending.
 RESUME_GRAIN = 64 * 1024
-KEEP_ALIVE = 15.0  # seconds between two SSE comments on a quiet stream
 
 
 def _is_zip_body() -> bool:
@@ -200,12 +211,11 @@ def upload_events(upload_id: str):
 
     def stream():
         last, quiet = after, time.monotonic()
-        yield f"retry: {int(EVENT_POLL * 4000)}\n\n"
         while True:
             events = uploads.events(who, upload_id, after_id=last)
             for event in events:
                 last = event.id
-                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data, separators=(',', ':'))}\n\n"
+                yield sse_event(event.id, event.type, event.data)
                 if event.type in ("complete", "expired"):
                     return
             if events:
@@ -217,5 +227,4 @@ def upload_events(upload_id: str):
                 yield ": still open\n\n"
             time.sleep(EVENT_POLL)
 
-    return Response(stream(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse_response(stream())

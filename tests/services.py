@@ -29,7 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, multipart_body, multipart_content_type, multipart_parts
+from tests.helpers import (
+    free_port,
+    multipart_body,
+    multipart_content_type,
+    multipart_parts,
+)
 
 # As in tests/conftest.py (which imports this module's fixtures, so it is not imported here).
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -43,6 +48,18 @@ def missing_service(message: str):
     if IN_CI:
         pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
     pytest.skip(message)
+
+
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM to a helper server started in a session of its own, SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def _wait(check, timeout: float, what: str) -> None:
@@ -91,13 +108,7 @@ class MotoServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
 
     def log(self) -> str:
         try:

@@ -29,7 +29,6 @@ import re
 import secrets
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -40,6 +39,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import requests
 
 from tests.e2e.ohif_harness import Unavailable, apt_install, cache_root, file_lock
+from tests.services import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "tests" / "oidc_provider"
@@ -272,13 +272,7 @@ class OpenIdProvider:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
 
     def __enter__(self) -> Self:
         return self.start()
