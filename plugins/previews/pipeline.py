@@ -77,8 +77,6 @@ def _floats(items: list, count: int) -> list[float] | None:
 def frame_positions(header: dict, frames: int) -> list[list[float] | None]:
     """ImagePositionPatient of each frame: the instance's own for a single frame, else its
     per-frame functional groups (enhanced objects); None where unknown."""
-    if frames == 1:
-        return [_floats(frame_values(header, "00200032"), 3)]
     return [_floats(frame_values(header, "00200032", n), 3) for n in range(1, frames + 1)]
 
 
@@ -87,11 +85,12 @@ def series_input(services, clinic: str, study: str, series: str) -> SeriesInput 
     records = [r for r in services.index.instances(clinic, study, series) if r.frame_index]
     if not records:
         return None
+    texts = list(services.index.instance_headers(clinic, study, series))
     headers = {}
-    for text in services.index.instance_headers(clinic, study, series):
+    for text in texts:
         header = json.loads(text)
         headers[value(header, "00080018")] = header
-    ordered = slice_order(records, (json.dumps(headers[r.sop_uid]) for r in records if r.sop_uid in headers))
+    ordered = slice_order(records, texts)  # it reads the same DICOM JSON (no second dump and parse)
     slices = []
     for record in ordered:
         header = headers.get(record.sop_uid, {})
