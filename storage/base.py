@@ -394,8 +394,11 @@ class MetadataStore(Protocol):
                 before_version: int | None = None) -> list[MetadataRecord]:
         """Every stored version (the current one too), newest first."""
 
-    def delete_study(self, clinic_id: str, study_uid: str) -> int:
-        """Remove a study's records and their history; how many records there were."""
+    def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                       sop_uid: str | None = None) -> int:
+        """Remove the records (every variant) of a study, of one series of it (``series_uid``)
+        or of one instance (``series_uid`` and ``sop_uid``), with their history; how many
+        records there were."""
 
     def ping(self) -> None:
         """Raise :class:`storage.errors.Unavailable` when the store cannot be used."""

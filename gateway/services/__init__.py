@@ -126,7 +126,7 @@ class Services:
                                        answers=(VersionConflict, ObjectNotFound))
         metadata = MetadataService.from_settings(metadata_store, index, blobs, access, audit, database.shares,
                                                  archives.entry_names, settings)
-        deleter.cascades.append(metadata.instances_deleted)
+        deleter.cascades.append(metadata.deleted)
         uploads = UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs)
         uploads.sidecar_import = functools.partial(import_upload_sidecars, metadata, blobs)
         return cls(

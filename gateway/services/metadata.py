@@ -497,21 +497,17 @@ class MetadataService:
         return "converted", f"version {stored['version']}"
 
     # --- deletes ----------------------------------------------------------------------------
-    def instances_deleted(self, records: list[InstanceRecord]) -> None:
-        """After instances were deleted: the records (and their blobs) of every study of theirs
-        that is gone from its clinic go too."""
-        for clinic_id, study in sorted({(r.clinic_id, r.study_uid) for r in records}):
-            try:
-                if self.index.instances(clinic_id, study):
-                    continue
-                removed = self.store.delete_study(clinic_id, study)
-                for blob_key in list(self.blobs.keys(f"metadata/{clinic_id}/{study}/")):
-                    self.blobs.delete(blob_key)
-            except StorageError:
-                logger.exception("metadata of study %s of clinic %s left behind after its delete", study, clinic_id)
-                continue
-            if removed:
-                logger.info("deleted %d metadata record(s) of study %s of clinic %s", removed, study, clinic_id)
+    def deleted(self, clinic_id: str, study: str, series: str | None, sop: str | None) -> None:
+        """A study, a series (``series``) or an instance (``series`` and ``sop``) is gone from its
+        clinic (:class:`gateway.services.delete.DeleteService`): its records go too, every variant,
+        with their history and blobs."""
+        removed = self.store.delete_records(clinic_id, study, series, sop)
+        prefix = "/".join(p for p in ("metadata", clinic_id, study, series, sop) if p) + "/"
+        for blob_key in list(self.blobs.keys(prefix)):
+            self.blobs.delete(blob_key)
+        if removed:
+            logger.info("deleted %d metadata record(s) of %s of clinic %s", removed,
+                        resource_name(study, series, sop), clinic_id)
 
 
 def _sidecar_name(sop: str, variant: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from storage.errors import ObjectNotFound, VersionConflict
 from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state
@@ -155,12 +154,20 @@ class SqlMetadataStore:
                         [*params, limit])
             return [self._record(clinic_id, row) for row in cur.fetchall()]
 
-    def delete_study(self, clinic_id: str, study_uid: str) -> int:
-        params: list[Any] = [clinic_id, study_uid]
+    def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                       sop_uid: str | None = None) -> int:
+        if sop_uid is not None and series_uid is None:
+            raise ValueError("an instance is deleted within its series: give series_uid too")
+        where, params = ["clinic_id = ?", "study_uid = ?"], [clinic_id, study_uid]
+        for column, value in (("series_uid", series_uid), ("sop_uid", sop_uid)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        condition = " AND ".join(where)
         with self.db.transaction() as cur:
             for table in ("metadata_tags", "metadata_history"):
-                cur.execute(self.db.sql(f"DELETE FROM {table} WHERE clinic_id = ? AND study_uid = ?"), params)
-            cur.execute(self.db.sql("DELETE FROM metadata_records WHERE clinic_id = ? AND study_uid = ?"), params)
+                cur.execute(self.db.sql(f"DELETE FROM {table} WHERE {condition}"), params)
+            cur.execute(self.db.sql(f"DELETE FROM metadata_records WHERE {condition}"), params)
             return cur.rowcount
 
     def ping(self) -> None:

@@ -335,13 +335,27 @@ class DynamoMetadataStore:
         except PynamoDBException as exc:
             raise self._unavailable(exc, "query") from exc
 
-    def delete_study(self, clinic_id: str, study_uid: str) -> int:
-        records = 0
+    def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                       sop_uid: str | None = None) -> int:
+        """A study: its whole partition. A series or an instance: its records and history by
+        sort-key prefix, and the tag items those records name (a tag item's key starts with
+        its tag)."""
+        if sop_uid is not None and series_uid is None:
+            raise ValueError("an instance is deleted within its series: give series_uid too")
+        pk = _pk(clinic_id, study_uid)
         try:
-            items = list(self.Item.query(_pk(clinic_id, study_uid), consistent_read=True))
+            if series_uid is None:
+                items = list(self.Item.query(pk, consistent_read=True))
+            else:
+                prefix = f"{series_uid}#" if sop_uid is None else f"{series_uid}#{sop_uid}#"
+                items = list(self.Item.query(pk, self.Item.sk.startswith(prefix), consistent_read=True))
+                tags = [self.Item(pk=pk, sk=f"~T#{tag}#{item.sk}") for item in items
+                        for tag in dict.fromkeys(json.loads(item.body).get("tags") or ())]
+                items += tags + list(self.Item.query(pk, self.Item.sk.startswith(f"~H#{prefix}"),
+                                                     consistent_read=True))
+            records = sum(item.kind == "record" for item in items)
             with self.Item.batch_write() as batch:
                 for item in items:
-                    records += item.kind == "record"
                     batch.delete(item)
         except PynamoDBException as exc:
             raise self._unavailable(exc, "delete") from exc

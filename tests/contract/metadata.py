@@ -182,15 +182,41 @@ class MetadataStoreContract:
         assert self._keys(store, tag="c") == [key().object_key]
 
     # --- delete -------------------------------------------------------------------------------------
-    def test_delete_study(self, store):
+    def test_delete_a_study(self, store):
         self._fill(store)
         store.put(record(key("1.1.1.1", "1.1", "1.1.1"), tags=["x"]), expected_version=1)
-        assert store.delete_study("c1", "1.1") == 3
+        assert store.delete_records("c1", "1.1") == 3
         assert store.get("c1", key("1.1.1.1", "1.1", "1.1.1")) is None
         assert store.history("c1", key("1.1.1.1", "1.1", "1.1.1")) == []
         assert self._keys(store, tag="x") == []
         assert store.get("c2", key("1.1.1.1", "1.1", "1.1.1")) is not None  # the other clinic's stays
-        assert store.delete_study("c1", "1.1") == 0
+        assert store.delete_records("c1", "1.1") == 0
         # a record made again after a delete starts from version 1
         assert store.put(record(key("1.1.1.1", "1.1", "1.1.1")), expected_version=None).version == 1
         assert [v.version for v in store.history("c1", key("1.1.1.1", "1.1", "1.1.1"))] == [1]
+
+    def test_delete_a_series_or_an_instance(self, store):
+        self._fill(store)
+        store.put(record(key("1.1.1.1", "1.1", "1.1.1"), tags=["implant", "x"]), expected_version=1)
+        store.put(record(key("1.1.1.2", "1.1", "1.1.1"), tags=["implant"]), expected_version=None)
+        # series 1.1.1 (1.1.1.1 in two variants, 1.1.1.2) and 1.1.2 (1.1.2.1) of study 1.1
+        assert store.delete_records("c1", "1.1", "1.1.1", "1.1.1.1") == 2  # the instance: every variant
+        for variant in ("original", "preview"):
+            gone = key("1.1.1.1", "1.1", "1.1.1", variant)
+            assert store.get("c1", gone) is None and store.history("c1", gone) == []
+        assert self._keys(store, tag="x") == []
+        assert self._keys(store, tag="implant") == ["1.1/1.1.2/1.1.2.1/original", "1.4/1.4.1/1.4.1.1/original",
+                                                    "1.1/1.1.1/1.1.1.2/original"]
+        assert [v.version for v in store.history("c1", key("1.1.1.2", "1.1", "1.1.1"))] == [1]
+        assert store.get("c2", key("1.1.1.1", "1.1", "1.1.1")) is not None  # the other clinic's stays
+        assert store.delete_records("c1", "1.1", "1.1.1", "1.1.1.1") == 0
+
+        store.put(record(key("1.1.10.1", "1.1", "1.1.10")), expected_version=None)  # 1.1.1 is a prefix of it
+        assert store.delete_records("c1", "1.1", "1.1.1") == 1  # the series: 1.1.1.2
+        assert store.get("c1", key("1.1.1.2", "1.1", "1.1.1")) is None
+        assert store.history("c1", key("1.1.1.2", "1.1", "1.1.1")) == []
+        assert self._keys(store, study_uid="1.1") == ["1.1/1.1.2/1.1.2.1/original", "1.1/1.1.10/1.1.10.1/original"]
+        assert self._keys(store, tag="implant") == ["1.1/1.1.2/1.1.2.1/original", "1.4/1.4.1/1.4.1.1/original"]
+        assert [v.version for v in store.history("c1", key("1.1.2.1", "1.1", "1.1.2"))] == [1]
+        with pytest.raises(ValueError, match="series_uid"):
+            store.delete_records("c1", "1.1", None, "1.1.2.1")

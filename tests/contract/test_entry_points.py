@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-
 import tests.contract  # noqa: E402
 from storage import registry  # noqa: E402
 from storage.base import INDEX_KINDS  # noqa: E402

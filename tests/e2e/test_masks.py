@@ -310,6 +310,31 @@ def test_deleting_the_study_deletes_its_annotations_and_masks(case):
     assert case.backend.mask_keys(case.clinic) == []
 
 
+def test_deleting_an_instance_then_the_series(case):
+    """An instance delete takes that instance's annotations (the series' ones and their masks
+    stay with the series); the series delete takes the series' annotations and masks, and,
+    the series being the study's only one, the study's own annotations too."""
+    _completed(case)
+    api = f"{case.server.url}/api/v1/annotations"
+    note = case.http.post(api, json={"study": case.study, "type": "note"}, timeout=10).json()
+    on_slice = case.http.post(api, json={"study": case.study, "series": case.series, "instance": case.sops[0],
+                                         "type": "measurement"}, timeout=10).json()
+    assert on_slice.get("instance") == case.sops[0], on_slice
+    series_url = f"{case.server.url}/dicom-web/studies/{case.study}/series/{case.series}"
+    assert case.doctor.delete(f"{series_url}/instances/{case.sops[0]}", timeout=30).status_code == 204
+    assert case.doctor.get(f"{api}/{on_slice['id']}", timeout=10).status_code == 404
+    for kept in (note, case.annotation):
+        assert case.doctor.get(f"{api}/{kept['id']}", timeout=10).status_code == 200
+    assert len(case.doctor.get(f"{case.group_url}/masks", timeout=10).json()["masks"]) == 2
+    assert len(case.backend.mask_keys(case.clinic)) == 2
+
+    assert case.doctor.delete(series_url, timeout=30).status_code == 204
+    for gone in (note, case.annotation):
+        assert case.doctor.get(f"{api}/{gone['id']}", timeout=10).status_code == 404
+    assert case.doctor.get(case.group_url, timeout=10).status_code == 404
+    assert case.backend.mask_keys(case.clinic) == []
+
+
 def test_mask_objects_live_in_the_clinic_namespace(case):
     _completed(case, 1)
     keys = case.backend.mask_keys(case.clinic)

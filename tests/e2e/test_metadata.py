@@ -309,3 +309,38 @@ def test_metadata_goes_with_its_study(server):
     assert http.delete(f"{server.url}/dicom-web/studies/{study}").status_code == 204
     assert http.get(f"{server.url}{API}", params={"study": study}).json()["records"] == []
     assert http.get(f"{server.url}{API}/{key}").status_code == 404
+
+
+def test_metadata_goes_with_its_instance_and_its_series(server):
+    """An instance delete takes exactly that instance's records (every variant, history and
+    offloaded annotations); a series delete those of the series; the rest stays."""
+    http = server.http
+    study, kept_series, series = generate_uid(), generate_uid(), generate_uid()
+    sops = [generate_uid() for _ in range(3)]
+    files = [dicom_instance(study, series, sops[0]), dicom_instance(study, series, sops[1]),
+             dicom_instance(study, kept_series, sops[2])]
+    assert stow(server.url, files, headers=server.auth_headers).status_code == 200
+    keys = [f"{study}/{series}/{sops[0]}/original", f"{study}/{series}/{sops[0]}/preview",
+            f"{study}/{series}/{sops[1]}/original", f"{study}/{kept_series}/{sops[2]}/original"]
+    big = [{"id": f"a{i}", "points": [[i, j] for j in range(40)]} for i in range(200)]  # offloaded to a blob
+    for key in keys:
+        _create(http, f"{server.url}{API}/{key}", {"tags": ["partial"], "annotations": big})
+    blobs = server.data_dir / "blobs" / "metadata" / "default" / study
+    assert len(list(blobs.rglob("*.json"))) == 4
+
+    deleted = http.delete(f"{server.url}/dicom-web/studies/{study}/series/{series}/instances/{sops[0]}")
+    assert deleted.status_code == 204, deleted.text
+    for key in keys[:2]:
+        assert http.get(f"{server.url}{API}/{key}").status_code == 404
+        assert http.get(f"{server.url}{API}/{key}/history").status_code == 404
+    assert not [p for p in (blobs / series / sops[0]).rglob("*") if p.is_file()]
+    left = [r["objectKey"] for r in http.get(f"{server.url}{API}", params={"study": study}).json()["records"]]
+    assert sorted(left) == sorted(keys[2:])
+    assert http.get(f"{server.url}{API}/{keys[2]}").json()["annotations"] == big
+
+    assert http.delete(f"{server.url}/dicom-web/studies/{study}/series/{series}").status_code == 204
+    assert http.get(f"{server.url}{API}/{keys[2]}").status_code == 404
+    assert [r["objectKey"] for r in http.get(f"{server.url}{API}", params={"study": study}).json()["records"]] == \
+        [keys[3]]
+    assert [p.relative_to(blobs).parts[:2] for p in blobs.rglob("*.json")] == [(kept_series, sops[2])]
+    assert http.get(f"{server.url}{API}/{keys[3]}").json()["annotations"] == big
