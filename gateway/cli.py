@@ -1,6 +1,6 @@
 """The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, worker, forwards,
-token, auth-keys, audit, migrate-backends, metadata-table, export-sidecars, import-prj. Every command
-that touches the stores gets them from :meth:`gateway.services.Services.build`."""
+token, auth-keys, audit, migrate-backends, metadata-table, sync-share-state, export-sidecars, import-prj.
+Every command that touches the stores gets them from :meth:`gateway.services.Services.build`."""
 from __future__ import annotations
 
 import gc
@@ -18,7 +18,7 @@ from auth.local import LocalIssuer, LocalKeyStore, key_dir, parse_ttl
 from auth.signing import rotate_generated_keys
 from gateway.config import SETTINGS, SettingsError, load_settings
 from gateway.dimse.supervisor import ChildSupervisor
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, GatewayError
 from gateway.logs import configure_logging
 from gateway.services import Services
 from gateway.services.jobs import job_summary
@@ -582,10 +582,30 @@ def metadata_table_create() -> None:
                                        ": its tables are made by 'gateway migrate'")
         try:
             created = create()
+            added = [] if created else services.metadata_store.add_missing_indexes()
         except StorageError as exc:
             raise click.ClickException(str(exc)) from None
         table = services.settings["storage.dynamodb_table"]
-        click.echo(f"created table {table}" if created else f"table {table} exists already")
+        click.echo(f"created table {table}" if created else f"table {table} exists already"
+                   + (f"; added index {', '.join(added)} (then run 'gateway sync-share-state')" if added else ""))
+    finally:
+        services.close()
+
+
+@main.command("sync-share-state")
+@click.option("--clinic", "clinics", multiple=True, help="only this clinic (repeatable; default: every clinic)")
+def sync_share_state(clinics: tuple[str, ...]) -> None:
+    """Mirror the share state of every image metadata record again from the shares. Shares
+    mirror themselves when made and revoked; run this once after upgrading to a version that
+    mirrors them, or after a mirror write failed (it is logged). Harmless to re-run."""
+    services = _services(_settings(), plugins=False)
+    try:
+        for clinic in clinics or services.index.clinic_ids():
+            try:
+                studies, records = services.metadata.sync_share_state(clinic)
+            except (GatewayError, StorageError) as exc:
+                raise click.ClickException(f"clinic {clinic}: {exc}") from None
+            click.echo(f"clinic {clinic}: share state of {records} record(s) of {studies} study(ies) mirrored")
     finally:
         services.close()
 

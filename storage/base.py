@@ -394,6 +394,12 @@ class MetadataStore(Protocol):
                 before_version: int | None = None) -> list[MetadataRecord]:
         """Every stored version (the current one too), newest first."""
 
+    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
+        """Mirror the share state of a series (``share``: ``{"targets": [...]}``, None when not
+        shared) into every record of it, every variant, unless a mirror write with a later
+        ``stamp`` came first. Changes nothing else (not the version, not the history); a record
+        write never changes it. How many records were set."""
+
     def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                        sop_uid: str | None = None) -> int:
         """Remove the records (every variant) of a study, of one series of it (``series_uid``)

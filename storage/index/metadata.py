@@ -8,6 +8,10 @@ write that changes no row met another version: it is rolled back and raises
 :class:`storage.errors.VersionConflict` with the record as it is. Under PostgreSQL's READ
 COMMITTED the ``UPDATE`` waits for a concurrent writer of the row and re-checks ``version``
 on the row it committed; SQLite's ``BEGIN IMMEDIATE`` runs writers one at a time.
+
+The mirrored share state (``share``, ``share_stamp``, ``shared_until``, migration
+``0011_metadata_share.sql``) is set by :meth:`SqlMetadataStore.set_share` alone, in columns
+that record writes do not name: neither overwrites the other, whatever their order.
 """
 from __future__ import annotations
 
@@ -15,11 +19,12 @@ import json
 import logging
 
 from storage.errors import ObjectNotFound, VersionConflict
-from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state
+from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state, shared_until
 
 logger = logging.getLogger(__name__)
 
 _KEY = "clinic_id = ? AND study_uid = ? AND series_uid = ? AND sop_uid = ? AND variant = ?"
+_COLUMNS = "study_uid, series_uid, sop_uid, variant, version, body, share, share_stamp"
 _ORDER = "ORDER BY COALESCE(study_date, '') DESC, study_uid DESC, series_uid DESC, sop_uid DESC, variant DESC"
 
 
@@ -49,13 +54,13 @@ class SqlMetadataStore:
 
     # --- reads ---------------------------------------------------------------------------
     def _record(self, clinic_id, row) -> MetadataRecord:
-        study, series, sop, variant, version, body = row
+        study, series, sop, variant, version, body, *share = row
         return MetadataRecord.from_body(clinic_id, MetadataKey(study, series, sop, variant), version,
-                                        json.loads(body))
+                                        json.loads(body), share=json.loads(share[0]) if share and share[0] else None,
+                                        share_stamp=share[1] if share else 0)
 
     def _get(self, cur, clinic_id: str, key: MetadataKey) -> MetadataRecord | None:
-        cur.execute(self.db.sql("SELECT study_uid, series_uid, sop_uid, variant, version, body FROM metadata_records "
-                                f"WHERE {_KEY}"), _key_params(clinic_id, key))
+        cur.execute(self.db.sql(f"SELECT {_COLUMNS} FROM metadata_records WHERE {_KEY}"), _key_params(clinic_id, key))
         row = cur.fetchone()
         return self._record(clinic_id, row) if row else None
 
@@ -128,16 +133,11 @@ class SqlMetadataStore:
                          "AND t.study_uid = r.study_uid AND t.series_uid = r.series_uid AND t.sop_uid = r.sop_uid "
                          "AND t.variant = r.variant)")
             params.append(query.tag)
-        for values, negate in ((query.study_uids, ""), (query.exclude_study_uids, "NOT ")):
-            if values is not None:
-                if not values:
-                    if not negate:
-                        return []
-                    continue
-                where.append(f"study_uid {negate}IN ({', '.join('?' * len(values))})")
-                params.extend(sorted(values))
+        if query.shared is not None:
+            where.append("shared_until > ?" if query.shared else "(shared_until IS NULL OR shared_until <= ?)")
+            params.append(query.now_ms)
         with self.db.read() as cur:
-            cur.execute(self.db.sql(f"SELECT study_uid, series_uid, sop_uid, variant, version, body "
+            cur.execute(self.db.sql(f"SELECT {_COLUMNS} "
                                     f"FROM metadata_records r WHERE {' AND '.join(where)} {_ORDER} LIMIT ? OFFSET ?"),
                         [*params, query.limit, query.offset])
             return [self._record(query.clinic_id, row) for row in cur.fetchall()]
@@ -153,6 +153,15 @@ class SqlMetadataStore:
                                     f"FROM metadata_history WHERE {where} ORDER BY version DESC LIMIT ?"),
                         [*params, limit])
             return [self._record(clinic_id, row) for row in cur.fetchall()]
+
+    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
+        text = json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
+        with self.db.transaction() as cur:
+            cur.execute(self.db.sql(
+                "UPDATE metadata_records SET share = ?, shared_until = ?, share_stamp = ? "
+                "WHERE clinic_id = ? AND study_uid = ? AND series_uid = ? AND share_stamp <= ?"),
+                [text, shared_until(share), stamp, clinic_id, study_uid, series_uid, stamp])
+            return cur.rowcount
 
     def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                        sop_uid: str | None = None) -> int:

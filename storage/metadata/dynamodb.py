@@ -18,16 +18,22 @@ Global secondary indexes (all projecting every attribute), each sorted by ``gsi_
 
 - ``by_date``: ``gsi_clinic`` = ``{clinic}`` (records only): a clinic's records by study date;
 - ``by_patient``: ``gsi_patient`` = ``{clinic}#{patientId}`` (records with a patient);
-- ``by_tag``: ``gsi_tag`` = ``{clinic}#{tag}`` (tag items, whose records are then read).
+- ``by_tag``: ``gsi_tag`` = ``{clinic}#{tag}`` (tag items, whose records are then read);
+- ``by_shared``: ``gsi_shared`` = ``{clinic}``, present on a record only while its mirrored
+  share state names a share (a sparse index: only shared records are in it); a shared-state
+  search reads it with the filter ``shared_until > now``, so a record whose shares expired
+  is not reported even before its next mirror write.
 
-The shared state is not stored (it is read from the share store at read time, see
-:mod:`gateway.services.metadata`), so there is no index of it: a shared-state search reads
-the partitions of the shared studies, or the clinic's ``by_date`` index less the shared ones.
-Searches on a secondary index are eventually consistent, as DynamoDB's indexes are.
+The share state (``share`` JSON, ``shared_until``, ``share_stamp``, ``gsi_shared``) is
+mirrored from the share store by :meth:`DynamoMetadataStore.set_share`: an ``UpdateItem``
+that sets only those attributes, conditional on the record existing and on no later mirror
+write (``share_stamp``) having come first. Record writes never name them, so neither
+overwrites the other. Searches on a secondary index are eventually consistent, as DynamoDB's
+indexes are.
 
-Every write is one ``TransactWriteItems``: the record ``Put`` with a ``ConditionExpression``
-(``attribute_not_exists(pk)`` for a create, ``version = :expected`` for an update), the
-history item, and the tag items put and deleted. A cancelled condition is a
+Every write is one ``TransactWriteItems``: the record ``Update`` (its own attributes only)
+with a ``ConditionExpression`` (``attribute_not_exists(pk)`` for a create, ``version =
+:expected`` for an update), the history item, and the tag items put and deleted. A cancelled condition is a
 :class:`storage.errors.VersionConflict` with the record read afterwards. Items stay under
 DynamoDB's 400 KB (large annotation bodies are in the blob store already, see
 :mod:`gateway.services.metadata`; a record that still does not fit is
@@ -43,22 +49,29 @@ import time
 import uuid
 from typing import Iterable, Iterator
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.connection import Connection
-from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from storage.errors import ObjectNotFound, TooLarge, Unavailable, VersionConflict
-from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state, sort_key
+from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state, shared_until, sort_key
 
 logger = logging.getLogger(__name__)
 
 MAX_TAGS = 40
 MAX_BODY_BYTES = 380_000  # under the 400 KB item limit, with room for the keys and attributes
-_PARTITION_SEARCH_MAX = 100  # shared-state searches over at most this many studies read their partitions
 _CONFLICT_ATTEMPTS = 5  # a transaction cancelled by a concurrent one on the same items is tried again
+
+
+# The global secondary indexes: name → the attribute of their partition key (all sorted by gsi_date).
+INDEXES = {"by_date": "gsi_clinic", "by_patient": "gsi_patient", "by_tag": "gsi_tag", "by_shared": "gsi_shared"}
+# The attributes a record write sets (the share state is not among them).
+_RECORD_ATTRIBUTES = ("kind", "clinic", "study", "series", "sop", "variant", "version", "body", "gsi_date",
+                      "gsi_clinic")
 
 
 def _index(name: str, hash_name: str) -> type[GlobalSecondaryIndex]:
@@ -95,9 +108,11 @@ def _model(table: str, *, region: str | None, host: str | None, access_key: str 
         "gsi_clinic": UnicodeAttribute(null=True),
         "gsi_patient": UnicodeAttribute(null=True),
         "gsi_tag": UnicodeAttribute(null=True),
-        "by_date": _index("by_date", "gsi_clinic")(),
-        "by_patient": _index("by_patient", "gsi_patient")(),
-        "by_tag": _index("by_tag", "gsi_tag")(),
+        "share": UnicodeAttribute(null=True),
+        "share_stamp": NumberAttribute(null=True),
+        "shared_until": NumberAttribute(null=True),
+        "gsi_shared": UnicodeAttribute(null=True),
+        **{name: _index(name, hash_name)() for name, hash_name in INDEXES.items()},
     })
 
 
@@ -149,6 +164,37 @@ class DynamoMetadataStore:
             raise Unavailable(f"DynamoDB table {self.table} cannot be created: {exc}") from exc
         return True
 
+    def add_missing_indexes(self, *, wait: bool = True) -> list[str]:
+        """Add the global secondary indexes an existing table lacks (a table made by an older
+        version: ``by_shared``), one ``UpdateTable`` each as DynamoDB requires; their names.
+        DynamoDB fills a new index from the items already there (backfilling)."""
+        try:
+            description = self.Item.describe_table()
+            have = {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", ())}
+            added = []
+            for name, hash_name in INDEXES.items():
+                if name in have:
+                    continue
+                self._connection.client.update_table(
+                    TableName=self.table,
+                    AttributeDefinitions=[{"AttributeName": hash_name, "AttributeType": "S"},
+                                          {"AttributeName": "gsi_date", "AttributeType": "S"}],
+                    GlobalSecondaryIndexUpdates=[{"Create": {
+                        "IndexName": name, "Projection": {"ProjectionType": "ALL"},
+                        "KeySchema": [{"AttributeName": hash_name, "KeyType": "HASH"},
+                                      {"AttributeName": "gsi_date", "KeyType": "RANGE"}]}}])
+                added.append(name)
+                while wait and self._index_status(name) != "ACTIVE":
+                    time.sleep(1)
+        except (PynamoDBException, BotoCoreError, ClientError) as exc:
+            raise Unavailable(f"DynamoDB table {self.table}: indexes cannot be added: {exc}") from exc
+        return added
+
+    def _index_status(self, name: str) -> str | None:
+        description = self._connection.client.describe_table(TableName=self.table)["Table"]
+        return next((i.get("IndexStatus") for i in description.get("GlobalSecondaryIndexes", ())
+                     if i["IndexName"] == name), None)
+
     def ping(self) -> None:
         try:
             self.Item.describe_table()
@@ -161,8 +207,10 @@ class DynamoMetadataStore:
 
     # --- items ---------------------------------------------------------------------------------
     def _record(self, item) -> MetadataRecord:
+        share = json.loads(item.share) if item.kind == "record" and item.share else None
         return MetadataRecord.from_body(item.clinic, MetadataKey(item.study, item.series, item.sop, item.variant),
-                                        int(item.version), json.loads(item.body))
+                                        int(item.version), json.loads(item.body), share=share,
+                                        share_stamp=int(item.share_stamp or 0) if share is not None else 0)
 
     def _items(self, record: MetadataRecord, version: int, old_tags: Iterable[str]):
         """The record item, its history item, the tag items to put and those to delete."""
@@ -210,7 +258,7 @@ class DynamoMetadataStore:
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             try:
                 with self._transaction(token) as tx:
-                    tx.save(item, condition=condition)
+                    tx.update(item, actions=self._record_actions(item), condition=condition)
                     tx.save(history)
                     for tag in put_tags:
                         tx.save(tag)
@@ -219,7 +267,7 @@ class DynamoMetadataStore:
                 return new
             except TransactWriteError as exc:
                 codes = [r.code if r is not None else None for r in (exc.cancellation_reasons or [])]
-                if codes and codes[0] == "ConditionalCheckFailed":
+                if "ConditionalCheckFailed" in codes:  # the record's condition, its only one
                     break
                 if not codes and attempt < _CONFLICT_ATTEMPTS:  # not cancelled: the service failed (a 500)
                     logger.info("DynamoDB transaction failed (%s), tried again", exc)
@@ -240,6 +288,13 @@ class DynamoMetadataStore:
         current = self.get(record.clinic_id, record.key)
         raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
                               f"{current.version if current else 'none'}", current)
+
+    def _record_actions(self, item) -> list:
+        """The record's own attributes, set by an update (the mirrored share state is left as it is)."""
+        actions = [getattr(self.Item, name).set(getattr(item, name)) for name in _RECORD_ATTRIBUTES]
+        actions.append(self.Item.gsi_patient.set(item.gsi_patient) if item.gsi_patient
+                       else self.Item.gsi_patient.remove())
+        return actions
 
     def put(self, record: MetadataRecord, *, expected_version: int | None) -> MetadataRecord:
         old_tags: list[str] = []
@@ -283,10 +338,10 @@ class DynamoMetadataStore:
             condition = self.Item.sk.startswith(prefix) if prefix else self.Item.sk < "~"
             yield from (self._record(i) for i in self.Item.query(_pk(clinic, query.study_uid), condition,
                                                                  scan_index_forward=False, consistent_read=True))
-        elif query.study_uids is not None and len(query.study_uids) <= _PARTITION_SEARCH_MAX:
-            found = [self._record(i) for study in query.study_uids
-                     for i in self.Item.query(_pk(clinic, study), self.Item.sk < "~", consistent_read=True)]
-            yield from sorted(found, key=sort_key, reverse=True)
+        elif query.shared:
+            yield from (self._record(i) for i in self.Item.by_shared.query(
+                clinic, self._date_condition(self.Item.gsi_date, query), scan_index_forward=False,
+                filter_condition=self.Item.shared_until > query.now_ms))
         elif query.patient_id is not None:
             yield from (self._record(i) for i in self.Item.by_patient.query(
                 f"{clinic}#{query.patient_id}", self._date_condition(self.Item.gsi_date, query),
@@ -304,8 +359,6 @@ class DynamoMetadataStore:
                 clinic, self._date_condition(self.Item.gsi_date, query), scan_index_forward=False))
 
     def search(self, query: MetadataQuery) -> list[MetadataRecord]:
-        if query.study_uids is not None and not query.study_uids:
-            return []
         found: list[MetadataRecord] = []
         skipped = 0
         try:
@@ -334,6 +387,31 @@ class DynamoMetadataStore:
             return [self._record(i) for i in items][:limit]
         except PynamoDBException as exc:
             raise self._unavailable(exc, "query") from exc
+
+    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
+        text = json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
+        until = shared_until(share)
+        actions = [self.Item.share_stamp.set(stamp)]
+        actions += [self.Item.share.set(text), self.Item.shared_until.set(until),
+                    self.Item.gsi_shared.set(clinic_id)] if until is not None else \
+            [self.Item.share.set(text) if text else self.Item.share.remove(), self.Item.shared_until.remove(),
+             self.Item.gsi_shared.remove()]
+        condition = self.Item.pk.exists() & (self.Item.share_stamp.does_not_exist()
+                                             | (self.Item.share_stamp <= stamp))
+        changed = 0
+        try:
+            for item in self.Item.query(_pk(clinic_id, study_uid), self.Item.sk.startswith(f"{series_uid}#"),
+                                        consistent_read=True):
+                try:
+                    item.update(actions=actions, condition=condition)
+                    changed += 1
+                except UpdateError as exc:
+                    if exc.cause_response_code != "ConditionalCheckFailedException":
+                        raise
+                    # deleted meanwhile, or a later mirror write came first
+        except PynamoDBException as exc:
+            raise self._unavailable(exc, "update") from exc
+        return changed
 
     def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                        sop_uid: str | None = None) -> int:

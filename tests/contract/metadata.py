@@ -14,7 +14,12 @@ import pytest
 
 from storage.base import MetadataStore
 from storage.errors import ObjectNotFound, VersionConflict
-from storage.metadata import DEFAULT_VIEWER_STATE, MetadataKey, MetadataQuery, MetadataRecord
+from storage.metadata import (
+    DEFAULT_VIEWER_STATE,
+    MetadataKey,
+    MetadataQuery,
+    MetadataRecord,
+)
 from tests.contract.backend import missing_methods
 
 
@@ -28,6 +33,12 @@ def record(k: MetadataKey | None = None, clinic: str = "c1", **kw) -> MetadataRe
     kw.setdefault("updated_at", 1_000)
     kw.setdefault("created_at", 1_000)
     return MetadataRecord(clinic_id=clinic, key=k or key(), **kw)
+
+
+def share(*expiries: int) -> dict:
+    """A mirrored share state: one clinic target per expiry (ms)."""
+    return {"targets": [{"share": f"s{n}", "type": "clinic", "id": f"lab{n}", "permissions": ["view"],
+                         "expiresAt": expires} for n, expires in enumerate(expiries)]}
 
 
 class MetadataStoreContract:
@@ -168,11 +179,6 @@ class MetadataStoreContract:
         assert self._keys(store, tag="implant") == ["1.1/1.1.2/1.1.2.1/original", "1.1/1.1.1/1.1.1.1/original",
                                                     "1.4/1.4.1/1.4.1.1/original"]
         assert self._keys(store, tag="caries", patient_id="P2") == ["1.2/1.2.1/1.2.1.1/original"]
-        assert self._keys(store, study_uids=frozenset({"1.2", "1.4"})) == \
-            ["1.2/1.2.1/1.2.1.1/original", "1.4/1.4.1/1.4.1.1/original"]
-        assert self._keys(store, study_uids=frozenset()) == []
-        assert self._keys(store, exclude_study_uids=frozenset({"1.1", "1.3"})) == \
-            ["1.2/1.2.1/1.2.1.1/original", "1.4/1.4.1/1.4.1.1/original"]
         assert self._keys(store, tag="nothing") == []
 
     def test_tags_follow_updates(self, store):
@@ -180,6 +186,82 @@ class MetadataStoreContract:
         store.put(record(tags=["b", "c"]), expected_version=1)
         assert self._keys(store, tag="a") == []
         assert self._keys(store, tag="c") == [key().object_key]
+
+    # --- the mirrored share state ------------------------------------------------------------------
+    def test_set_share_mirrors_without_a_version_and_record_writes_keep_it(self, store):
+        self._fill(store)
+        assert store.set_share("c1", "1.1", "1.1.1", share(5_000), stamp=10) == 2  # both variants
+        k = key("1.1.1.1", "1.1", "1.1.1")
+        got = store.get("c1", k)
+        assert (got.share, got.share_stamp, got.shared_until, got.version) == (share(5_000), 10, 5_000, 1)
+        assert store.get("c1", key("1.1.1.1", "1.1", "1.1.1", "preview")).share == share(5_000)
+        assert store.get("c1", key("1.1.2.1", "1.1", "1.1.2")).share is None  # another series of the study
+        assert store.get("c2", k).share is None  # another clinic's
+        assert [v.version for v in store.history("c1", k)] == [1]  # no version of its own
+        # a client's write (made from a record without the share) leaves the mirrored share
+        store.put(record(k, tags=["client"]), expected_version=1)
+        store.patch_viewer_state("c1", k, {"zoom": 2}, expected_version=2, updated_by="dr", now_ms=2)
+        got = store.get("c1", k)
+        assert (got.version, got.tags, got.share) == (3, ["client"], share(5_000))
+        # an older mirror write loses to a later one; a newer one clears it
+        assert store.set_share("c1", "1.1", "1.1.1", share(9_000), stamp=9) == 0
+        assert store.get("c1", k).share == share(5_000)
+        assert store.set_share("c1", "1.1", "1.1.1", None, stamp=11) == 2
+        got = store.get("c1", k)
+        assert (got.share, got.shared_until, got.version) == (None, None, 3)
+        assert store.set_share("c1", "1.1", "9.9", share(5_000), stamp=12) == 0  # a series without records
+        assert store.set_share("c1", "1.1", "1.1.1", share(5_000), stamp=13) == 2
+        store.delete_records("c1", "1.1", "1.1.1")
+        assert store.set_share("c1", "1.1", "1.1.1", share(6_000), stamp=14) == 0  # never brings a record back
+        assert store.get("c1", k) is None
+
+    def test_search_by_shared_state_at_a_time(self, store):
+        self._fill(store)
+        store.set_share("c1", "1.2", "1.2.1", share(5_000), stamp=1)
+        store.set_share("c1", "1.3", "1.3.1", share(1_500, 800), stamp=1)
+        store.set_share("c2", "1.1", "1.1.1", share(5_000), stamp=1)  # another clinic's
+        assert self._keys(store, shared=True, now_ms=1_000) == ["1.3/1.3.1/1.3.1.1/mini-ct",
+                                                                "1.2/1.2.1/1.2.1.1/original"]
+        assert self._keys(store, shared=True, now_ms=2_000) == ["1.2/1.2.1/1.2.1.1/original"]  # 1.3 expired
+        assert self._keys(store, shared=False, now_ms=2_000) == [
+            "1.3/1.3.1/1.3.1.1/mini-ct", "1.1/1.1.2/1.1.2.1/original", "1.1/1.1.1/1.1.1.1/preview",
+            "1.1/1.1.1/1.1.1.1/original", "1.4/1.4.1/1.4.1.1/original"]
+        assert self._keys(store, shared=True, now_ms=1_000, date_to="20241231") == ["1.2/1.2.1/1.2.1.1/original"]
+        assert self._keys(store, shared=True, now_ms=1_000, tag="caries") == ["1.2/1.2.1/1.2.1.1/original"]
+        assert self._keys(store, shared=True, now_ms=1_000, patient_id="P1") == ["1.3/1.3.1/1.3.1.1/mini-ct"]
+        assert self._keys(store, shared=True, now_ms=1_000, study_uid="1.2") == ["1.2/1.2.1/1.2.1.1/original"]
+        assert self._keys(store, shared=True, now_ms=1_000, limit=1, offset=1) == ["1.2/1.2.1/1.2.1.1/original"]
+        store.set_share("c1", "1.2", "1.2.1", None, stamp=2)  # revoked
+        assert self._keys(store, shared=True, now_ms=1_000) == ["1.3/1.3.1/1.3.1.1/mini-ct"]
+
+    def test_mirror_writes_and_client_writes_lose_nothing(self, store):
+        """Concurrent record writes (retrying on conflict) and mirror writes (later stamps): every
+        record write is applied once, and the share is the latest mirror write's."""
+        store.put(record(), expected_version=None)
+        barrier = threading.Barrier(12)
+
+        def edit(n: int) -> None:
+            barrier.wait()
+            while True:
+                current = store.get("c1", key())
+                try:
+                    store.patch_viewer_state("c1", key(), {"pan": {"x": n}}, expected_version=current.version,
+                                             updated_by=f"u{n}", now_ms=10 + n)
+                    return
+                except VersionConflict:
+                    continue
+
+        def mirror(n: int) -> None:
+            barrier.wait()
+            store.set_share("c1", "1.2", "1.2.3", share(10_000 + n), stamp=100 + n)
+
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(lambda n: edit(n) if n < 6 else mirror(n), range(12)))
+        current = store.get("c1", key())
+        assert current.version == 7
+        assert sorted(v.viewer_state["pan"]["x"] for v in store.history("c1", key()) if v.version > 1) == \
+            list(range(6))
+        assert (current.share, current.share_stamp) == (share(10_011), 111)
 
     # --- delete -------------------------------------------------------------------------------------
     def test_delete_a_study(self, store):
