@@ -400,6 +400,15 @@ class MetadataStore(Protocol):
         ``stamp`` came first. Changes nothing else (not the version, not the history); a record
         write never changes it. How many records were set."""
 
+    def restore(self, versions: list[MetadataRecord]) -> str:
+        """Copy one record as it is into this store (a migration between stores): ``versions``
+        is every version of it, oldest first, the last the current one with its share state.
+        Version numbers, times and owners are kept. ``"copied"`` when the store had no such
+        record; ``"updated"`` when it had an older version (the versions it lacked are added);
+        ``"already there"`` when it has the same current version (the share state is still
+        set, unless a later mirror write came first). :class:`storage.errors.VersionConflict`
+        (nothing changed) when it has a newer version, or another record under that version."""
+
     def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                        sop_uid: str | None = None) -> int:
         """Remove the records (every variant) of a study, of one series of it (``series_uid``)

@@ -19,7 +19,14 @@ import json
 import logging
 
 from storage.errors import ObjectNotFound, VersionConflict
-from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state, shared_until
+from storage.metadata import (
+    MetadataKey,
+    MetadataQuery,
+    MetadataRecord,
+    merge_viewer_state,
+    restore_status,
+    shared_until,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,10 @@ def _key_params(clinic_id: str, key: MetadataKey) -> list[str]:
 
 def _dump(record: MetadataRecord) -> str:
     return json.dumps(record.body(), separators=(",", ":"), sort_keys=True)
+
+
+def _dump_share(share: dict | None) -> str | None:
+    return json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
 
 
 class SqlMetadataStore:
@@ -154,8 +165,43 @@ class SqlMetadataStore:
                         [*params, limit])
             return [self._record(clinic_id, row) for row in cur.fetchall()]
 
+    def restore(self, versions: list[MetadataRecord]) -> str:
+        last = versions[-1]
+        params = _key_params(last.clinic_id, last.key)
+        with self.db.transaction() as cur:
+            current = self._get(cur, last.clinic_id, last.key)
+            status = restore_status(current, last)
+            if status != "already there":
+                have = current.version if current else 0
+                for version in versions:
+                    if version.version > have:
+                        cur.execute(self.db.sql(
+                            "INSERT INTO metadata_history (clinic_id, study_uid, series_uid, sop_uid, variant, "
+                            "version, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                            [*params, version.version, version.updated_at, _dump(version)])
+                if current is None:
+                    cur.execute(self.db.sql(
+                        "INSERT INTO metadata_records (clinic_id, study_uid, series_uid, sop_uid, variant, version, "
+                        "patient_id, study_date, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                        [*params, last.version, last.patient_id, last.study_date, last.updated_at, _dump(last)])
+                else:
+                    cur.execute(self.db.sql(
+                        "UPDATE metadata_records SET version = ?, patient_id = ?, study_date = ?, updated_at = ?, "
+                        f"body = ? WHERE {_KEY} AND version = ?"),
+                        [last.version, last.patient_id, last.study_date, last.updated_at, _dump(last), *params,
+                         current.version])
+                cur.execute(self.db.sql(f"DELETE FROM metadata_tags WHERE {_KEY}"), params)
+                for tag in dict.fromkeys(last.tags):
+                    cur.execute(self.db.sql("INSERT INTO metadata_tags (clinic_id, tag, study_uid, series_uid, "
+                                            "sop_uid, variant) VALUES (?, ?, ?, ?, ?, ?)"),
+                                [params[0], tag, *params[1:]])
+            cur.execute(self.db.sql(f"UPDATE metadata_records SET share = ?, shared_until = ?, share_stamp = ? "
+                                    f"WHERE {_KEY} AND share_stamp <= ?"),
+                        [_dump_share(last.share), last.shared_until, last.share_stamp, *params, last.share_stamp])
+        return status
+
     def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
-        text = json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
+        text = _dump_share(share)
         with self.db.transaction() as cur:
             cur.execute(self.db.sql(
                 "UPDATE metadata_records SET share = ?, shared_until = ?, share_stamp = ? "

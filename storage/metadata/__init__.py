@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from storage.errors import VersionConflict
+
 VARIANTS = ("original", "preview", "mini-ct")
 OBJECT_TYPES = ("CT", "2D")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -145,6 +147,19 @@ class MetadataQuery:
                 and (self.shared is None or self.shared == ((record.shared_until or 0) > self.now_ms)))
 
 
+def restore_status(current: MetadataRecord | None, last: MetadataRecord) -> str:
+    """What :meth:`storage.base.MetadataStore.restore` does with ``last`` over ``current`` (raises when it may not)."""
+    if current is None:
+        return "copied"
+    if current.version < last.version:
+        return "updated"
+    if current.version == last.version and current.body() == last.body():
+        return "already there"
+    raise VersionConflict(f"{last.key.object_key} of clinic {last.clinic_id}: the target has version "
+                          f"{current.version}" + (" with other content" if current.version == last.version else "")
+                          + f", the source {last.version}", current)
+
+
 def sort_key(record: MetadataRecord) -> str:
     """The order of searches as one string (descending): date, then the key's parts."""
     k = record.key
@@ -170,4 +185,4 @@ def merge_viewer_state(current: dict[str, Any], changes: dict[str, Any]) -> dict
 
 
 __all__ = ["DEFAULT_VIEWER_STATE", "MetadataKey", "MetadataQuery", "MetadataRecord", "OBJECT_TYPES", "VARIANTS",
-           "merge_viewer_state", "shared_until", "sort_key", "valid_uid"]
+           "merge_viewer_state", "restore_status", "shared_until", "sort_key", "valid_uid"]

@@ -26,14 +26,16 @@ Global secondary indexes (all projecting every attribute), each sorted by ``gsi_
 
 The share state (``share`` JSON, ``shared_until``, ``share_stamp``, ``gsi_shared``) is
 mirrored from the share store by :meth:`DynamoMetadataStore.set_share`: an ``UpdateItem``
-that sets only those attributes, conditional on the record existing and on no later mirror
-write (``share_stamp``) having come first. Record writes never name them, so neither
-overwrites the other. Searches on a secondary index are eventually consistent, as DynamoDB's
-indexes are.
+that sets only those attributes (not the version), conditional on the record existing and
+on no later mirror write (``share_stamp``) having come first. A record write puts the item
+whole, carrying the share state it read, conditional on that ``share_stamp`` too: a mirror
+write in between cancels it, and it is made again over the new share state. So neither
+overwrites the other. Searches on a secondary index are eventually consistent, as
+DynamoDB's indexes are.
 
-Every write is one ``TransactWriteItems``: the record ``Update`` (its own attributes only)
-with a ``ConditionExpression`` (``attribute_not_exists(pk)`` for a create, ``version =
-:expected`` for an update), the history item, and the tag items put and deleted. A cancelled condition is a
+Every write is one ``TransactWriteItems``: the record ``Put`` with a ``ConditionExpression``
+(``attribute_not_exists(pk)`` for a create, ``version = :expected`` and the share stamp read
+for an update), the history item, and the tag items put and deleted. A cancelled condition is a
 :class:`storage.errors.VersionConflict` with the record read afterwards. Items stay under
 DynamoDB's 400 KB (large annotation bodies are in the blob store already, see
 :mod:`gateway.services.metadata`; a record that still does not fit is
@@ -47,6 +49,7 @@ import logging
 import random
 import time
 import uuid
+from dataclasses import replace
 from typing import Iterable, Iterator
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -58,7 +61,15 @@ from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from storage.errors import ObjectNotFound, TooLarge, Unavailable, VersionConflict
-from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state, shared_until, sort_key
+from storage.metadata import (
+    MetadataKey,
+    MetadataQuery,
+    MetadataRecord,
+    merge_viewer_state,
+    restore_status,
+    shared_until,
+    sort_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +80,10 @@ _CONFLICT_ATTEMPTS = 5  # a transaction cancelled by a concurrent one on the sam
 
 # The global secondary indexes: name → the attribute of their partition key (all sorted by gsi_date).
 INDEXES = {"by_date": "gsi_clinic", "by_patient": "gsi_patient", "by_tag": "gsi_tag", "by_shared": "gsi_shared"}
-# The attributes a record write sets (the share state is not among them).
-_RECORD_ATTRIBUTES = ("kind", "clinic", "study", "series", "sop", "variant", "version", "body", "gsi_date",
-                      "gsi_clinic")
+
+
+def _share_text(share: dict | None) -> str | None:
+    return json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
 
 
 def _index(name: str, hash_name: str) -> type[GlobalSecondaryIndex]:
@@ -210,7 +222,7 @@ class DynamoMetadataStore:
         share = json.loads(item.share) if item.kind == "record" and item.share else None
         return MetadataRecord.from_body(item.clinic, MetadataKey(item.study, item.series, item.sop, item.variant),
                                         int(item.version), json.loads(item.body), share=share,
-                                        share_stamp=int(item.share_stamp or 0) if share is not None else 0)
+                                        share_stamp=int(item.share_stamp or 0))
 
     def _items(self, record: MetadataRecord, version: int, old_tags: Iterable[str]):
         """The record item, its history item, the tag items to put and those to delete."""
@@ -223,8 +235,12 @@ class DynamoMetadataStore:
             raise TooLarge(f"{len(tags)} tags, at most {MAX_TAGS}")
         common = {"pk": _pk(clinic, k.study_uid), "clinic": clinic, "study": k.study_uid, "series": k.series_uid,
                   "sop": k.sop_uid, "variant": k.variant, "gsi_date": sort_key(record)}
+        until = record.shared_until
         item = self.Item(sk=_sk(k), kind="record", version=version, body=body, gsi_clinic=clinic,
-                         gsi_patient=f"{clinic}#{record.patient_id}" if record.patient_id else None, **common)
+                         gsi_patient=f"{clinic}#{record.patient_id}" if record.patient_id else None,
+                         share=_share_text(record.share),
+                         share_stamp=record.share_stamp or None, shared_until=until,
+                         gsi_shared=clinic if until is not None else None, **common)
         history = self.Item(sk=f"{_history_prefix(k)}{version:010d}", kind="history", version=version, body=body,
                             **common)
         put_tags = [self.Item(sk=f"~T#{tag}#{_sk(k)}", kind="tag", gsi_tag=f"{clinic}#{tag}", **common)
@@ -246,11 +262,32 @@ class DynamoMetadataStore:
 
     # --- writes --------------------------------------------------------------------------------
     def _write(self, record: MetadataRecord, expected_version: int | None, old_tags: Iterable[str]) -> MetadataRecord:
+        """``record`` carries the share state read with ``expected_version``: the record item is
+        put whole with it, conditional on the version *and* on that share state (its stamp),
+        so a mirror write that came in between cancels the write, which is then made again
+        over the new share state (the version still being the expected one)."""
         version = 1 if expected_version is None else expected_version + 1
-        new = record.next_version(version)
-        item, history, put_tags, gone = self._items(new, version, old_tags)
-        condition = (self.Item.pk.does_not_exist() if expected_version is None
-                     else self.Item.version == expected_version)
+        for _ in range(_CONFLICT_ATTEMPTS):
+            new = record.next_version(version)
+            if self._transact(new, expected_version, old_tags):
+                return new
+            current = self.get(record.clinic_id, record.key)
+            if current is None or expected_version is None or current.version != expected_version:
+                break
+            record = replace(record, share=current.share, share_stamp=current.share_stamp)  # mirrored meanwhile
+        else:
+            raise Unavailable(f"{record.key.object_key}: kept meeting mirror writes of its share state")
+        raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
+                              f"{current.version if current else 'none'}", current)
+
+    def _transact(self, new: MetadataRecord, expected_version: int | None, old_tags: Iterable[str]) -> bool:
+        """One write as a transaction; False when its condition failed."""
+        item, history, put_tags, gone = self._items(new, new.version, old_tags)
+        if expected_version is None:
+            condition = self.Item.pk.does_not_exist()
+        else:
+            condition = (self.Item.version == expected_version) & (
+                self.Item.share_stamp == new.share_stamp if new.share_stamp else self.Item.share_stamp.does_not_exist())
         # One token for every attempt: DynamoDB applies a transaction sent again with the same
         # token (within 10 minutes) once, so a retry after a lost answer or a 500 cannot apply it
         # twice, nor see its own first attempt as a conflict.
@@ -258,17 +295,17 @@ class DynamoMetadataStore:
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             try:
                 with self._transaction(token) as tx:
-                    tx.update(item, actions=self._record_actions(item), condition=condition)
+                    tx.save(item, condition=condition)
                     tx.save(history)
                     for tag in put_tags:
                         tx.save(tag)
                     for tag in gone:
                         tx.delete(tag)
-                return new
+                return True
             except TransactWriteError as exc:
                 codes = [r.code if r is not None else None for r in (exc.cancellation_reasons or [])]
                 if "ConditionalCheckFailed" in codes:  # the record's condition, its only one
-                    break
+                    return False
                 if not codes and attempt < _CONFLICT_ATTEMPTS:  # not cancelled: the service failed (a 500)
                     logger.info("DynamoDB transaction failed (%s), tried again", exc)
                     time.sleep(random.uniform(0.01, 0.05) * attempt)
@@ -277,24 +314,15 @@ class DynamoMetadataStore:
                     raise self._unavailable(exc, "transaction") from exc
                 # Another transaction on the same items was under way (concurrent writers of one
                 # record): if it wrote the record, this write is stale; else try again.
-                current = self.get(record.clinic_id, record.key)
+                current = self.get(new.clinic_id, new.key)
                 if (current.version if current else None) != expected_version:
-                    break
+                    return False
                 if attempt == _CONFLICT_ATTEMPTS:
                     raise self._unavailable(exc, "transaction (kept meeting concurrent transactions)") from exc
                 time.sleep(random.uniform(0.005, 0.02) * attempt)
             except PynamoDBException as exc:
                 raise self._unavailable(exc, "transaction") from exc
-        current = self.get(record.clinic_id, record.key)
-        raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
-                              f"{current.version if current else 'none'}", current)
-
-    def _record_actions(self, item) -> list:
-        """The record's own attributes, set by an update (the mirrored share state is left as it is)."""
-        actions = [getattr(self.Item, name).set(getattr(item, name)) for name in _RECORD_ATTRIBUTES]
-        actions.append(self.Item.gsi_patient.set(item.gsi_patient) if item.gsi_patient
-                       else self.Item.gsi_patient.remove())
-        return actions
+        return False
 
     def put(self, record: MetadataRecord, *, expected_version: int | None) -> MetadataRecord:
         old_tags: list[str] = []
@@ -304,6 +332,9 @@ class DynamoMetadataStore:
                 raise VersionConflict(f"{record.key.object_key}: expected version {expected_version}, found "
                                       f"{current.version if current else 'none'}", current)
             old_tags = current.tags  # right when the conditional write succeeds
+            record = replace(record, share=current.share, share_stamp=current.share_stamp)
+        else:
+            record = replace(record, share=None, share_stamp=0)
         return self._write(record, expected_version, old_tags)
 
     def patch_viewer_state(self, clinic_id: str, key: MetadataKey, changes: dict, *, expected_version: int,
@@ -388,30 +419,67 @@ class DynamoMetadataStore:
         except PynamoDBException as exc:
             raise self._unavailable(exc, "query") from exc
 
-    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
-        text = json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
+    def _set_share(self, item, share: dict | None, stamp: int) -> bool:
+        """Set the share state of one record item unless it is gone or a later mirror write came first."""
+        text = _share_text(share)
         until = shared_until(share)
         actions = [self.Item.share_stamp.set(stamp)]
         actions += [self.Item.share.set(text), self.Item.shared_until.set(until),
-                    self.Item.gsi_shared.set(clinic_id)] if until is not None else \
+                    self.Item.gsi_shared.set(item.clinic)] if until is not None else \
             [self.Item.share.set(text) if text else self.Item.share.remove(), self.Item.shared_until.remove(),
              self.Item.gsi_shared.remove()]
         condition = self.Item.pk.exists() & (self.Item.share_stamp.does_not_exist()
                                              | (self.Item.share_stamp <= stamp))
-        changed = 0
         try:
-            for item in self.Item.query(_pk(clinic_id, study_uid), self.Item.sk.startswith(f"{series_uid}#"),
-                                        consistent_read=True):
-                try:
-                    item.update(actions=actions, condition=condition)
-                    changed += 1
-                except UpdateError as exc:
-                    if exc.cause_response_code != "ConditionalCheckFailedException":
-                        raise
-                    # deleted meanwhile, or a later mirror write came first
+            item.update(actions=actions, condition=condition)
+            return True
+        except UpdateError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            return False
+
+    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
+        try:
+            return sum(self._set_share(item, share, stamp) for item in self.Item.query(
+                _pk(clinic_id, study_uid), self.Item.sk.startswith(f"{series_uid}#"), consistent_read=True))
         except PynamoDBException as exc:
             raise self._unavailable(exc, "update") from exc
-        return changed
+
+    def restore(self, versions: list[MetadataRecord]) -> str:
+        """History items first (idempotent puts, in batches: a record may have more versions than
+        a transaction holds), then the record and its tags in one conditional transaction."""
+        last = versions[-1]
+        current = self.get(last.clinic_id, last.key)
+        status = restore_status(current, last)
+        try:
+            if status != "already there":
+                have = current.version if current else 0
+                with self.Item.batch_write() as batch:
+                    for version in versions:
+                        if version.version > have:
+                            batch.save(self._items(version, version.version, ())[1])
+                item, _, put_tags, gone = self._items(last, last.version, current.tags if current else ())
+                condition = (self.Item.pk.does_not_exist() if current is None
+                             else self.Item.version == current.version)
+                try:
+                    with self._transaction(uuid.uuid4().hex) as tx:
+                        tx.save(item, condition=condition)
+                        for tag in put_tags:
+                            tx.save(tag)
+                        for tag in gone:
+                            tx.delete(tag)
+                except TransactWriteError as exc:
+                    codes = [r.code if r is not None else None for r in (exc.cancellation_reasons or [])]
+                    if "ConditionalCheckFailed" in codes:
+                        now = self.get(last.clinic_id, last.key)
+                        raise VersionConflict(f"{last.key.object_key}: written meanwhile (version "
+                                              f"{now.version if now else 'none'})", now) from None
+                    raise
+            self._set_share(self.Item(pk=_pk(last.clinic_id, last.key.study_uid), sk=_sk(last.key),
+                                      clinic=last.clinic_id), last.share, last.share_stamp)
+        except PynamoDBException as exc:
+            raise self._unavailable(exc, "restore") from exc
+        return status
 
     def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
                        sop_uid: str | None = None) -> int:

@@ -263,6 +263,47 @@ class MetadataStoreContract:
             list(range(6))
         assert (current.share, current.share_stamp) == (share(10_011), 111)
 
+    # --- restore (migrations between stores) ------------------------------------------------------
+    def test_restore_copies_versions_history_and_share(self, store):
+        k = key()
+        versions = [record(k, tags=["a"], version=1, updated_at=1_000),
+                    record(k, tags=["a", "b"], version=2, updated_at=2_000, updated_by="staff"),
+                    record(k, tags=["b"], version=3, updated_at=3_000, patient_id="P1", study_date="20240506",
+                           share=share(9_000), share_stamp=7)]
+        assert store.restore(versions) == "copied"
+        got = store.get("c1", k)
+        assert got == versions[-1]
+        assert [(v.version, v.tags, v.updated_by) for v in store.history("c1", k)] == \
+            [(3, ["b"], "dr"), (2, ["a", "b"], "staff"), (1, ["a"], "dr")]
+        assert self._keys(store, tag="b") == [k.object_key] and self._keys(store, tag="a") == []
+        assert self._keys(store, shared=True, now_ms=1) == [k.object_key]
+        # again: nothing changes
+        assert store.restore(versions) == "already there"
+        assert store.get("c1", k) == versions[-1] and len(store.history("c1", k)) == 3
+        # the source moved on: the versions the store lacks are added
+        v4 = record(k, tags=["c"], version=4, updated_at=4_000, share=None, share_stamp=8)
+        assert store.restore([*versions, v4]) == "updated"
+        assert store.get("c1", k) == v4
+        assert [v.version for v in store.history("c1", k)] == [4, 3, 2, 1]
+        assert self._keys(store, tag="c") == [k.object_key] and self._keys(store, tag="b") == []
+        assert self._keys(store, shared=True, now_ms=1) == []
+        # the store's record is the next version after all: it is patched like any other
+        assert store.patch_viewer_state("c1", k, {"zoom": 2}, expected_version=4, updated_by="x",
+                                        now_ms=5).version == 5
+
+    def test_restore_never_overwrites_a_newer_or_another_record(self, store):
+        k = key()
+        store.put(record(k, tags=["target"]), expected_version=None)
+        store.put(record(k, tags=["target", "newer"]), expected_version=1)
+        with pytest.raises(VersionConflict) as newer:
+            store.restore([record(k, tags=["source"], version=1)])
+        assert newer.value.current.version == 2
+        with pytest.raises(VersionConflict):
+            store.restore([record(k, tags=["source"], version=1), record(k, tags=["other"], version=2)])
+        got = store.get("c1", k)
+        assert (got.version, got.tags) == (2, ["target", "newer"])
+        assert [v.tags for v in store.history("c1", k)] == [["target", "newer"], ["target"]]
+
     # --- delete -------------------------------------------------------------------------------------
     def test_delete_a_study(self, store):
         self._fill(store)
