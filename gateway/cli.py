@@ -511,11 +511,12 @@ def audit(clinic, user, action, outcome, since, limit, jsonl) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback, quiet) -> None:
     """Copy every instance from a source deployment to the configured stores (e.g. embedded
-    SQLite + folder to PostgreSQL + S3), checking the sha256 of each; safe to re-run.
+    SQLite + folder to PostgreSQL + S3), checking the sha256 of each, and every image metadata
+    record with its versions and history (e.g. to DynamoDB); safe to re-run.
 
     The target is the effective settings (environment, gateway.toml / GATEWAY_CONFIG); the
     source is given by --source-data-dir or --source-config, read without the environment.
-    Exits 1 if any instance could not be copied or verified.
+    Exits 1 if any instance or record could not be copied or verified.
     """
     if bool(source_data_dir) == bool(source_config):
         raise click.UsageError("give exactly one of --source-data-dir and --source-config")
@@ -528,7 +529,8 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
                                               "storage.blob_backend": "filesystem"}, environ={})
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    same = all(source[n] == target[n] for n in ("storage.index_backend", "storage.blob_backend")) and \
+    same = all(source[n] == target[n] for n in ("storage.index_backend", "storage.blob_backend",
+                                                 "storage.metadata_backend", "storage.dynamodb_table")) and \
         source.data_dir == target.data_dir and source["storage.postgres_dsn"] == target["storage.postgres_dsn"] \
         and source["storage.s3_bucket"] == target["storage.s3_bucket"]
     if same:
@@ -541,8 +543,9 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
         source_services.close()
         raise
     migration = StoreMigration(source_services, target_services, verify_blobs=not no_readback, jobs=jobs)
-    click.echo(f"copying from {source['storage.index_backend']} + {source['storage.blob_backend']} to "
-               f"{target['storage.index_backend']} + {target['storage.blob_backend']}", err=True)
+    click.echo(f"copying from {source['storage.index_backend']} + {source['storage.blob_backend']} + "
+               f"{source['storage.metadata_backend']} metadata to {target['storage.index_backend']} + "
+               f"{target['storage.blob_backend']} + {target['storage.metadata_backend']} metadata", err=True)
     count = 0
 
     def progress(record) -> None:
