@@ -53,6 +53,16 @@ class ShareService:
         self.audit = audit
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
+        # Called with each share created or revoked, once it is stored (the image metadata
+        # mirrors the share state: MetadataService.share_changed); set by Services.build.
+        self.changed: list = []
+
+    def _changed(self, share: ShareRecord) -> None:
+        for listener in self.changed:
+            try:
+                listener(share)
+            except Exception:
+                logger.exception("a listener of the change of share %s failed", share.id)
 
     @classmethod
     def from_settings(cls, store, index, access, audit, settings) -> "ShareService":
@@ -99,6 +109,8 @@ class ShareService:
                                      + (f" of clinic {target_clinic}" if target_clinic else "")
                                      + f", {'+'.join(perms)}, until {expires}")
             created.append((share, token))
+        for share, _ in created:
+            self._changed(share)
         return created
 
     @staticmethod
@@ -201,6 +213,7 @@ class ShareService:
                               resource=resource_name(share.study_uid, share.series_uid),
                               resource_clinic=share.clinic_id, detail=f"share {share_id}")
             share = self._call(self.store.get_share, share_id)
+            self._changed(share)
         return share
 
     # --- links ------------------------------------------------------------------------

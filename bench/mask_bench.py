@@ -6,8 +6,8 @@
 
 For each stack it starts ``gateway serve`` on a free loopback port (embedded defaults: SQLite, 2
 workers x 8 threads; ``--stacks s3`` puts the blobs on a ``moto_server`` of its own), stores a
-series of ``--slices`` instances by STOW-RS (not timed), makes an annotation of it, then per
-repetition: a mask group, ``POST …/signed-url`` for every slice x label, the PUT of every PNG
+series of ``--slices`` instances of ``--size``² pixels (a mask is as large as its slice) by
+STOW-RS (not timed), makes an annotation of it, then per repetition: a mask group, ``POST …/signed-url`` for every slice x label, the PUT of every PNG
 (``--size``² 8-bit, one disc per label, made beforehand) from ``--parallel`` threads each with
 its own ``requests.Session``, and ``POST …/complete``. Reported: the time of each phase and the
 whole flow (median of the repetitions), and masks/s. With the filesystem store the PUTs go to
@@ -120,7 +120,7 @@ def run_stack(stack: str, args, root: Path) -> dict[str, Any]:
         server = ServerProcess(root / f"{stack}-data", env=env).start()
         cleanup.callback(server.stop)
         headers = server.auth_headers
-        study, series, _ = store_series(server.url, headers, args.slices, size=32)
+        study, series, _ = store_series(server.url, headers, args.slices, size=args.size)
         client = Client(server.token)
         annotation = client.api("POST", f"{server.url}/api/v1/annotations", json={
             "study": study, "series": series, "type": "segmentation"}).json()["id"]

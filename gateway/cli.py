@@ -1,6 +1,6 @@
 """The ``gateway`` command: serve, config show, migrate, import, demo-data, dimse, worker, forwards,
-token, auth-keys, audit, migrate-backends, metadata-table, export-sidecars, import-prj. Every command
-that touches the stores gets them from :meth:`gateway.services.Services.build`."""
+token, auth-keys, audit, migrate-backends, metadata-table, sync-share-state, export-sidecars, import-prj.
+Every command that touches the stores gets them from :meth:`gateway.services.Services.build`."""
 from __future__ import annotations
 
 import gc
@@ -18,7 +18,7 @@ from auth.local import LocalIssuer, LocalKeyStore, key_dir, parse_ttl
 from auth.signing import rotate_generated_keys
 from gateway.config import SETTINGS, SettingsError, load_settings
 from gateway.dimse.supervisor import ChildSupervisor
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, GatewayError
 from gateway.logs import configure_logging
 from gateway.services import Services
 from gateway.services.jobs import job_summary
@@ -511,11 +511,12 @@ def audit(clinic, user, action, outcome, since, limit, jsonl) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback, quiet) -> None:
     """Copy every instance from a source deployment to the configured stores (e.g. embedded
-    SQLite + folder to PostgreSQL + S3), checking the sha256 of each; safe to re-run.
+    SQLite + folder to PostgreSQL + S3), checking the sha256 of each, and every image metadata
+    record with its versions and history (e.g. to DynamoDB); safe to re-run.
 
     The target is the effective settings (environment, gateway.toml / GATEWAY_CONFIG); the
     source is given by --source-data-dir or --source-config, read without the environment.
-    Exits 1 if any instance could not be copied or verified.
+    Exits 1 if any instance or record could not be copied or verified.
     """
     if bool(source_data_dir) == bool(source_config):
         raise click.UsageError("give exactly one of --source-data-dir and --source-config")
@@ -528,7 +529,8 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
                                               "storage.blob_backend": "filesystem"}, environ={})
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    same = all(source[n] == target[n] for n in ("storage.index_backend", "storage.blob_backend")) and \
+    same = all(source[n] == target[n] for n in ("storage.index_backend", "storage.blob_backend",
+                                                 "storage.metadata_backend", "storage.dynamodb_table")) and \
         source.data_dir == target.data_dir and source["storage.postgres_dsn"] == target["storage.postgres_dsn"] \
         and source["storage.s3_bucket"] == target["storage.s3_bucket"]
     if same:
@@ -541,8 +543,9 @@ def migrate_backends(source_data_dir, source_config, clinics, jobs, no_readback,
         source_services.close()
         raise
     migration = StoreMigration(source_services, target_services, verify_blobs=not no_readback, jobs=jobs)
-    click.echo(f"copying from {source['storage.index_backend']} + {source['storage.blob_backend']} to "
-               f"{target['storage.index_backend']} + {target['storage.blob_backend']}", err=True)
+    click.echo(f"copying from {source['storage.index_backend']} + {source['storage.blob_backend']} + "
+               f"{source['storage.metadata_backend']} metadata to {target['storage.index_backend']} + "
+               f"{target['storage.blob_backend']} + {target['storage.metadata_backend']} metadata", err=True)
     count = 0
 
     def progress(record) -> None:
@@ -582,10 +585,30 @@ def metadata_table_create() -> None:
                                        ": its tables are made by 'gateway migrate'")
         try:
             created = create()
+            added = [] if created else services.metadata_store.add_missing_indexes()
         except StorageError as exc:
             raise click.ClickException(str(exc)) from None
         table = services.settings["storage.dynamodb_table"]
-        click.echo(f"created table {table}" if created else f"table {table} exists already")
+        click.echo(f"created table {table}" if created else f"table {table} exists already"
+                   + (f"; added index {', '.join(added)} (then run 'gateway sync-share-state')" if added else ""))
+    finally:
+        services.close()
+
+
+@main.command("sync-share-state")
+@click.option("--clinic", "clinics", multiple=True, help="only this clinic (repeatable; default: every clinic)")
+def sync_share_state(clinics: tuple[str, ...]) -> None:
+    """Mirror the share state of every image metadata record again from the shares. Shares
+    mirror themselves when made and revoked; run this once after upgrading to a version that
+    mirrors them, or after a mirror write failed (it is logged). Harmless to re-run."""
+    services = _services(_settings(), plugins=False)
+    try:
+        for clinic in clinics or services.index.clinic_ids():
+            try:
+                studies, records = services.metadata.sync_share_state(clinic)
+            except (GatewayError, StorageError) as exc:
+                raise click.ClickException(f"clinic {clinic}: {exc}") from None
+            click.echo(f"clinic {clinic}: share state of {records} record(s) of {studies} study(ies) mirrored")
     finally:
         services.close()
 

@@ -81,6 +81,7 @@ class AnnotationsPutSchema(StrictSchema):
 # --- answers ------------------------------------------------------------------------------------
 
 class ShareTargetStateSchema(Schema):
+    shareId = fields.String(metadata={"description": "the share (GET/DELETE /api/v1/shares/{id})"})
     type = fields.String()
     id = fields.String()
     clinic = fields.String()
@@ -89,6 +90,9 @@ class ShareTargetStateSchema(Schema):
 
 
 class ShareStateSchema(Schema):
+    """Mirrored from the shares when they are made and revoked (no version of the record);
+    targets expired at the time of the request are left out."""
+
     targets = fields.List(fields.Nested(ShareTargetStateSchema))
     expiresAt = fields.String(allow_none=True, metadata={"description": "the latest expiry of the active shares"})
 

@@ -394,8 +394,26 @@ class MetadataStore(Protocol):
                 before_version: int | None = None) -> list[MetadataRecord]:
         """Every stored version (the current one too), newest first."""
 
-    def delete_study(self, clinic_id: str, study_uid: str) -> int:
-        """Remove a study's records and their history; how many records there were."""
+    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
+        """Mirror the share state of a series (``share``: ``{"targets": [...]}``, None when not
+        shared) into every record of it, every variant, unless a mirror write with a later
+        ``stamp`` came first. Changes nothing else (not the version, not the history); a record
+        write never changes it. How many records were set."""
+
+    def restore(self, versions: list[MetadataRecord]) -> str:
+        """Copy one record as it is into this store (a migration between stores): ``versions``
+        is every version of it, oldest first, the last the current one with its share state.
+        Version numbers, times and owners are kept. ``"copied"`` when the store had no such
+        record; ``"updated"`` when it had an older version (the versions it lacked are added);
+        ``"already there"`` when it has the same current version (the share state is still
+        set, unless a later mirror write came first). :class:`storage.errors.VersionConflict`
+        (nothing changed) when it has a newer version, or another record under that version."""
+
+    def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                       sop_uid: str | None = None) -> int:
+        """Remove the records (every variant) of a study, of one series of it (``series_uid``)
+        or of one instance (``series_uid`` and ``sop_uid``), with their history; how many
+        records there were."""
 
     def ping(self) -> None:
         """Raise :class:`storage.errors.Unavailable` when the store cannot be used."""

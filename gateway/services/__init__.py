@@ -26,9 +26,9 @@ from gateway.services.delete import DeleteService
 from gateway.services.derived import DerivedService
 from gateway.services.ingest import IngestService, InstanceOutcome, StagedInstance
 from gateway.services.jobs import JobService
-from gateway.services.minict import MiniCtService
 from gateway.services.masks import MaskService
 from gateway.services.metadata import MetadataService
+from gateway.services.minict import MiniCtService
 from gateway.services.query import QueryService, SearchOutcome
 from gateway.services.retrieve import Frame, RetrieveService
 from gateway.services.sidecars import import_upload_sidecars
@@ -37,7 +37,13 @@ from gateway.services.uploads import UploadService
 from gateway.services.users import UserService
 from plugins.manager import create_plugin_manager
 from storage import registry
-from storage.base import INDEX_KINDS, BlobStore, IndexBackend, InstanceIndex, MetadataStore
+from storage.base import (
+    INDEX_KINDS,
+    BlobStore,
+    IndexBackend,
+    InstanceIndex,
+    MetadataStore,
+)
 from storage.errors import ObjectNotFound, StorageError, VersionConflict
 
 logger = logging.getLogger(__name__)
@@ -126,12 +132,14 @@ class Services:
                                        answers=(VersionConflict, ObjectNotFound))
         metadata = MetadataService.from_settings(metadata_store, index, blobs, access, audit, database.shares,
                                                  archives.entry_names, settings)
-        deleter.cascades.append(metadata.instances_deleted)
+        deleter.cascades.append(metadata.deleted)
+        shares = ShareService.from_settings(database.shares, index, access, audit, settings)
+        shares.changed.append(metadata.share_changed)
         uploads = UploadService(database.uploads, ingest, deleter, blobs, access, settings, pm, jobs)
         uploads.sidecar_import = functools.partial(import_upload_sidecars, metadata, blobs)
         return cls(
             settings, blobs, database, index, pm, jobs, audit, access,
-            ShareService.from_settings(database.shares, index, access, audit, settings), signer,
+            shares, signer,
             ingest,
             query, retrieve, TranscodeService(retrieve),
             deleter, uploads,

@@ -14,7 +14,8 @@ The flow, for a group of an annotation of a series:
    refused here. What was signed is kept as a pending upload.
 2. The client PUTs the objects (in parallel).
 3. :meth:`MaskService.complete`: every named (or every pending) object must exist with the
-   signed size and sha256 and be a PNG (its IHDR gives width and height; nothing is decoded).
+   signed size and sha256 and be a PNG (its IHDR gives width and height; nothing is decoded)
+   as wide as its slice's Columns and as high as its Rows (from the index, no blob read).
    Any missing or wrong object is named in a 400 and nothing is recorded; otherwise the masks
    are recorded in one transaction. Completing again answers the same masks.
 """
@@ -177,6 +178,13 @@ class MaskService:
             return [instances[0].sop_uid] * instances[0].number_of_frames
         return [record.sop_uid for record in instances]
 
+    def _slice_sizes(self, annotation: AnnotationRecord) -> dict[str, tuple[int, int]]:
+        """SOP Instance UID → (Columns, Rows) of each image of the annotation's series, as indexed
+        (instances indexed without both are left out: their masks are not size-checked)."""
+        instances = stored(lambda: self.index.instances(annotation.clinic_id, annotation.study_uid,
+                                                        annotation.series_uid), "index lookup")
+        return {r.sop_uid: (r.columns, r.rows) for r in instances if r.columns and r.rows}
+
     def _check_items(self, items: list[dict], group: MaskGroupRecord, slices: int) -> None:
         if not items:
             raise BadRequest('"masks" is empty: name at least one {slice, label, size, sha256}')
@@ -310,7 +318,7 @@ class MaskService:
     def complete(self, principal: Principal, annotation_id: str, group_id: str,
                  items: list[dict] | None) -> Completed:
         """Check and record the named masks (``slice``, ``label``), or every pending one."""
-        _, group = self.get_group(principal, annotation_id, group_id, policy.WRITE)
+        annotation, group = self.get_group(principal, annotation_id, group_id, policy.WRITE)
         pending = {(u.slice_index, u.label): u for u in stored(lambda: self.masks.uploads(group_id), "mask uploads")}
         recorded = {(m.slice_index, m.label): m for m in stored(lambda: self.masks.list_masks(group_id), "mask list")}
         if items is None:
@@ -327,9 +335,14 @@ class MaskService:
                                         "no upload URL was signed for this slice and label"))
         with ThreadPoolExecutor(max_workers=min(_CHECK_THREADS, max(1, len(to_check)))) as pool:
             checked = list(pool.map(self._check_object, to_check))
+        sizes = self._slice_sizes(annotation) if checked else {}
         now = now_ms()
         new_masks = []
         for upload, result in checked:
+            expected = sizes.get(upload.sop_uid)
+            if not isinstance(result, str) and expected is not None and result != expected:
+                result = (f"is {result[0]}x{result[1]} pixels (width x height), but its slice (instance "
+                          f"{upload.sop_uid}) is {expected[0]}x{expected[1]} (Columns x Rows)")
             if isinstance(result, str):
                 problems.append(Problem(upload.slice_index, upload.label,
                                         object_key(annotation_id, group_id, upload.slice_index, upload.label), result))

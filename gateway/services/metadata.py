@@ -14,12 +14,20 @@ a clinic, with optimistic locking, history, audit and sidecars.
   store under ``metadata/{clinic}/{study}/{series}/{instance}/{variant}/annotations-{sha16}.json``
   (immutable, content-addressed; history versions keep theirs); the record keeps
   ``annotations_ref`` and reads load them back.
-- **Share state** (``share {targets, expiresAt}``) is computed at read time from the share
-  store, not mirrored into the record: the share store is the one authority (a revocation or
-  an expiry shows at once, nothing to keep in step when a share changes in another process),
-  and a share changing does not bump the record's version, which would make every open
-  editor's next write a 412. The shared-state search asks the share store for the clinic's
-  shared studies, then the metadata store for their records.
+- **Share state** (``share {targets, expiresAt}``) is mirrored into the records from the share
+  store (:meth:`MetadataService.mirror_shares`): when a share is created or revoked
+  (:class:`auth.shares.ShareService` calls :meth:`share_changed`), every record of its study
+  (series) gets the active shares of its series; a record created later gets them at once.
+  The shared-state search is the store's (an index of the shared records). The mirror is no
+  part of the versioned document: a mirror write does **not** bump ``version`` (which would
+  make every open editor's next write a 412 for a change they did not make) and adds no
+  history; the store keeps it apart from the record's own fields, so a client's write (made
+  from any version) never overwrites it and a mirror write never undoes a client's write.
+  Mirror writes are ordered by a stamp (the time before the share store was read): a later
+  one wins, so two racing mirrors end with the newer share state. Expiry needs no write:
+  reads and searches drop the targets expired at that moment. The share store stays the
+  authority for access; ``gateway sync-share-state`` mirrors everything again (after an
+  upgrade, or a mirror write that failed: they are logged).
 - **Every change** is audited (action ``metadata``, never folded into a read window).
 """
 from __future__ import annotations
@@ -204,12 +212,12 @@ class MetadataService:
             raise NotFound(f"image {key.object_key} has no metadata yet (create it with PUT and If-None-Match: *)")
         return self.document(record, with_annotations=True, with_share=True, shares=self._visible_shares(image))
 
-    def _visible_shares(self, image: Image):
-        """The shares whose state a reader sees: all of them for the owning clinic; only those it
-        reads through for a share's target (who else a study is shared with is the owner's)."""
-        if not image.via_shares:
-            return None
-        return [s for s in self._active_shares(image.clinic_id, image.record.study_uid) if s.id in image.via_shares]
+    @staticmethod
+    def _visible_shares(image: Image) -> frozenset[str] | None:
+        """The ids of the shares whose state a reader sees: all (None) for the owning clinic;
+        only those it reads through for a share's target (who else a study is shared with is
+        the owner's)."""
+        return frozenset(image.via_shares) if image.via_shares else None
 
     def history(self, principal: Principal, key: MetadataKey, *, limit: int = 100,
                 before: int | None = None) -> list[dict[str, Any]]:
@@ -229,19 +237,14 @@ class MetadataService:
             return []  # a link or a patient reads single images, it does not list a clinic's
         if series is not None and study is None:
             raise BadRequest("series needs study (a series is searched within its study)")
+        now = now_ms()
         query = MetadataQuery(principal.clinic_id, study_uid=study, series_uid=series, patient_id=patient,
-                              date_from=date_from, date_to=date_to, tag=tag, limit=limit, offset=offset)
-        if shared is not None:
-            studies = frozenset(s.study_uid for s in self._active_shares(principal.clinic_id))
-            if shared:
-                query.study_uids = studies
-            else:
-                query.exclude_study_uids = studies
+                              date_from=date_from, date_to=date_to, tag=tag, shared=shared, now_ms=now,
+                              limit=limit, offset=offset)
         found = self._call(self.store.search, query)
         self.audit.record("search", OK, principal=principal, resource="metadata", resource_clinic=principal.clinic_id,
                           detail=f"{len(found)} record(s)")
-        shares = self._active_shares(principal.clinic_id) if found else []
-        return [self.document(r, with_annotations=False, with_share=True, shares=shares) for r in found]
+        return [self.document(r, with_annotations=False, with_share=True, now=now) for r in found]
 
     # --- writes ---------------------------------------------------------------------------
     def put(self, principal: Principal, key: MetadataKey, body: dict[str, Any], *, if_match: str | None,
@@ -310,6 +313,13 @@ class MetadataService:
         except TooLarge as exc:
             raise PayloadTooLarge(f"metadata record {record.key.object_key} is too large: {exc}") from None
         self._audit_change(principal, record.key, stored, what)
+        if expected is None:  # a new record: the shares made before it
+            try:
+                stored.share = self.mirror_shares(stored.clinic_id, stored.key.study_uid, stored.key.series_uid,
+                                                  only_if_shared=True).get(stored.key.series_uid, stored.share)
+            except (BackendUnavailable, StorageError):
+                logger.exception("share state of new record %s not mirrored (run 'gateway sync-share-state')",
+                                 stored.key.object_key)
         return self.document(stored, with_annotations=True, with_share=True)
 
     def _stale(self, key: MetadataKey, expected: int | None, current: MetadataRecord | None) -> PreconditionFailed:
@@ -371,6 +381,44 @@ class MetadataService:
         return json.loads(data)
 
     # --- shares -----------------------------------------------------------------------------
+    def share_changed(self, share) -> None:
+        """A share (:class:`storage.records.ShareRecord`) was created or revoked: mirror the
+        share state of its study (series) into the records. A failure is logged, not raised: the
+        share itself is made, and ``gateway sync-share-state`` mirrors again."""
+        try:
+            self.mirror_shares(share.clinic_id, share.study_uid, share.series_uid)
+        except (BackendUnavailable, StorageError):
+            logger.exception("share state of study %s of clinic %s not mirrored into its image metadata (run "
+                             "'gateway sync-share-state')", share.study_uid, share.clinic_id)
+
+    def mirror_shares(self, clinic_id: str, study_uid: str, series_uid: str | None = None, *,
+                      only_if_shared: bool = False) -> dict[str, dict | None]:
+        """Set the share state of the records of a study (of one series) to the study's active
+        shares as the share store has them now; series → the state set. ``only_if_shared``:
+        nothing to do when the study has no active share (a new record has none mirrored)."""
+        stamp = time.time_ns() // 1000  # before the read: a mirror that read later wins
+        shares = self._active_shares(clinic_id, study_uid)
+        if only_if_shared and not shares:
+            return {}
+        series = [series_uid] if series_uid else sorted({r.key.series_uid for r in self.records(clinic_id,
+                                                                                                study=study_uid)})
+        states = {}
+        for uid in series:
+            states[uid] = share_state(shares, uid)
+            self._call(self.store.set_share, clinic_id, study_uid, uid, states[uid], stamp=stamp)
+        return states
+
+    def sync_share_state(self, clinic_id: str) -> tuple[int, int]:
+        """Mirror the share state of every record of a clinic again; (studies, records)."""
+        studies: set[str] = set()
+        records = 0
+        for record in self.records(clinic_id):
+            studies.add(record.key.study_uid)
+            records += 1
+        for study in sorted(studies):
+            self.mirror_shares(clinic_id, study)
+        return len(studies), records
+
     def _active_shares(self, clinic_id: str, study_uid: str | None = None):
         try:
             return self.shares.list_shares(clinic_id=clinic_id, active_at=now_ms(), limit=100_000,
@@ -378,25 +426,26 @@ class MetadataService:
         except StorageError as exc:
             raise BackendUnavailable(f"share store failed: {exc}") from exc
 
-    def share_state(self, record: MetadataRecord, shares=None) -> dict[str, Any]:
-        k = record.key
-        found = [s for s in (self._active_shares(record.clinic_id, k.study_uid) if shares is None else shares)
-                 if s.study_uid == k.study_uid and s.series_uid in (None, k.series_uid)]
-        targets = []
-        for share in found:
-            target = {"type": share.target_type}
-            if share.target_id:
-                target["id"] = share.target_id
-            if share.target_clinic:
-                target["clinic"] = share.target_clinic
-            target["permissions"] = list(share.permissions)
-            target["expiresAt"] = iso(share.expires_at)
-            targets.append(target)
-        return {"targets": targets, "expiresAt": iso(max((s.expires_at for s in found), default=None))}
+    @staticmethod
+    def share_document(record: MetadataRecord, visible: frozenset[str] | None = None,
+                       now: int | None = None) -> dict[str, Any]:
+        """``share {targets, expiresAt}`` as the API shows it: the mirrored targets unexpired at
+        ``now`` (of the shares ``visible``, when given)."""
+        now = now_ms() if now is None else now
+        targets = [t for t in (record.share or {}).get("targets") or ()
+                   if t["expiresAt"] > now and (visible is None or t.get("share") in visible)]
+        shown = []
+        for target in targets:
+            out = {"shareId": target.get("share"), "type": target["type"]}
+            out.update({name: target[name] for name in ("id", "clinic") if target.get(name)})
+            out["permissions"] = list(target["permissions"])
+            out["expiresAt"] = iso(target["expiresAt"])
+            shown.append(out)
+        return {"targets": shown, "expiresAt": iso(max((t["expiresAt"] for t in targets), default=None))}
 
     # --- the document -------------------------------------------------------------------------
     def document(self, record: MetadataRecord, *, with_annotations: bool, with_share: bool,
-                 shares=None) -> dict[str, Any]:
+                 shares: frozenset[str] | None = None, now: int | None = None) -> dict[str, Any]:
         k = record.key
         body: dict[str, Any] = {
             "objectKey": k.object_key, "study": k.study_uid, "series": k.series_uid, "instance": k.sop_uid,
@@ -415,7 +464,7 @@ class MetadataService:
             body["source"] = {kind: {n: v for n, v in value.items() if n != "key"}
                               for kind, value in record.source.items()}
         if with_share:
-            body["share"] = self.share_state(record, shares)
+            body["share"] = self.share_document(record, shares, now)
         return body
 
     # --- sidecars ---------------------------------------------------------------------------
@@ -497,21 +546,35 @@ class MetadataService:
         return "converted", f"version {stored['version']}"
 
     # --- deletes ----------------------------------------------------------------------------
-    def instances_deleted(self, records: list[InstanceRecord]) -> None:
-        """After instances were deleted: the records (and their blobs) of every study of theirs
-        that is gone from its clinic go too."""
-        for clinic_id, study in sorted({(r.clinic_id, r.study_uid) for r in records}):
-            try:
-                if self.index.instances(clinic_id, study):
-                    continue
-                removed = self.store.delete_study(clinic_id, study)
-                for blob_key in list(self.blobs.keys(f"metadata/{clinic_id}/{study}/")):
-                    self.blobs.delete(blob_key)
-            except StorageError:
-                logger.exception("metadata of study %s of clinic %s left behind after its delete", study, clinic_id)
-                continue
-            if removed:
-                logger.info("deleted %d metadata record(s) of study %s of clinic %s", removed, study, clinic_id)
+    def deleted(self, clinic_id: str, study: str, series: str | None, sop: str | None) -> None:
+        """A study, a series (``series``) or an instance (``series`` and ``sop``) is gone from its
+        clinic (:class:`gateway.services.delete.DeleteService`): its records go too, every variant,
+        with their history and blobs."""
+        removed = self.store.delete_records(clinic_id, study, series, sop)
+        prefix = "/".join(p for p in ("metadata", clinic_id, study, series, sop) if p) + "/"
+        for blob_key in list(self.blobs.keys(prefix)):
+            self.blobs.delete(blob_key)
+        if removed:
+            logger.info("deleted %d metadata record(s) of %s of clinic %s", removed,
+                        resource_name(study, series, sop), clinic_id)
+
+
+def share_state(shares, series_uid: str) -> dict[str, Any] | None:
+    """The mirrored share state of a series' records: its study's active shares that reach the
+    series (whole-study shares and its own), None when there is none."""
+    targets = []
+    for share in sorted(shares, key=lambda s: (s.created_at, s.id)):
+        if share.series_uid not in (None, series_uid):
+            continue
+        target: dict[str, Any] = {"share": share.id, "type": share.target_type}
+        if share.target_id:
+            target["id"] = share.target_id
+        if share.target_clinic:
+            target["clinic"] = share.target_clinic
+        target["permissions"] = list(share.permissions)
+        target["expiresAt"] = share.expires_at
+        targets.append(target)
+    return {"targets": targets} if targets else None
 
 
 def _sidecar_name(sop: str, variant: str) -> str:

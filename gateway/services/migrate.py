@@ -9,7 +9,16 @@ sha256, and (unless ``verify_blobs`` is off) the stored object read back hashes 
 
 Re-running is harmless and resumes an interrupted copy: instances already on the target
 with the same bytes count as ``already there`` (and are verified again). Objects outside
-``dicom/`` (derived objects: previews, masks) are copied as they are, also verified.
+``dicom/`` (derived objects: previews, masks, offloaded metadata annotations) are copied as
+they are, also verified.
+
+Image metadata records are copied from the source metadata store to the target's, each with
+every version of its history (same version numbers, times and authors, so ETags held by
+clients stay valid) and its mirrored share state, by :meth:`storage.base.MetadataStore.restore`:
+a record the target has at the same version is ``already there``; one the target has at an
+older version gets the versions it lacks (``updated``: a source written after the last run);
+one the target has at a newer version, or with other content, is reported as failed and left
+alone.
 Ingest hooks are not run (no forwarding, no preview jobs): the copies are not new
 instances. Blobs under ``dicom/`` that no index row points at (left by a crash) are not
 copied.
@@ -31,7 +40,8 @@ from typing import Callable, Iterator
 
 from auth.base import Principal
 from storage.base import InstanceIndex
-from storage.errors import ObjectNotFound, StorageError
+from storage.errors import ObjectNotFound, StorageError, VersionConflict
+from storage.metadata import MetadataQuery, MetadataRecord
 from storage.query import Query
 from storage.records import InstanceRecord
 
@@ -50,6 +60,7 @@ class MigrationReport:
     verified: int = 0  # instances whose target copy was checked against the source sha256
     derived_copied: int = 0
     derived_already_there: int = 0
+    metadata: dict[str, int] = field(default_factory=lambda: {"copied": 0, "updated": 0, "already there": 0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -59,7 +70,9 @@ class MigrationReport:
     def summary(self) -> str:
         return (f"{self.copied} instances copied ({self.bytes_copied / 1e6:.1f} MB), {self.already_there} already "
                 f"there, {len(self.failed)} failed; sha256 verified for {self.verified}; derived objects: "
-                f"{self.derived_copied} copied, {self.derived_already_there} already there")
+                f"{self.derived_copied} copied, {self.derived_already_there} already there; metadata records: "
+                f"{self.metadata['copied']} copied, {self.metadata['updated']} updated, "
+                f"{self.metadata['already there']} already there")
 
 
 def _sha256_of(fh) -> str:
@@ -123,6 +136,8 @@ class StoreMigration:
                         if progress:
                             progress(record)
         self._copy_derived()
+        for clinic in clinics:
+            self._copy_metadata(clinic)
         return self.report
 
     # --- instances ---------------------------------------------------------------------
@@ -202,3 +217,49 @@ class StoreMigration:
             finally:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
+
+    # --- image metadata ----------------------------------------------------------------------
+    def _copy_metadata(self, clinic: str, page: int = 500) -> None:
+        source = self.source.metadata_store
+        offset = 0
+        while True:
+            try:
+                found = source.search(MetadataQuery(clinic, limit=page, offset=offset))
+            except StorageError as exc:
+                self.report.failed.append((f"metadata of clinic {clinic}", f"{type(exc).__name__}: {exc}"))
+                return
+            for record in found:
+                self._copy_record(record)
+            if len(found) < page:
+                return
+            offset += page
+
+    def _copy_record(self, record: MetadataRecord) -> None:
+        what = f"metadata {record.clinic_id}/{record.key.object_key}"
+        try:
+            versions = _versions(self.source.metadata_store, record)
+            status = self.target.metadata_store.restore(versions)
+        except VersionConflict as exc:
+            logger.error("%s not migrated: %s", what, exc)
+            self.report.failed.append((what, f"the target's record differs and is left alone: {exc}"))
+            return
+        except (StorageError, OSError) as exc:
+            logger.error("%s not migrated: %s", what, exc)
+            self.report.failed.append((what, f"{type(exc).__name__}: {exc}"))
+            return
+        self.report.metadata[status] += 1
+
+
+def _versions(store, record: MetadataRecord, page: int = 500) -> list[MetadataRecord]:
+    """Every version of ``record`` in ``store``, oldest first, the current one (with its share
+    state) last."""
+    newest_first: list[MetadataRecord] = []
+    before = None
+    while True:
+        found = store.history(record.clinic_id, record.key, limit=page, before_version=before)
+        newest_first += found
+        if len(found) < page:
+            break
+        before = found[-1].version
+    versions = [v for v in reversed(newest_first) if v.version < record.version]
+    return [*versions, record]

@@ -8,19 +8,30 @@ write that changes no row met another version: it is rolled back and raises
 :class:`storage.errors.VersionConflict` with the record as it is. Under PostgreSQL's READ
 COMMITTED the ``UPDATE`` waits for a concurrent writer of the row and re-checks ``version``
 on the row it committed; SQLite's ``BEGIN IMMEDIATE`` runs writers one at a time.
+
+The mirrored share state (``share``, ``share_stamp``, ``shared_until``, migration
+``0011_metadata_share.sql``) is set by :meth:`SqlMetadataStore.set_share` alone, in columns
+that record writes do not name: neither overwrites the other, whatever their order.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from storage.errors import ObjectNotFound, VersionConflict
-from storage.metadata import MetadataKey, MetadataQuery, MetadataRecord, merge_viewer_state
+from storage.metadata import (
+    MetadataKey,
+    MetadataQuery,
+    MetadataRecord,
+    merge_viewer_state,
+    restore_status,
+    shared_until,
+)
 
 logger = logging.getLogger(__name__)
 
 _KEY = "clinic_id = ? AND study_uid = ? AND series_uid = ? AND sop_uid = ? AND variant = ?"
+_COLUMNS = "study_uid, series_uid, sop_uid, variant, version, body, share, share_stamp"
 _ORDER = "ORDER BY COALESCE(study_date, '') DESC, study_uid DESC, series_uid DESC, sop_uid DESC, variant DESC"
 
 
@@ -30,6 +41,10 @@ def _key_params(clinic_id: str, key: MetadataKey) -> list[str]:
 
 def _dump(record: MetadataRecord) -> str:
     return json.dumps(record.body(), separators=(",", ":"), sort_keys=True)
+
+
+def _dump_share(share: dict | None) -> str | None:
+    return json.dumps(share, separators=(",", ":"), sort_keys=True) if share else None
 
 
 class SqlMetadataStore:
@@ -50,13 +65,13 @@ class SqlMetadataStore:
 
     # --- reads ---------------------------------------------------------------------------
     def _record(self, clinic_id, row) -> MetadataRecord:
-        study, series, sop, variant, version, body = row
+        study, series, sop, variant, version, body, *share = row
         return MetadataRecord.from_body(clinic_id, MetadataKey(study, series, sop, variant), version,
-                                        json.loads(body))
+                                        json.loads(body), share=json.loads(share[0]) if share and share[0] else None,
+                                        share_stamp=share[1] if share else 0)
 
     def _get(self, cur, clinic_id: str, key: MetadataKey) -> MetadataRecord | None:
-        cur.execute(self.db.sql("SELECT study_uid, series_uid, sop_uid, variant, version, body FROM metadata_records "
-                                f"WHERE {_KEY}"), _key_params(clinic_id, key))
+        cur.execute(self.db.sql(f"SELECT {_COLUMNS} FROM metadata_records WHERE {_KEY}"), _key_params(clinic_id, key))
         row = cur.fetchone()
         return self._record(clinic_id, row) if row else None
 
@@ -129,16 +144,11 @@ class SqlMetadataStore:
                          "AND t.study_uid = r.study_uid AND t.series_uid = r.series_uid AND t.sop_uid = r.sop_uid "
                          "AND t.variant = r.variant)")
             params.append(query.tag)
-        for values, negate in ((query.study_uids, ""), (query.exclude_study_uids, "NOT ")):
-            if values is not None:
-                if not values:
-                    if not negate:
-                        return []
-                    continue
-                where.append(f"study_uid {negate}IN ({', '.join('?' * len(values))})")
-                params.extend(sorted(values))
+        if query.shared is not None:
+            where.append("shared_until > ?" if query.shared else "(shared_until IS NULL OR shared_until <= ?)")
+            params.append(query.now_ms)
         with self.db.read() as cur:
-            cur.execute(self.db.sql(f"SELECT study_uid, series_uid, sop_uid, variant, version, body "
+            cur.execute(self.db.sql(f"SELECT {_COLUMNS} "
                                     f"FROM metadata_records r WHERE {' AND '.join(where)} {_ORDER} LIMIT ? OFFSET ?"),
                         [*params, query.limit, query.offset])
             return [self._record(query.clinic_id, row) for row in cur.fetchall()]
@@ -155,12 +165,64 @@ class SqlMetadataStore:
                         [*params, limit])
             return [self._record(clinic_id, row) for row in cur.fetchall()]
 
-    def delete_study(self, clinic_id: str, study_uid: str) -> int:
-        params: list[Any] = [clinic_id, study_uid]
+    def restore(self, versions: list[MetadataRecord]) -> str:
+        last = versions[-1]
+        params = _key_params(last.clinic_id, last.key)
+        with self.db.transaction() as cur:
+            current = self._get(cur, last.clinic_id, last.key)
+            status = restore_status(current, last)
+            if status != "already there":
+                have = current.version if current else 0
+                for version in versions:
+                    if version.version > have:
+                        cur.execute(self.db.sql(
+                            "INSERT INTO metadata_history (clinic_id, study_uid, series_uid, sop_uid, variant, "
+                            "version, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                            [*params, version.version, version.updated_at, _dump(version)])
+                if current is None:
+                    cur.execute(self.db.sql(
+                        "INSERT INTO metadata_records (clinic_id, study_uid, series_uid, sop_uid, variant, version, "
+                        "patient_id, study_date, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                        [*params, last.version, last.patient_id, last.study_date, last.updated_at, _dump(last)])
+                else:
+                    cur.execute(self.db.sql(
+                        "UPDATE metadata_records SET version = ?, patient_id = ?, study_date = ?, updated_at = ?, "
+                        f"body = ? WHERE {_KEY} AND version = ?"),
+                        [last.version, last.patient_id, last.study_date, last.updated_at, _dump(last), *params,
+                         current.version])
+                cur.execute(self.db.sql(f"DELETE FROM metadata_tags WHERE {_KEY}"), params)
+                for tag in dict.fromkeys(last.tags):
+                    cur.execute(self.db.sql("INSERT INTO metadata_tags (clinic_id, tag, study_uid, series_uid, "
+                                            "sop_uid, variant) VALUES (?, ?, ?, ?, ?, ?)"),
+                                [params[0], tag, *params[1:]])
+            cur.execute(self.db.sql(f"UPDATE metadata_records SET share = ?, shared_until = ?, share_stamp = ? "
+                                    f"WHERE {_KEY} AND share_stamp <= ?"),
+                        [_dump_share(last.share), last.shared_until, last.share_stamp, *params, last.share_stamp])
+        return status
+
+    def set_share(self, clinic_id: str, study_uid: str, series_uid: str, share: dict | None, *, stamp: int) -> int:
+        text = _dump_share(share)
+        with self.db.transaction() as cur:
+            cur.execute(self.db.sql(
+                "UPDATE metadata_records SET share = ?, shared_until = ?, share_stamp = ? "
+                "WHERE clinic_id = ? AND study_uid = ? AND series_uid = ? AND share_stamp <= ?"),
+                [text, shared_until(share), stamp, clinic_id, study_uid, series_uid, stamp])
+            return cur.rowcount
+
+    def delete_records(self, clinic_id: str, study_uid: str, series_uid: str | None = None,
+                       sop_uid: str | None = None) -> int:
+        if sop_uid is not None and series_uid is None:
+            raise ValueError("an instance is deleted within its series: give series_uid too")
+        where, params = ["clinic_id = ?", "study_uid = ?"], [clinic_id, study_uid]
+        for column, value in (("series_uid", series_uid), ("sop_uid", sop_uid)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        condition = " AND ".join(where)
         with self.db.transaction() as cur:
             for table in ("metadata_tags", "metadata_history"):
-                cur.execute(self.db.sql(f"DELETE FROM {table} WHERE clinic_id = ? AND study_uid = ?"), params)
-            cur.execute(self.db.sql("DELETE FROM metadata_records WHERE clinic_id = ? AND study_uid = ?"), params)
+                cur.execute(self.db.sql(f"DELETE FROM {table} WHERE {condition}"), params)
+            cur.execute(self.db.sql(f"DELETE FROM metadata_records WHERE {condition}"), params)
             return cur.rowcount
 
     def ping(self) -> None:

@@ -6,7 +6,10 @@ variants), what the metadata stores (:class:`storage.base.MetadataStore`) keep.
   key is URL-safe as it is).
 - :class:`MetadataRecord`: clinic, owner, type (``CT``/``2D``), viewer state, annotations
   (inline, or a reference to a blob when large), tags, the patient and study date it was
-  indexed under (for searches), ``version`` (1, 2, ...: the ETag) and times.
+  indexed under (for searches), ``version`` (1, 2, ...: the ETag) and times; and the share
+  state mirrored from the share store (``share``, ``share_stamp``), which is no part of the
+  versioned document: writes of the record never change it, and its mirror writes
+  (:meth:`storage.base.MetadataStore.set_share`) change nothing else, nor the version.
 - :func:`merge_viewer_state`: the partial update of a viewer state (RFC 7386 merge patch), the
   same in every backend.
 
@@ -19,6 +22,8 @@ import copy
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from storage.errors import VersionConflict
 
 VARIANTS = ("original", "preview", "mini-ct")
 OBJECT_TYPES = ("CT", "2D")
@@ -80,6 +85,15 @@ class MetadataRecord:
     updated_at: int = 0
     updated_by: str = ""
     source: dict[str, Any] | None = None  # where it came from, e.g. {"prj": {"key", "sha256", "name"}}
+    # Mirrored from the share store, not versioned: {"targets": [{"share", "type", "id", "clinic",
+    # "permissions", "expiresAt" (ms)}]}, None while never shared; share_stamp orders mirror writes.
+    share: dict[str, Any] | None = None
+    share_stamp: int = 0
+
+    @property
+    def shared_until(self) -> int | None:
+        """The latest expiry of the mirrored shares (ms), None when there is none."""
+        return shared_until(self.share)
 
     def body(self) -> dict[str, Any]:
         """What a backend keeps besides the key, clinic and version (JSON-able)."""
@@ -89,19 +103,25 @@ class MetadataRecord:
                 "updated_at": self.updated_at, "updated_by": self.updated_by, "source": self.source}
 
     @classmethod
-    def from_body(cls, clinic_id: str, key: MetadataKey, version: int, body: dict[str, Any]) -> "MetadataRecord":
-        return cls(clinic_id=clinic_id, key=key, version=version, **body)
+    def from_body(cls, clinic_id: str, key: MetadataKey, version: int, body: dict[str, Any], *,
+                  share: dict[str, Any] | None = None, share_stamp: int = 0) -> "MetadataRecord":
+        return cls(clinic_id=clinic_id, key=key, version=version, share=share, share_stamp=share_stamp or 0, **body)
 
     def next_version(self, version: int) -> "MetadataRecord":
         return replace(self, version=version)
 
 
+def shared_until(share: dict[str, Any] | None) -> int | None:
+    expiries = [t["expiresAt"] for t in (share or {}).get("targets") or () if t.get("expiresAt")]
+    return max(expiries) if expiries else None
+
+
 @dataclass
 class MetadataQuery:
-    """Filters of :meth:`storage.base.MetadataStore.search`, all of one clinic. ``study_uids``:
-    only records of these studies; ``exclude_study_uids``: none of these (the shared-state
-    filter, computed from the share store). Order: study date newest first (records without
-    one last), then object key descending."""
+    """Filters of :meth:`storage.base.MetadataStore.search`, all of one clinic. ``shared``:
+    only records whose mirrored share state has a share unexpired at ``now_ms`` (True), or
+    only those without (False). Order: study date newest first (records without one last),
+    then object key descending."""
 
     clinic_id: str
     study_uid: str | None = None
@@ -110,8 +130,8 @@ class MetadataQuery:
     date_from: str | None = None  # YYYYMMDD, inclusive
     date_to: str | None = None
     tag: str | None = None
-    study_uids: frozenset[str] | None = None
-    exclude_study_uids: frozenset[str] | None = None
+    shared: bool | None = None
+    now_ms: int = 0  # what "unexpired" is measured against
     limit: int = 100
     offset: int = 0
 
@@ -124,8 +144,20 @@ class MetadataQuery:
                 and (self.date_from is None or (date and date >= self.date_from))
                 and (self.date_to is None or (date and date <= self.date_to))
                 and (self.tag is None or self.tag in record.tags)
-                and (self.study_uids is None or key.study_uid in self.study_uids)
-                and (self.exclude_study_uids is None or key.study_uid not in self.exclude_study_uids))
+                and (self.shared is None or self.shared == ((record.shared_until or 0) > self.now_ms)))
+
+
+def restore_status(current: MetadataRecord | None, last: MetadataRecord) -> str:
+    """What :meth:`storage.base.MetadataStore.restore` does with ``last`` over ``current`` (raises when it may not)."""
+    if current is None:
+        return "copied"
+    if current.version < last.version:
+        return "updated"
+    if current.version == last.version and current.body() == last.body():
+        return "already there"
+    raise VersionConflict(f"{last.key.object_key} of clinic {last.clinic_id}: the target has version "
+                          f"{current.version}" + (" with other content" if current.version == last.version else "")
+                          + f", the source {last.version}", current)
 
 
 def sort_key(record: MetadataRecord) -> str:
@@ -153,4 +185,4 @@ def merge_viewer_state(current: dict[str, Any], changes: dict[str, Any]) -> dict
 
 
 __all__ = ["DEFAULT_VIEWER_STATE", "MetadataKey", "MetadataQuery", "MetadataRecord", "OBJECT_TYPES", "VARIANTS",
-           "merge_viewer_state", "sort_key", "valid_uid"]
+           "merge_viewer_state", "restore_status", "shared_until", "sort_key", "valid_uid"]

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.config import load_settings
 from storage.errors import TooLarge, Unavailable
+from storage.metadata import MetadataQuery
 from storage.metadata.dynamodb import DynamoMetadataStore
 from tests.contract.metadata import MetadataStoreContract, key, record
 from tests.helpers import free_port
@@ -34,8 +35,24 @@ class TestDynamoMetadata(MetadataStoreContract, DynamoMetadata):
         assert store.create_table() is False
         description = store.Item.describe_table()
         assert sorted(i["IndexName"] for i in description["GlobalSecondaryIndexes"]) == \
-            ["by_date", "by_patient", "by_tag"]
+            ["by_date", "by_patient", "by_shared", "by_tag"]
         assert [k["AttributeName"] for k in description["KeySchema"]] == ["pk", "sk"]
+        assert store.add_missing_indexes() == []
+
+    def test_a_table_of_an_older_version_gets_the_shared_index(self, store):
+        """A table made before by_shared existed: add_missing_indexes adds it (what
+        ``gateway metadata-table create`` does for an existing table), and the shared-state
+        search works on it."""
+        client = store._connection.client
+        client.update_table(TableName=store.table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by_shared"}}])
+        assert "by_shared" not in {i["IndexName"] for i in store.Item.describe_table()["GlobalSecondaryIndexes"]}
+        store.put(record(), expected_version=None)
+        store.set_share("c1", "1.2", "1.2.3", {"targets": [{"share": "s", "type": "link", "permissions": ["view"],
+                                                            "expiresAt": 5_000}]}, stamp=1)
+        assert store.add_missing_indexes() == ["by_shared"]
+        assert store.add_missing_indexes() == []
+        found = store.search(MetadataQuery("c1", shared=True, now_ms=1_000))
+        assert [r.key for r in found] == [key()]
 
     def test_items_keep_the_documented_keys(self, store):
         store.put(record(key("1.2.3.4", "1.2", "1.2.3"), tags=["implant"], patient_id="P1", study_date="20240506"),

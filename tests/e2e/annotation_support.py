@@ -35,14 +35,18 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def store_series(base_url: str, headers: dict, n: int, *, size: int = 16) -> tuple[str, str, list[str]]:
-    """A new study with one series of ``n`` instances (instance numbers 1..n) stored by STOW-RS;
-    (study, series, SOP Instance UIDs in slice order)."""
+def store_series(base_url: str, headers: dict, n: int, *, size: int = 16,
+                 shape: tuple[int, int] | None = None) -> tuple[str, str, list[str]]:
+    """A new study with one series of ``n`` instances (instance numbers 1..n) stored by STOW-RS,
+    ``size``² pixels or ``shape`` (Rows, Columns); (study, series, SOP Instance UIDs in slice order)."""
     study, series = generate_uid(), generate_uid()
     sops, bodies = [], []
     for number in range(1, n + 1):
         ds = pydicom.dcmread(io.BytesIO(dicom_instance(study, series, size=size, seed=number)))
         ds.InstanceNumber = number
+        if shape is not None:
+            ds.Rows, ds.Columns = shape
+            ds.PixelData = bytes(2 * shape[0] * shape[1])
         out = io.BytesIO()
         pydicom.dcmwrite(out, ds, enforce_file_format=True)
         bodies.append(out.getvalue())

@@ -143,7 +143,7 @@ def test_another_clinic_gets_404_on_every_endpoint_and_it_is_audited(server, cli
                                                                 "type": "segmentation"}, timeout=10).json()
     groups = f"{api}/annotations/{annotation['id']}/mask-groups"
     group = clinic.doctor.post(groups, json={"name": "teeth"}, timeout=10).json()
-    data = png(32, 32)
+    data = png(16, 16)  # the series' Columns x Rows
     signed = clinic.doctor.post(f"{groups}/{group['id']}/signed-url", json={
         "masks": [{"slice": 0, "label": "tooth", "size": len(data), "sha256": sha256(data)}]}, timeout=10).json()
     assert put_signed(signed["uploads"][0], data).status_code == 200

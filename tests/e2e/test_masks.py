@@ -23,6 +23,7 @@ from tests.services import env_of
 pytestmark = pytest.mark.e2e
 
 SLICES = 4
+W, H = 48, 40  # the series' Columns and Rows: a mask is as large as its slice
 
 
 class Backend:
@@ -66,7 +67,7 @@ def case(backend):
     clinic = f"masks-{uuid.uuid4().hex[:8]}"
     http = server.session(server.token_for(clinic, "ai-service", ("staff",)))
     doctor = server.session(server.token_for(clinic, "dr.kim", ("doctor",)))
-    study, series, sops = store_series(server.url, dict(http.headers), SLICES)
+    study, series, sops = store_series(server.url, dict(http.headers), SLICES, shape=(H, W))
     annotation = http.post(f"{server.url}/api/v1/annotations", json={
         "study": study, "series": series, "type": "segmentation"}, timeout=10).json()
     groups = f"{server.url}/api/v1/annotations/{annotation['id']}/mask-groups"
@@ -92,7 +93,7 @@ def sign(case, items: list[tuple[int, str, bytes]], **extra) -> requests.Respons
 
 
 def test_the_whole_flow(case):
-    masks = [(s, label, png(48, 40, seed=s + 7 * i)) for s in range(SLICES) for i, label in enumerate(("tooth",
+    masks = [(s, label, png(W, H, seed=s + 7 * i)) for s in range(SLICES) for i, label in enumerate(("tooth",
                                                                                                         "canal"))]
     signed = sign(case, masks, ttl=900)
     assert signed.status_code == 201, signed.text
@@ -127,7 +128,7 @@ def test_the_whole_flow(case):
     assert [(m["slice"], m["label"]) for m in listed] == sorted((s, label) for s, label, _ in masks)
     by_key = {(s, label): data for s, label, data in masks}
     for mask in listed:
-        assert (mask["width"], mask["height"], mask["content_type"]) == (48, 40, "image/png")
+        assert (mask["width"], mask["height"], mask["content_type"]) == (W, H, "image/png")
         assert mask["sha256"] == sha256(by_key[mask["slice"], mask["label"]])
         body = requests.get(mask["download_url"], timeout=10)  # no Authorization: the URL carries it
         assert body.status_code == 200 and body.content == by_key[mask["slice"], mask["label"]]
@@ -150,7 +151,7 @@ def test_the_whole_flow(case):
 
 
 def test_complete_names_missing_wrong_and_non_png_objects_and_records_nothing(case):
-    good, other, text = png(32, 32, seed=1), png(32, 32, seed=2), b"not a PNG at all, only text...."
+    good, other, text = png(W, H, seed=1), png(W, H, seed=2), b"not a PNG at all, only text...."
     uploads = sign(case, [(0, "tooth", good), (1, "tooth", good), (2, "tooth", text), (3, "tooth", good)]).json()
     uploads = uploads["uploads"]
     assert put_signed(uploads[0], good).status_code == 200
@@ -181,8 +182,37 @@ def test_complete_names_missing_wrong_and_non_png_objects_and_records_nothing(ca
         "slice": 3, "label": "tooth"}]}, timeout=30).json()["recorded"] == 2
 
 
+def test_complete_refuses_masks_of_another_size_than_their_slice(case):
+    """A mask is as wide as its slice's Columns and as high as its Rows (the index's, no blob
+    read): a swapped or a smaller PNG is named with both sizes, and nothing is recorded."""
+    good, swapped, small = png(W, H, seed=1), png(H, W, seed=1), png(16, 16, seed=1)
+    items = [(0, "tooth", good), (1, "tooth", swapped), (2, "tooth", small)]
+    uploads = sign(case, items).json()["uploads"]
+    for upload, (_, _, data) in zip(uploads, items):
+        assert put_signed(upload, data).status_code == 200
+    refused = case.http.post(f"{case.group_url}/complete", timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert "2 of 3 mask object(s) missing or wrong; nothing recorded" in refused.json()["message"]
+    objects = refused.json()["errors"]["objects"]
+    prefix = f"mask/{case.annotation['id']}/{case.group['id']}"
+    assert [(o["slice"], o["key"]) for o in objects] == [(1, f"{prefix}/0001_tooth.png"),
+                                                         (2, f"{prefix}/0002_tooth.png")]
+    assert objects[0]["reason"] == (f"is {H}x{W} pixels (width x height), but its slice (instance {case.sops[1]}) "
+                                    f"is {W}x{H} (Columns x Rows)")
+    assert objects[1]["reason"].startswith("is 16x16 pixels") and f"is {W}x{H} (Columns x Rows)" in \
+        objects[1]["reason"]
+    assert case.http.get(f"{case.group_url}/masks", timeout=10).json()["masks"] == []  # nothing recorded
+    # put right, the same uploads complete
+    assert put_signed(uploads[0], good).status_code == 200
+    for upload, slice_index in ((uploads[1], 1), (uploads[2], 2)):
+        fixed = sign(case, [(slice_index, "tooth", good)]).json()["uploads"][0]
+        assert put_signed(fixed, good).status_code == 200
+    done = case.http.post(f"{case.group_url}/complete", timeout=30)
+    assert done.status_code == 200 and done.json()["recorded"] == 3, done.text
+
+
 def test_signed_url_requests_that_do_not_fit_are_refused(case):
-    data = png(16, 16)
+    data = png(W, H)
     for items, status, words in (([(SLICES, "tooth", data)], 400, "outside the series"),
                                  ([(0, "../x", data)], 400, "label"),
                                  ([(0, "tooth", data), (0, "tooth", data)], 400, "twice")):
@@ -211,7 +241,7 @@ def test_signed_url_requests_that_do_not_fit_are_refused(case):
 # S3 checks its own presigned URLs; moto does not, so test_s3_blob checks their signatures instead.
 @pytest.mark.parametrize("backend", ["filesystem"], indirect=True)
 def test_gateway_upload_urls_refuse_expired_tampered_and_unfit_bodies(case):
-    data = png(16, 16)
+    data = png(W, H)
     upload = sign(case, [(0, "tooth", data)]).json()["uploads"][0]
     parts = urlsplit(upload["url"])
     query = dict(parse_qsl(parts.query))
@@ -249,7 +279,7 @@ def test_gateway_upload_urls_refuse_expired_tampered_and_unfit_bodies(case):
 
 
 def _completed(case, n: int = 2) -> list[dict]:
-    items = [(s, "tooth", png(16, 16, seed=s)) for s in range(n)]
+    items = [(s, "tooth", png(W, H, seed=s)) for s in range(n)]
     uploads = sign(case, items).json()["uploads"]
     for upload, (_, _, data) in zip(uploads, items):
         assert put_signed(upload, data).status_code == 200
@@ -258,8 +288,8 @@ def _completed(case, n: int = 2) -> list[dict]:
 
 def test_deleting_the_annotation_deletes_its_groups_masks_and_objects(case):
     masks = _completed(case)
-    pending = sign(case, [(3, "late", png(8, 8))]).json()["uploads"][0]  # uploaded, never completed
-    assert put_signed(pending, png(8, 8)).status_code == 200
+    pending = sign(case, [(3, "late", png(W, H, seed=3))]).json()["uploads"][0]  # uploaded, never completed
+    assert put_signed(pending, png(W, H, seed=3)).status_code == 200
     assert len(case.backend.mask_keys(case.clinic)) == 3
     url = f"{case.server.url}/api/v1/annotations/{case.annotation['id']}"
     assert case.doctor.delete(url, timeout=10).status_code == 204
@@ -280,9 +310,34 @@ def test_deleting_the_study_deletes_its_annotations_and_masks(case):
     assert case.backend.mask_keys(case.clinic) == []
 
 
+def test_deleting_an_instance_then_the_series(case):
+    """An instance delete takes that instance's annotations (the series' ones and their masks
+    stay with the series); the series delete takes the series' annotations and masks, and,
+    the series being the study's only one, the study's own annotations too."""
+    _completed(case)
+    api = f"{case.server.url}/api/v1/annotations"
+    note = case.http.post(api, json={"study": case.study, "type": "note"}, timeout=10).json()
+    on_slice = case.http.post(api, json={"study": case.study, "series": case.series, "instance": case.sops[0],
+                                         "type": "measurement"}, timeout=10).json()
+    assert on_slice.get("instance") == case.sops[0], on_slice
+    series_url = f"{case.server.url}/dicom-web/studies/{case.study}/series/{case.series}"
+    assert case.doctor.delete(f"{series_url}/instances/{case.sops[0]}", timeout=30).status_code == 204
+    assert case.doctor.get(f"{api}/{on_slice['id']}", timeout=10).status_code == 404
+    for kept in (note, case.annotation):
+        assert case.doctor.get(f"{api}/{kept['id']}", timeout=10).status_code == 200
+    assert len(case.doctor.get(f"{case.group_url}/masks", timeout=10).json()["masks"]) == 2
+    assert len(case.backend.mask_keys(case.clinic)) == 2
+
+    assert case.doctor.delete(series_url, timeout=30).status_code == 204
+    for gone in (note, case.annotation):
+        assert case.doctor.get(f"{api}/{gone['id']}", timeout=10).status_code == 404
+    assert case.doctor.get(case.group_url, timeout=10).status_code == 404
+    assert case.backend.mask_keys(case.clinic) == []
+
+
 def test_mask_objects_live_in_the_clinic_namespace(case):
     _completed(case, 1)
     keys = case.backend.mask_keys(case.clinic)
     assert keys == [f"mask/{case.clinic}/{case.annotation['id']}/{case.group['id']}/0000_tooth.png"]
     if case.backend.name == "filesystem":
-        assert Path(case.server.data_dir / "blobs" / keys[0]).read_bytes() == png(16, 16, seed=0)
+        assert Path(case.server.data_dir / "blobs" / keys[0]).read_bytes() == png(W, H, seed=0)

@@ -309,3 +309,133 @@ def test_metadata_goes_with_its_study(server):
     assert http.delete(f"{server.url}/dicom-web/studies/{study}").status_code == 204
     assert http.get(f"{server.url}{API}", params={"study": study}).json()["records"] == []
     assert http.get(f"{server.url}{API}/{key}").status_code == 404
+
+
+def test_metadata_goes_with_its_instance_and_its_series(server):
+    """An instance delete takes exactly that instance's records (every variant, history and
+    offloaded annotations); a series delete those of the series; the rest stays."""
+    http = server.http
+    study, kept_series, series = generate_uid(), generate_uid(), generate_uid()
+    sops = [generate_uid() for _ in range(3)]
+    files = [dicom_instance(study, series, sops[0]), dicom_instance(study, series, sops[1]),
+             dicom_instance(study, kept_series, sops[2])]
+    assert stow(server.url, files, headers=server.auth_headers).status_code == 200
+    keys = [f"{study}/{series}/{sops[0]}/original", f"{study}/{series}/{sops[0]}/preview",
+            f"{study}/{series}/{sops[1]}/original", f"{study}/{kept_series}/{sops[2]}/original"]
+    big = [{"id": f"a{i}", "points": [[i, j] for j in range(40)]} for i in range(200)]  # offloaded to a blob
+    for key in keys:
+        _create(http, f"{server.url}{API}/{key}", {"tags": ["partial"], "annotations": big})
+    blobs = server.data_dir / "blobs" / "metadata" / "default" / study
+    assert len(list(blobs.rglob("*.json"))) == 4
+
+    deleted = http.delete(f"{server.url}/dicom-web/studies/{study}/series/{series}/instances/{sops[0]}")
+    assert deleted.status_code == 204, deleted.text
+    for key in keys[:2]:
+        assert http.get(f"{server.url}{API}/{key}").status_code == 404
+        assert http.get(f"{server.url}{API}/{key}/history").status_code == 404
+    assert not [p for p in (blobs / series / sops[0]).rglob("*") if p.is_file()]
+    left = [r["objectKey"] for r in http.get(f"{server.url}{API}", params={"study": study}).json()["records"]]
+    assert sorted(left) == sorted(keys[2:])
+    assert http.get(f"{server.url}{API}/{keys[2]}").json()["annotations"] == big
+
+    assert http.delete(f"{server.url}/dicom-web/studies/{study}/series/{series}").status_code == 204
+    assert http.get(f"{server.url}{API}/{keys[2]}").status_code == 404
+    assert [r["objectKey"] for r in http.get(f"{server.url}{API}", params={"study": study}).json()["records"]] == \
+        [keys[3]]
+    assert [p.relative_to(blobs).parts[:2] for p in blobs.rglob("*.json")] == [(kept_series, sops[2])]
+    assert http.get(f"{server.url}{API}/{keys[3]}").json()["annotations"] == big
+
+
+def _stored_share(server, key: str):
+    """The share state as the SQL store keeps it (the mirror, not computed at read time)."""
+    import sqlite3
+
+    study, series, sop, variant = key.split("/")
+    with sqlite3.connect(f"file:{server.data_dir / 'index.sqlite3'}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT share, shared_until, version FROM metadata_records WHERE study_uid = ? AND "
+                         "series_uid = ? AND sop_uid = ? AND variant = ?", (study, series, sop, variant)).fetchone()
+    return (json.loads(row[0]) if row[0] else None), row[1], row[2]
+
+
+def test_share_state_is_mirrored_into_the_records(server):
+    """A share made or revoked is written into the records of its study (series) without a
+    version; client writes keep it; a record made later gets it; an expired one is not shown."""
+    import time
+
+    http = server.http
+    study, series, other_series = generate_uid(), generate_uid(), generate_uid()
+    sops = [generate_uid() for _ in range(3)]
+    files = [dicom_instance(study, series, sops[0]), dicom_instance(study, series, sops[1]),
+             dicom_instance(study, other_series, sops[2])]
+    assert stow(server.url, files, headers=server.auth_headers).status_code == 200
+    first, later, other = (f"{study}/{series}/{sops[0]}/original", f"{study}/{series}/{sops[1]}/original",
+                           f"{study}/{other_series}/{sops[2]}/original")
+    for key in (first, other):
+        _create(http, f"{server.url}{API}/{key}", {"tags": ["mirror"]})
+
+    made = http.post(f"{server.url}/api/v1/shares", json={"study": study, "series": series, "targets": [
+        {"type": "clinic", "id": "lab-mirror"}]})
+    assert made.status_code == 201, made.text
+    share_id = made.json()["shares"][0]["id"]
+    stored, until, version = _stored_share(server, first)
+    assert [t["share"] for t in stored["targets"]] == [share_id] and until and version == 1
+    assert _stored_share(server, other)[0] is None  # a series share: the other series is not shared
+    got = http.get(f"{server.url}{API}/{first}")
+    assert got.headers["ETag"] == '"1"'  # no version of its own
+    assert got.json()["share"]["targets"] == [{"shareId": share_id, "type": "clinic", "id": "lab-mirror",
+                                               "permissions": ["view"],
+                                               "expiresAt": made.json()["shares"][0]["expires_at"]}]
+    assert [v["version"] for v in http.get(f"{server.url}{API}/{first}/history").json()["versions"]] == [1]
+    # a client's write keeps the mirrored share
+    put = http.put(f"{server.url}{API}/{first}", json={"tags": ["mirror", "edited"]}, headers={"If-Match": '"1"'})
+    assert put.status_code == 200 and put.json()["share"]["targets"][0]["shareId"] == share_id
+    assert _stored_share(server, first)[0] == stored
+    # a record made after the share has it at once
+    created = _create(http, f"{server.url}{API}/{later}", {"tags": ["mirror"]}).json()
+    assert [t["shareId"] for t in created["share"]["targets"]] == [share_id]
+    assert _stored_share(server, later)[0] == stored
+    found = http.get(f"{server.url}{API}", params={"study": study, "shared": "true"}).json()["records"]
+    assert sorted(r["objectKey"] for r in found) == sorted([first, later])
+    assert [r["objectKey"] for r in http.get(f"{server.url}{API}", params={"study": study, "shared": "false"})
+            .json()["records"]] == [other]
+
+    # revoked: mirrored at once, still no version
+    assert http.delete(f"{server.url}/api/v1/shares/{share_id}").status_code == 204
+    assert _stored_share(server, first) == (None, None, 2)
+    assert http.get(f"{server.url}{API}/{first}").json()["share"] == {"targets": [], "expiresAt": None}
+    assert http.get(f"{server.url}{API}", params={"study": study, "shared": "true"}).json()["records"] == []
+
+    # expired: not shown nor found as shared, though the mirror still holds it
+    short = http.post(f"{server.url}/api/v1/shares", json={"study": study, "ttl": 2, "targets": [
+        {"type": "user", "id": "dr.brief"}]})
+    assert short.status_code == 201, short.text
+    assert len(http.get(f"{server.url}{API}", params={"study": study, "shared": "true"}).json()["records"]) == 3
+    time.sleep(2.2)
+    assert _stored_share(server, other)[0] is not None
+    assert http.get(f"{server.url}{API}/{other}").json()["share"] == {"targets": [], "expiresAt": None}
+    assert http.get(f"{server.url}{API}", params={"study": study, "shared": "true"}).json()["records"] == []
+    assert len(http.get(f"{server.url}{API}", params={"study": study, "shared": "false"}).json()["records"]) == 3
+
+
+def test_sync_share_state_mirrors_again(server):
+    """``gateway sync-share-state`` puts right a record whose mirror was lost (here: wiped)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    http = server.http
+    key = _new_image(server)
+    _create(http, f"{server.url}{API}/{key}")
+    study = key.split("/")[0]
+    made = http.post(f"{server.url}/api/v1/shares", json={"study": study, "targets": [{"type": "link"}]})
+    assert made.status_code == 201
+    with sqlite3.connect(server.data_dir / "index.sqlite3") as db:
+        db.execute("UPDATE metadata_records SET share = NULL, shared_until = NULL, share_stamp = 0 "
+                   "WHERE study_uid = ?", (study,))
+    assert http.get(f"{server.url}{API}/{key}").json()["share"]["targets"] == []
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "sync-share-state", "--clinic", "default"],
+                         env=server.env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "clinic default: share state of" in run.stdout
+    assert [t["shareId"] for t in http.get(f"{server.url}{API}/{key}").json()["share"]["targets"]] == \
+        [made.json()["shares"][0]["id"]]

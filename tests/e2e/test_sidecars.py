@@ -124,13 +124,24 @@ def test_the_api_on_dynamodb(tmp_path, moto_server):
 
     dynamo = moto_server.dynamodb_settings()
     server = ServerProcess(tmp_path / "data", env=env_of({**dynamo, "storage.fsync": "false"}))
+    table = dynamo["storage.dynamodb_table"]
     made = _cli(server, "metadata-table", "create")
-    assert made.returncode == 0 and made.stdout.strip() == f"created table {dynamo['storage.dynamodb_table']}"
+    assert made.returncode == 0 and made.stdout.strip() == f"created table {table}"
     assert _cli(server, "metadata-table", "create").stdout.strip().endswith("exists already")
+    # a table of an older version, without the shared-state index: create adds it
+    import boto3
+
+    client = boto3.client("dynamodb", endpoint_url=moto_server.endpoint_url, region_name=dynamo[
+        "storage.dynamodb_region"], aws_access_key_id=dynamo["storage.dynamodb_access_key_id"],
+        aws_secret_access_key=dynamo["storage.dynamodb_secret_access_key"])
+    client.update_table(TableName=table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by_shared"}}])
+    upgraded = _cli(server, "metadata-table", "create")
+    assert upgraded.returncode == 0 and "added index by_shared" in upgraded.stdout, upgraded.stderr
     server.start()
     try:
-        study, series, sop = generate_uid(), generate_uid(), generate_uid()
-        assert stow(server.url, [dicom_instance(study, series, sop)], headers=server.auth_headers).ok
+        study, series, sop, sop2 = generate_uid(), generate_uid(), generate_uid(), generate_uid()
+        assert stow(server.url, [dicom_instance(study, series, sop), dicom_instance(study, series, sop2)],
+                    headers=server.auth_headers).ok
         url = f"{server.url}{API}/{study}/{series}/{sop}/original"
         assert server.http.put(url, json={"tags": ["dyn"]}, headers={"If-None-Match": "*"}).status_code == 201
         patched = server.http.patch(f"{url}/viewer-state", json={"zoom": 3}, headers={"If-Match": '"1"'})
@@ -140,6 +151,31 @@ def test_the_api_on_dynamodb(tmp_path, moto_server):
         assert [r["objectKey"] for r in server.http.get(f"{server.url}{API}", params={"tag": "dyn"}).json()[
             "records"]] == [f"{study}/{series}/{sop}/original"]
         assert server.http.get(f"{server.url}/readyz").json()["checks"]["metadata"] == "ok"
+
+        # the share state: mirrored into the item, found through the by_shared index
+        def item(sop_uid: str) -> dict:
+            return client.get_item(TableName=table, Key={"pk": {"S": f"default#{study}"},
+                                                         "sk": {"S": f"{series}#{sop_uid}#original"}}).get("Item")
+
+        assert "gsi_shared" not in item(sop)
+        made = server.http.post(f"{server.url}/api/v1/shares", json={"study": study, "targets": [
+            {"type": "clinic", "id": "lab-dyn"}]})
+        assert made.status_code == 201, made.text
+        assert item(sop)["gsi_shared"] == {"S": "default"} and item(sop)["version"] == {"N": "2"}
+        shared = server.http.get(f"{server.url}{API}", params={"shared": "true"}).json()["records"]
+        assert [r["objectKey"] for r in shared] == [f"{study}/{series}/{sop}/original"]
+        assert shared[0]["share"]["targets"][0]["id"] == "lab-dyn" and shared[0]["version"] == 2
+        assert server.http.delete(f"{server.url}/api/v1/shares/{made.json()['shares'][0]['id']}").status_code == 204
+        assert "gsi_shared" not in item(sop)
+        assert server.http.get(f"{server.url}{API}", params={"shared": "true"}).json()["records"] == []
+
+        # an instance delete takes its records, not the series' others
+        url2 = f"{server.url}{API}/{study}/{series}/{sop2}/original"
+        assert server.http.put(url2, json={"tags": ["dyn"]}, headers={"If-None-Match": "*"}).status_code == 201
+        deleted = server.http.delete(f"{server.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+        assert deleted.status_code == 204
+        assert server.http.get(url).status_code == 404 and item(sop) is None
+        assert server.http.get(url2).status_code == 200
     finally:
         server.stop()
 
