@@ -249,13 +249,13 @@ def import_(paths: tuple[str, ...], clinic: str, quiet: bool) -> None:
     files = list(_walk(paths))
     counts = {"stored": 0, "replaced": 0, "duplicate": 0, "rejected": 0, "not DICOM": 0}
     rejected: list[str] = []
-    batch: list[tuple[Path, object]] = []
+    batch: list[Path] = []
 
-    def flush() -> None:
+    def flush(pipeline) -> None:
         # One index transaction per batch, as for a STOW request.
         with audit_context(client=f"cli:{os.getuid()}", door="cli"):
-            outcomes = services.ingest.commit_many([s for _, s in batch], principal=principal)
-        for (path, _), outcome in zip(batch, outcomes):
+            outcomes = services.ingest.commit_many(pipeline.results(), principal=principal)
+        for path, outcome in zip(batch, outcomes):
             if outcome.ok:
                 counts[outcome.status] += 1
             else:
@@ -264,17 +264,18 @@ def import_(paths: tuple[str, ...], clinic: str, quiet: bool) -> None:
         batch.clear()
 
     with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True,
-                           hidden=quiet) as bar:
+                           hidden=quiet) as bar, services.ingest.pipeline() as pipeline:
         for path in bar:
             if not _is_part10(path) or _is_dicomdir(path):
                 counts["not DICOM"] += 1
                 continue
             with path.open("rb") as fh:
-                batch.append((path, services.ingest.stage(fh)))
+                pipeline.stage(fh)  # inspected on other threads while the next file is read
+            batch.append(path)
             if len(batch) >= IMPORT_BATCH:
-                flush()
+                flush(pipeline)
         if batch:
-            flush()
+            flush(pipeline)
     services.close()
     for line in rejected:
         click.echo(f"rejected {line}", err=True)
