@@ -74,6 +74,11 @@ class BlobStore(Protocol):
         once). Per item: None when stored, else the :mod:`storage.errors` error it got (the
         others are still stored)."""
 
+    def sync_staged(self, path: Path) -> None:
+        """A head start for :meth:`put_file`: make the staged file durable now, while the
+        caller has other work to do (a no-op where ``put_file`` takes the bytes elsewhere).
+        ``put_file`` keeps its guarantee whether or not this was called."""
+
     def open(self, key: str) -> BinaryIO:
         """A seekable binary reader; raises :class:`storage.errors.ObjectNotFound`."""
 

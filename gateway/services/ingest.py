@@ -284,11 +284,11 @@ class IngestService:
 
     def inspect(self, staged: StagedInstance) -> StagedInstance:
         """Hash a spooled instance and parse its header: what it is, whether it is valid,
-        where its frames are. The hashing (which releases the GIL) runs on another thread
-        while this one parses."""
+        where its frames are. The hashing (which releases the GIL) and the blob store's early
+        sync of the file run on another thread while this one parses."""
         hashing = None
         if not staged.sha256 and staged.path is not None:
-            hashing = _hash_pool().submit(_digest_file, staged.path)
+            hashing = _hash_pool().submit(self._digest_and_sync, staged.path)
         try:
             if staged.error is None and staged.header is None:
                 try:
@@ -309,6 +309,14 @@ class IngestService:
             with open(staged.path, "rb") as fp:  # file meta longer than the digests' look-ahead
                 staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
         return staged
+
+    def _digest_and_sync(self, path: Path) -> _FileDigests:
+        digest = _digest_file(path)
+        try:
+            self.blobs.sync_staged(path)  # a head start on the blob write, off the caller's thread
+        except StorageError:
+            logger.debug("early sync of %s failed; the blob write syncs it", path, exc_info=True)
+        return digest
 
     def _inspect(self, staged: StagedInstance) -> None:
         """Everything that parses the instance happens here (on the commit threads of an

@@ -83,6 +83,13 @@ class FilesystemBlobStore:
                         errors[i] = self._unavailable(items[i][0], error)
         return errors
 
+    def sync_staged(self, path: Path) -> None:
+        """The file's sync now: the one :meth:`put_files` does later then finds nothing to write."""
+        if self.fsync:
+            error = _sync_file(path)
+            if error is not None:
+                raise self._unavailable(Path(path).name, error)
+
     def _map(self, func, args: list) -> list[OSError | None]:
         if len(args) <= 1:
             return [func(arg) for arg in args]

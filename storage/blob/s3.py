@@ -178,6 +178,9 @@ class S3BlobStore:
         with ThreadPoolExecutor(min(_PUT_THREADS, len(items)), thread_name_prefix="s3-put") as pool:
             return list(pool.map(put, items))
 
+    def sync_staged(self, path: Path) -> None:
+        """Nothing: the staged file is uploaded, not kept."""
+
     def open(self, key: str) -> "S3ObjectReader":
         name = self.object_name(key)
         reader = S3ObjectReader(self.client, self.bucket, name, read_ahead=self.read_ahead, label=self._where(key))

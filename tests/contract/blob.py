@@ -93,6 +93,15 @@ class BlobStoreContract:
         assert sorted(store.keys()) == sorted(key for key, _ in items)
         assert store.put_files([]) == []
 
+    def test_sync_staged_keeps_the_file_for_put_file(self, store):
+        data = os.urandom(5000)
+        path = self.stage(store, data)
+        store.sync_staged(path)
+        assert path.read_bytes() == data
+        store.put_file("s/1", path)
+        with store.open("s/1") as fh:
+            assert fh.read() == data
+
     def test_put_file_replaces_whole_object(self, store):
         self.put(store, "k", b"first version, longer")
         self.put(store, "k", b"second")
