@@ -126,6 +126,7 @@ def start_gateway(stack: ExitStack, root: Path, name: str, storage: dict[str, st
 
     dimse_port = free_port()
     settings = {"server.workers": 2, "server.threads": 8, "log.level": "warning", "storage.fsync": "true",
+                "dimse.listeners": 2,  # as many as the HTTP workers: one per core
                 "dimse.enabled": "true", "dimse.host": "127.0.0.1", "dimse.port": dimse_port,
                 "dimse.ae_title": "DENTALGW", "dimse.peers": json.dumps([{"ae_title": SCU_AE}]), **storage,
                 **dict(item.split("=", 1) for item in args.gateway_setting)}

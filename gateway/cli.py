@@ -17,7 +17,7 @@ from auth.base import Principal
 from auth.local import LocalIssuer, LocalKeyStore, key_dir, parse_ttl
 from auth.signing import rotate_generated_keys
 from gateway.config import SETTINGS, SettingsError, load_settings
-from gateway.dimse.supervisor import ChildSupervisor
+from gateway.dimse.supervisor import ChildGroup, ChildSupervisor
 from gateway.errors import BadRequest
 from gateway.logs import configure_logging
 from gateway.services import Services
@@ -158,7 +158,11 @@ def _child(settings, kinds: list[str]):
     (forwarding rules are set)."""
     embedded = settings["worker.embedded"]
     if settings["dimse.enabled"]:
-        return ChildSupervisor(["dimse"] + ([] if embedded else ["--no-worker"]), name="DIMSE listener").start()
+        count = settings["dimse.listeners"]
+        # The job worker runs in the first listener process only.
+        return ChildGroup([ChildSupervisor(["dimse"] + ([] if embedded and i == 0 else ["--no-worker"]),
+                                           name="DIMSE listener" + (f" {i + 1}/{count}" if count > 1 else ""))
+                           for i in range(count)]).start()
     if kinds and embedded:
         return ChildSupervisor(["worker"], name="job worker").start()
     return None
