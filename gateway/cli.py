@@ -219,7 +219,7 @@ def _walk(paths: tuple[str, ...]):
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--clinic", default="default", show_default=True, help="the clinic the instances are stored for")
 @click.option("--jobs", type=click.IntRange(1, 64), default=min(4, os.cpu_count() or 1), show_default=True,
-              help="processes that store at once (a few hundred files or more)")
+              help="processes that store at once (one per 1,000 files at most)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def import_(paths: tuple[str, ...], clinic: str, jobs: int, quiet: bool) -> None:
     """Store every DICOM file under PATHS (files, folders, DICOMDIR trees) through the ingest path.

@@ -21,6 +21,9 @@ from auth.audit import audit_context
 from auth.base import Principal
 
 BATCH = 50
+# A process of its own pays its start-up (a second or so) and shares the cores with the
+# others: worth it from about this many files each.
+FILES_PER_PROCESS = 1000
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 OUTCOMES = ("stored", "replaced", "duplicate", "rejected", "not DICOM")
 
@@ -92,8 +95,9 @@ def import_with(services, files: list[Path], clinic: str, progress: Callable[[in
 
 def import_files(files: list[Path], clinic: str, *, jobs: int, build_services: Callable,
                  progress: Callable[[int], None]) -> ImportReport:
-    """Import on ``jobs`` processes (one when there are few files), each with its own services."""
-    jobs = max(1, min(jobs, len(files) // (2 * BATCH)))
+    """Import on up to ``jobs`` processes (one per :data:`FILES_PER_PROCESS` files), each with
+    its own services."""
+    jobs = max(1, min(jobs, len(files) // FILES_PER_PROCESS))
     if jobs == 1:
         services = build_services()
         try:

@@ -130,10 +130,13 @@ def test_import_of_a_missing_path(tmp_path, env):
     assert "does not exist" in result.output
 
 
-def test_a_large_import_runs_on_several_processes_and_counts_each_file_once(env, tmp_path):
+def test_a_large_import_runs_on_several_processes_and_counts_each_file_once(env, tmp_path, monkeypatch):
     """250 files with --jobs 2: two processes store their shares (spawned: the settings come
     from the environment), one rejected file is reported, and a re-run finds duplicates."""
+    from gateway import importer
     from gateway.synthetic import cbct_series, to_bytes
+
+    monkeypatch.setattr(importer, "FILES_PER_PROCESS", 100)
 
     folder = tmp_path / "many"
     folder.mkdir()
