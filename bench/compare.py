@@ -57,8 +57,19 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MultipartFileBody, free_port, multipart_body, multipart_content_type  # noqa: E402
-from bench.dicomweb_bench import RssSampler, SessionPool, boundary_of, count_delimiters, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    MultipartFileBody,
+    free_port,
+    multipart_body,
+    multipart_content_type,
+)
+from bench.dicomweb_bench import (  # noqa: E402
+    RssSampler,
+    SessionPool,
+    boundary_of,
+    count_delimiters,
+    percentile,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +80,7 @@ DEFAULT_PG = "host=/var/run/postgresql user=postgres dbname=postgres"
 ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 TIMEOUT = (10.0, 900.0)
 LABELS = {"gateway": "gateway (SQLite + folder)", "gateway-pg-s3": "gateway (PostgreSQL + S3/moto)",
-          "orthanc": "Orthanc 1.10.1"}
+          "orthanc": "Orthanc 1.10.1", "pynetdicom": "bare pynetdicom SCP (ceiling)"}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -95,8 +106,11 @@ class Target:
     dimse_port: int
     pid: int
     headers: dict[str, str] = field(default_factory=dict)  # e.g. Authorization for the gateway
+    env: dict[str, str] = field(default_factory=dict)  # a gateway's environment (for `gateway import`)
+    dimse_only: bool = False  # the bare pynetdicom SCP: C-STORE workloads only
     sampler: RssSampler | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -112,6 +126,7 @@ def start_gateway(stack: ExitStack, root: Path, name: str, storage: dict[str, st
 
     dimse_port = free_port()
     settings = {"server.workers": 2, "server.threads": 8, "log.level": "warning", "storage.fsync": "true",
+                "dimse.listeners": 2,  # as many as the HTTP workers: one per core
                 "dimse.enabled": "true", "dimse.host": "127.0.0.1", "dimse.port": dimse_port,
                 "dimse.ae_title": "DENTALGW", "dimse.peers": json.dumps([{"ae_title": SCU_AE}]), **storage,
                 **dict(item.split("=", 1) for item in args.gateway_setting)}
@@ -121,7 +136,18 @@ def start_gateway(stack: ExitStack, root: Path, name: str, storage: dict[str, st
     wait_port(dimse_port)
     token = args.token or getattr(server, "token", None)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return Target(name, server.dicomweb, "DENTALGW", dimse_port, server.proc.pid, headers)
+    return Target(name, server.dicomweb, "DENTALGW", dimse_port, server.proc.pid, headers, env=server.env)
+
+
+def start_bare_scp(stack: ExitStack, root: Path) -> Target:
+    """pynetdicom's own ceiling: ``bench.bare_scp``, a storage SCP that only writes the files."""
+    port = free_port()
+    folder = root / "pynetdicom"
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_scp", str(port), str(folder)], cwd=ROOT)
+    stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+    wait_port(port)
+    return Target("pynetdicom", "", "BARESCP", port, proc.pid, dimse_only=True)
 
 
 def start_orthanc(stack: ExitStack, root: Path) -> Target:
@@ -309,6 +335,100 @@ def c_store(target: Target, paths: list[Path]) -> dict[str, float]:
     return {"s": seconds, "inst_per_s": len(paths) / seconds, "mb_per_s": size / MB / seconds}
 
 
+def c_store_parallel(target: Target, paths: list[Path], associations: int) -> dict[str, float]:
+    """``associations`` storescu processes at once, each on its own association with its share."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    shares = [paths[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-R", "-aet", SCU_AE, "-aec", target.ae_title, "127.0.0.1",
+                               str(target.dimse_port), *map(str, share)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for share in shares]
+    errors = [stderr for proc in procs for stderr in [proc.communicate()[1]] if proc.returncode != 0]
+    seconds = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"storescu failed: {errors[0][-500:]}")
+    size = sum(p.stat().st_size for p in paths)
+    return {"s": seconds, "inst_per_s": len(paths) / seconds, "mb_per_s": size / MB / seconds}
+
+
+def stow_dicomweb_client(url: str, paths: list[Path], headers=None, *, check: bool = True) -> dict[str, float]:
+    """The CBCT in one STOW-RS request sent by dicomweb-client, as a new user would: the data
+    sets are read before the clock starts; encoding them (the client writes every data set
+    into one body in memory before it sends a byte) and sending is timed. ``check=False``:
+    the floor server's empty answer."""
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    datasets = [pydicom.dcmread(path) for path in paths]
+    client = DICOMwebClient(url, headers=headers or {})
+    started = time.perf_counter()
+    if check:
+        result = client.store_instances(datasets)
+    else:
+        client._session.post = _ignore_answer(client._session.post)
+        client.store_instances(datasets)
+    seconds = time.perf_counter() - started
+    client._session.close()  # the floor server serves one connection at a time
+    stored = len(result.get("ReferencedSOPSequence", [])) if check else len(paths)
+    if stored != len(paths):
+        raise RuntimeError(f"dicomweb-client STOW stored {stored} of {len(paths)}")
+    size = sum(p.stat().st_size for p in paths)
+    return {"s": seconds, "inst_per_s": len(paths) / seconds, "mb_per_s": size / MB / seconds}
+
+
+def _ignore_answer(post):
+    """The floor server answers 200 with no body: give dicomweb-client a valid empty one."""
+    def wrapped(*args, **kwargs):
+        response = post(*args, **kwargs)
+        response._content = b"{}"
+        response.headers["Content-Type"] = DICOM_JSON
+        return response
+    return wrapped
+
+
+def orthanc_post_instances(base: str, paths: list[Path], clients: int) -> None:
+    """Orthanc's own way in: ``POST /instances``, one file a request, from ``clients`` clients."""
+    pool = SessionPool()
+
+    def post(path: Path) -> None:
+        response = pool.get().post(f"{base}/instances", data=path.read_bytes(), timeout=TIMEOUT,
+                                   headers={"Content-Type": "application/dicom"})
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /instances: HTTP {response.status_code}: {response.text[:200]}")
+
+    with ThreadPoolExecutor(clients) as executor:
+        list(executor.map(post, paths))
+    pool.close()
+
+
+def import_folder(target: Target, data: FileSet, clients: int = 4) -> dict[str, float]:
+    """Ours: ``gateway import FOLDER`` beside the running server (same settings, same stores);
+    Orthanc: ``POST /instances`` from ``clients`` clients."""
+    started = time.perf_counter()
+    if target.name == "orthanc":
+        orthanc_post_instances(_base_url(target), data.paths, clients)
+    else:
+        run = subprocess.run([sys.executable, "-m", "gateway.cli", "import", "--quiet", str(data.paths[0].parent)],
+                             env=target.env, cwd=ROOT, capture_output=True, text=True)
+        if run.returncode != 0 or f"{len(data.paths)} stored" not in run.stdout:
+            raise RuntimeError(f"gateway import: {run.stdout[-300:]} {run.stderr[-500:]}")
+    seconds = time.perf_counter() - started
+    return {"s": seconds, "inst_per_s": len(data.paths) / seconds, "mb_per_s": data.bytes / MB / seconds}
+
+
+def cp_sync_floor(paths: list[Path], workdir: Path) -> dict[str, float]:
+    """``cp`` of the files into a new folder, then ``sync``: the floor the issue's table names."""
+    folder = workdir / "floor-cp"
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    subprocess.run(["cp", *map(str, paths), str(folder)], check=True)
+    subprocess.run(["sync"], check=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"cbct_cp_sync_mb_per_s": sum(p.stat().st_size for p in paths) / MB / seconds}
+
+
 def timed_get(session: requests.Session, url: str, params=None, accept: str = DICOM_JSON) -> tuple[float, int]:
     started = time.perf_counter()
     response = session.get(url, params=params, headers={"Accept": accept, "Accept-Encoding": "gzip"},
@@ -441,17 +561,7 @@ def upload(target: Target, data: FileSet, clients: int = 4) -> dict[str, float]:
     half, rest = data.paths[:len(data.paths) // 2], data.paths[len(data.paths) // 2:]
     started = time.perf_counter()
     if target.name == "orthanc":
-        pool = SessionPool()
-
-        def post(path: Path) -> None:
-            response = pool.get().post(f"{base}/instances", data=path.read_bytes(), timeout=TIMEOUT,
-                                       headers={"Content-Type": "application/dicom"})
-            if response.status_code != 200:
-                raise RuntimeError(f"POST /instances: HTTP {response.status_code}: {response.text[:200]}")
-
-        with ThreadPoolExecutor(clients) as executor:
-            list(executor.map(post, half))
-        pool.close()
+        orthanc_post_instances(base, half, clients)
     else:
         from proprietary.client import GatewayClient
 
@@ -545,23 +655,36 @@ def floor_server(port: int, path: str) -> None:
                 request = reader.readline()
                 if not request:
                     break
-                length = 0
+                length, chunked = 0, False
                 while (line := reader.readline()) not in (b"\r\n", b""):
                     name, _, value = line.decode("latin-1").partition(":")
                     if name.strip().lower() == "content-length":
                         length = int(value)
+                    elif name.strip().lower() == "transfer-encoding":
+                        chunked = "chunked" in value.lower()
                 if request.startswith(b"POST"):
-                    while length > 0:
-                        got = reader.readinto(view[:min(length, len(buffer))])
-                        if not got:
-                            break
-                        length -= got
+                    if chunked:  # dicomweb-client sends chunked bodies
+                        while (chunk := int(reader.readline().split(b";")[0], 16)) > 0:
+                            _drain(reader, view, chunk)
+                            reader.readline()  # the CRLF after the chunk
+                        while reader.readline() not in (b"\r\n", b""):  # trailers
+                            pass
+                    else:
+                        _drain(reader, view, length)
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 else:
                     conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                                  f"Content-Length: {size}\r\n\r\n".encode())
                     fh.seek(0)
                     conn.sendfile(fh)
+
+
+def _drain(reader, view: memoryview, length: int) -> None:
+    while length > 0:
+        got = reader.readinto(view[:min(length, len(view))])
+        if not got:
+            return
+        length -= got
 
 
 def http_floor(paths: list[Path], workdir: Path) -> dict[str, float]:
@@ -576,6 +699,7 @@ def http_floor(paths: list[Path], workdir: Path) -> dict[str, float]:
                               cwd=ROOT)
     try:
         wait_port(port)
+        client = stow_dicomweb_client(f"http://127.0.0.1:{port}", paths, check=False)
         body = MultipartFileBody(paths, "floor-boundary")
         size = len(body)
         with requests.Session() as session:
@@ -591,7 +715,8 @@ def http_floor(paths: list[Path], workdir: Path) -> dict[str, float]:
         server.terminate()
         server.wait(10)
         blob.unlink(missing_ok=True)
-    return {"http_upload_mb_per_s": size / MB / upload_s, "http_download_mb_per_s": got / MB / download_s}
+    return {"http_upload_mb_per_s": size / MB / upload_s, "http_download_mb_per_s": got / MB / download_s,
+            "dicomweb_client_mb_per_s": client["mb_per_s"]}
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -622,19 +747,31 @@ def compare(args) -> dict[str, Any]:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-compare-", dir=args.workdir)))
         say(f"generating data in {root}")
         started = time.perf_counter()
-        cbct = make_cbct(root / "cbct-a", args.slices, args.size, "A")
-        cbct_b = make_cbct(root / "cbct-b", args.slices, args.size, "B")
-        cbct_c = make_cbct(root / "cbct-c", args.slices, args.size, "C")
-        intraoral = make_intraoral(root / "intraoral", args.intraoral)
-        corpus, patient_ids, prefixes = make_qido_corpus(args.qido_studies)
+        selected = WORKLOADS if args.workloads == "all" else [w.strip() for w in args.workloads.split(",")]
+        unknown = set(selected) - set(WORKLOADS)
+        if unknown:
+            raise SystemExit(f"unknown workload(s) {sorted(unknown)}: choose from {', '.join(WORKLOADS)}")
+        copies = 0
+
+        def fresh_cbct() -> FileSet:
+            """A copy of the CBCT with UIDs of its own (each ingest run stores new instances)."""
+            nonlocal copies
+            copies += 1
+            return make_cbct(root / f"cbct-{copies}", args.slices, args.size, str(copies))
+
+        cbct = fresh_cbct()
+        intraoral = make_intraoral(root / "intraoral", args.intraoral if "stow-io" in selected else 0)
+        corpus, patient_ids, prefixes = make_qido_corpus(args.qido_studies if {"stow-small", "qido"} & set(selected)
+                                                         else 0)
         results["data"] = {"cbct_mb": cbct.bytes / MB, "cbct_instances": len(cbct.paths),
                            "intraoral_mb": intraoral.bytes / MB, "intraoral_instances": len(intraoral.paths),
                            "qido_studies": len(corpus), "generate_s": time.perf_counter() - started}
-        say(f"data: CBCT {len(cbct.paths)} x {args.size}² ({cbct.bytes / MB:.0f} MB, twice), "
+        say(f"data: CBCT {len(cbct.paths)} x {args.size}² ({cbct.bytes / MB:.0f} MB, a copy per ingest run), "
             f"{len(intraoral.paths)} intraoral ({intraoral.bytes / MB:.0f} MB), {len(corpus)} header-only studies")
 
         say("floor: disk and loopback HTTP")
-        results["floor"] = {**disk_floor(cbct.paths, root, "cbct"), **disk_floor(intraoral.paths[:100], root, "io"),
+        results["floor"] = {**disk_floor(cbct.paths, root, "cbct"), **cp_sync_floor(cbct.paths, root),
+                            **(disk_floor(intraoral.paths[:100], root, "io") if intraoral.paths else {}),
                             **http_floor(cbct.paths, root)}
         say("  " + ", ".join(f"{k} {v:.0f}" for k, v in results["floor"].items()))
 
@@ -653,6 +790,8 @@ def compare(args) -> dict[str, Any]:
                 targets.append(start_gateway(stack, root, name, storage, args))
             elif name == "orthanc":
                 targets.append(start_orthanc(stack, root))
+            elif name == "pynetdicom":
+                targets.append(start_bare_scp(stack, root))
             else:
                 raise SystemExit(f"unknown target {name!r}")
         for target in targets:
@@ -660,26 +799,66 @@ def compare(args) -> dict[str, Any]:
             target.results["baseline_rss_mb"] = target.sampler.rss() / MB
             target.sampler.start()
 
-        workloads: list[tuple[str, Callable[[Target], dict]]] = [
-            ("STOW-RS CBCT", lambda t: _prefixed("stow_cbct", stow_paths(t.dicomweb, cbct.paths, 50, 3, t.headers))),
-            ("STOW-RS intraoral", lambda t: _prefixed("stow_io", stow_paths(t.dicomweb, intraoral.paths, 1, 4,
-                                                                             t.headers))),
-            ("C-STORE CBCT", lambda t: _prefixed("cstore", c_store(t, cbct_b.paths))),
-            ("STOW-RS header-only studies", lambda t: _prefixed("stow_small", stow_bytes(t.dicomweb, corpus, 100, 2,
-                                                                                          t.headers))),
-            ("QIDO", lambda t: _prefixed("qido", qido(t.dicomweb, patient_ids, prefixes, args.qido_reps, t.headers))),
-            ("WADO-RS", lambda t: with_peak(t, "retrieve", lambda: retrieve(t.dicomweb, cbct, args.retrieve_reps,
-                                                                             args.metadata_reps, t.headers))),
-            ("zip archive", lambda t: archive(t, cbct, args.retrieve_reps)),
-            ("zip upload", lambda t: upload(t, cbct_c)),
-        ]
-        for index, (name, func) in enumerate(workloads):
-            run_workload(name, targets, index, func)
+        def ingest(name: str, prefix: str, func: Callable[[Target, FileSet], dict]):
+            return name, lambda t: _prefixed(prefix, func(t, fresh_cbct()))
+
+        available: dict[str, tuple[str, Callable[[Target], dict]]] = {
+            "stow-cbct": ("STOW-RS CBCT", lambda t: _prefixed("stow_cbct", stow_paths(t.dicomweb, cbct.paths, 50, 3,
+                                                                                     t.headers))),
+            "stow-one": ingest("STOW-RS CBCT, one request (dicomweb-client)", "stow_one",
+                               lambda t, d: stow_dicomweb_client(t.dicomweb, d.paths, t.headers)),
+            "stow-1": ingest("STOW-RS CBCT, one request streamed from the files", "stow_single",
+                             lambda t, d: stow_paths(t.dicomweb, d.paths, len(d.paths), 1, t.headers)),
+            "stow-4": ingest("STOW-RS CBCT, 4 requests of 125 at once", "stow_four",
+                             lambda t, d: stow_paths(t.dicomweb, d.paths, -(-len(d.paths) // 4), 4, t.headers)),
+            "stow-io": ("STOW-RS intraoral", lambda t: _prefixed("stow_io", stow_paths(t.dicomweb, intraoral.paths, 1,
+                                                                                       4, t.headers))),
+            "cstore": ingest("C-STORE CBCT", "cstore", lambda t, d: c_store(t, d.paths)),
+            "cstore-4": ingest("C-STORE CBCT, 4 associations", "cstore_four",
+                               lambda t, d: c_store_parallel(t, d.paths, 4)),
+            "import": ingest("import of a folder", "import", lambda t, d: import_folder(t, d)),
+            "stow-small": ("STOW-RS header-only studies",
+                           lambda t: _prefixed("stow_small", stow_bytes(t.dicomweb, corpus, 100, 2, t.headers))),
+            "qido": ("QIDO", lambda t: _prefixed("qido", qido(t.dicomweb, patient_ids, prefixes, args.qido_reps,
+                                                              t.headers))),
+            "wado": ("WADO-RS", lambda t: with_peak(t, "retrieve", lambda: retrieve(t.dicomweb, cbct, args.retrieve_reps,
+                                                                                    args.metadata_reps, t.headers))),
+            "archive": ("zip archive", lambda t: archive(t, cbct, args.retrieve_reps)),
+            "upload": ("zip upload", lambda t: upload(t, fresh_cbct())),
+        }
+        assert list(available) == WORKLOADS
+        if "stow-cbct" not in selected and {"wado", "archive"} & set(selected):
+            selected.insert(0, "stow-cbct")  # they read the CBCT that it stores
+        index = 0
+        for round_ in range(args.rounds):
+            for key in [w for w in WORKLOADS if w in selected]:
+                name, func = available[key]
+                if args.rounds > 1:
+                    name = f"{name} (round {round_ + 1})"
+                run_workload(name, [t for t in targets if not t.dimse_only or key in DIMSE_WORKLOADS], index, func)
+                index += 1
+            for target in targets:
+                target.rounds.append(dict(target.results))
+                target.results.clear()
         for target in targets:
             target.sampler.stop()
+            target.results = _medians(target.rounds)
             target.results["peak_rss_mb"] = target.sampler.peak() / MB
             results["targets"][target.name] = {"label": target.label, **target.results, "errors": target.errors}
     return results
+
+
+WORKLOADS = ["stow-cbct", "stow-one", "stow-1", "stow-4", "stow-io", "cstore", "cstore-4", "import", "stow-small", "qido",
+             "wado", "archive", "upload"]
+DIMSE_WORKLOADS = {"cstore", "cstore-4"}
+
+
+def _medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds that measured it."""
+    import statistics
+
+    keys = {k for r in rounds for k in r}
+    return {k: statistics.median(r[k] for r in rounds if k in r) for k in sorted(keys)}
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -693,10 +872,20 @@ ROWS = [
     ("stow_cbct_mb_per_s", "STOW-RS CBCT, 50/request, 3 in flight", "MB/s", True,
      ("http_upload_mb_per_s", "cbct_disk_write_mb_per_s")),
     ("stow_cbct_inst_per_s", "STOW-RS CBCT", "inst/s", True, None),
+    ("stow_one_mb_per_s", "STOW-RS CBCT, one request (dicomweb-client)", "MB/s", True,
+     ("dicomweb_client_mb_per_s", "cbct_cp_sync_mb_per_s")),
+    ("stow_single_mb_per_s", "STOW-RS CBCT, one request streamed from the files (requests)", "MB/s", True,
+     ("http_upload_mb_per_s", "cbct_cp_sync_mb_per_s")),
+    ("stow_four_mb_per_s", "STOW-RS CBCT, 4 requests of 125 at once", "MB/s", True,
+     ("http_upload_mb_per_s", "cbct_cp_sync_mb_per_s")),
     ("stow_io_inst_per_s", "STOW-RS intraoral, 1/request, 4 in flight", "inst/s", True, None),
     ("stow_io_mb_per_s", "STOW-RS intraoral", "MB/s", True, ("http_upload_mb_per_s", "io_disk_write_mb_per_s")),
     ("cstore_mb_per_s", "C-STORE CBCT (storescu, 1 association)", "MB/s", True, ("cbct_disk_write_mb_per_s",)),
     ("cstore_inst_per_s", "C-STORE CBCT", "inst/s", True, None),
+    ("cstore_four_mb_per_s", "C-STORE CBCT, 4 associations at once (storescu)", "MB/s", True,
+     ("cbct_cp_sync_mb_per_s",)),
+    ("import_mb_per_s", "import of the CBCT folder (ours: gateway import; Orthanc: POST /instances, 4 clients)",
+     "MB/s", True, ("cbct_cp_sync_mb_per_s",)),
     ("stow_small_inst_per_s", "STOW-RS header-only studies, 100/request", "inst/s", True, None),
     ("qido_ohif_list_p50_ms", "QIDO OHIF study list (limit=101) p50", "ms", False, None),
     ("qido_ohif_list_p99_ms", "QIDO OHIF study list p99", "ms", False, None),
@@ -745,8 +934,8 @@ def _ratio(ours: float | None, theirs: float | None, higher: bool) -> str:
 def markdown(results: dict[str, Any]) -> str:
     targets = results["targets"]
     floor = results["floor"]
-    names = [n for n in ("gateway", "gateway-pg-s3", "orthanc") if n in targets]
-    ours = [n for n in names if n != "orthanc"]
+    names = [n for n in ("gateway", "gateway-pg-s3", "orthanc", "pynetdicom") if n in targets]
+    ours = [n for n in names if n in ("gateway", "gateway-pg-s3")]
     header = ["metric", "floor"] + [targets[n]["label"] for n in names]
     if "orthanc" in targets:
         header += [f"{LABELS[n].split(' (')[1].rstrip(')')} ÷ Orthanc" for n in ours]
@@ -754,6 +943,8 @@ def markdown(results: dict[str, Any]) -> str:
         header.append("SQLite + folder ÷ floor")
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for key, label, unit, higher, floor_keys in ROWS:
+        if not any(targets[n].get(key) is not None for n in names):
+            continue  # a workload this run left out
         floor_value = min(floor[k] for k in floor_keys) if floor_keys and all(k in floor for k in floor_keys) else None
         cells = [f"{label} ({unit})", _fmt(floor_value)]
         cells += [_fmt(targets[n].get(key)) for n in names]
@@ -766,10 +957,12 @@ def markdown(results: dict[str, Any]) -> str:
     notes = ["Ratios: > 1× means ours is better (more throughput, less latency or memory). Floor: the lower of "
              "loopback HTTP and disk for the same bytes on this machine: files written one by one with an fsync "
              f"each (CBCT slices {f.get('cbct_disk_write_mb_per_s')} MB/s, intraoral images "
-             f"{f.get('io_disk_write_mb_per_s')} MB/s), read back from the page cache "
+             f"{f.get('io_disk_write_mb_per_s')} MB/s; `cp` of the CBCT then `sync` {f.get('cbct_cp_sync_mb_per_s')} "
+             "MB/s), read back from the page cache "
              f"{f.get('cbct_disk_read_cached_mb_per_s')} MB/s (from the disk {f.get('cbct_disk_read_mb_per_s')} MB/s), "
              f"a minimal HTTP server on loopback (sendfile), with the same client code: upload {f.get('http_upload_mb_per_s')} MB/s, download "
-             f"{f.get('http_download_mb_per_s')} MB/s."]
+             f"{f.get('http_download_mb_per_s')} MB/s; dicomweb-client's one request to that server (its encoding "
+             f"included) {f.get('dicomweb_client_mb_per_s')} MB/s."]
     for n in ours:
         t = targets[n]
         if t.get("archive_mb_per_s") and t.get("retrieve_mb_per_s"):
@@ -804,7 +997,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qido-reps", type=int, default=100, help="requests per QIDO query kind")
     p.add_argument("--retrieve-reps", type=int, default=3)
     p.add_argument("--metadata-reps", type=int, default=20)
-    p.add_argument("--targets", default="gateway,gateway-pg-s3,orthanc")
+    p.add_argument("--targets", default="gateway,gateway-pg-s3,orthanc",
+                   help="of gateway, gateway-pg-s3, orthanc, pynetdicom (a bare storage SCP: C-STORE rows only)")
+    p.add_argument("--workloads", default="all", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
+    p.add_argument("--rounds", type=int, default=1, help="run the workloads this many times; medians are reported")
     p.add_argument("--pg", default=os.environ.get("GATEWAY_BENCH_POSTGRES", DEFAULT_PG),
                    help="admin DSN of a PostgreSQL where the bench may create and drop a database (Unix socket)")
     p.add_argument("--workdir", help="parent folder of the run's data and servers (default: system temp)")

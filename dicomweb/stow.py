@@ -51,30 +51,25 @@ def _stage_body() -> list[StagedInstance]:
 
     settings = current_app.config["GATEWAY_SETTINGS"]
     max_parts = settings["dicomweb.max_parts"]
-    staged: list[StagedInstance] = []
-    try:
-        for part in MultipartReader(request_body(), boundary, max_header_bytes=settings["dicomweb.max_part_header_bytes"]):
-            if part.index >= max_parts:
-                raise PayloadTooLarge(f"multipart body has more than dicomweb.max_parts={max_parts} parts: "
-                                      "nothing was stored; send them in several requests")
-            part_type = (part.content_type or _DICOM).split(";")[0].strip().lower()
-            if part_type != _DICOM:
-                # The reader skips the unread body of this part.
-                staged.append(StagedInstance.rejected(UnsupportedMediaType(
-                    f"part {part.index + 1} has Content-Type {part_type}, expected application/dicom")))
-                continue
-            staged.append(ingest.stage(part.iter_chunks()))
-    except MalformedMultipart as exc:
-        for item in staged:
-            item.discard()
-        raise BadRequest(f"multipart body is malformed, nothing was stored: {exc}") from None
-    except BaseException:
-        for item in staged:
-            item.discard()
-        raise
-    if not staged:
-        raise BadRequest("multipart body has no parts: nothing to store")
-    return staged
+    with ingest.pipeline() as staged:  # parts are inspected while the next ones arrive
+        try:
+            for part in MultipartReader(request_body(), boundary,
+                                        max_header_bytes=settings["dicomweb.max_part_header_bytes"]):
+                if part.index >= max_parts:
+                    raise PayloadTooLarge(f"multipart body has more than dicomweb.max_parts={max_parts} parts: "
+                                          "nothing was stored; send them in several requests")
+                part_type = (part.content_type or _DICOM).split(";")[0].strip().lower()
+                if part_type != _DICOM:
+                    # The reader skips the unread body of this part.
+                    staged.add(StagedInstance.rejected(UnsupportedMediaType(
+                        f"part {part.index + 1} has Content-Type {part_type}, expected application/dicom")))
+                    continue
+                staged.stage(part.iter_chunks())
+        except MalformedMultipart as exc:
+            raise BadRequest(f"multipart body is malformed, nothing was stored: {exc}") from None
+        if not len(staged):
+            raise BadRequest("multipart body has no parts: nothing to store")
+        return staged.results()
 
 
 def _failure_item(outcome: InstanceOutcome) -> dict:

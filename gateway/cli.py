@@ -13,11 +13,10 @@ from pathlib import Path
 import click
 
 from auth.audit import audit_context, record_json
-from auth.base import Principal
 from auth.local import LocalIssuer, LocalKeyStore, key_dir, parse_ttl
 from auth.signing import rotate_generated_keys
 from gateway.config import SETTINGS, SettingsError, load_settings
-from gateway.dimse.supervisor import ChildSupervisor
+from gateway.dimse.supervisor import ChildGroup, ChildSupervisor
 from gateway.errors import BadRequest, GatewayError
 from gateway.logs import configure_logging
 from gateway.services import Services
@@ -30,9 +29,6 @@ from storage.errors import StorageError
 from storage.records import AuditQuery
 
 logger = logging.getLogger(__name__)
-
-DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-IMPORT_BATCH = 50
 
 
 def _settings():
@@ -158,7 +154,11 @@ def _child(settings, kinds: list[str]):
     (forwarding rules are set)."""
     embedded = settings["worker.embedded"]
     if settings["dimse.enabled"]:
-        return ChildSupervisor(["dimse"] + ([] if embedded else ["--no-worker"]), name="DIMSE listener").start()
+        count = settings["dimse.listeners"]
+        # The job worker runs in the first listener process only.
+        return ChildGroup([ChildSupervisor(["dimse"] + ([] if embedded and i == 0 else ["--no-worker"]),
+                                           name="DIMSE listener" + (f" {i + 1}/{count}" if count > 1 else ""))
+                           for i in range(count)]).start()
     if kinds and embedded:
         return ChildSupervisor(["worker"], name="job worker").start()
     return None
@@ -214,72 +214,29 @@ def _walk(paths: tuple[str, ...]):
             raise click.BadParameter(f"{raw} does not exist", param_hint="PATH")
 
 
-def _is_part10(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _is_dicomdir(path: Path) -> bool:
-    """A DICOMDIR has no SOPClassUID in its dataset: only its file meta names the class."""
-    from pydicom.filereader import read_file_meta_info
-
-    try:
-        meta = read_file_meta_info(path)
-    except Exception:  # unreadable meta: let ingest report why
-        return False
-    return str(meta.get("MediaStorageSOPClassUID", "")).strip().rstrip("\x00") == DICOMDIR_CLASS
-
-
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--clinic", default="default", show_default=True, help="the clinic the instances are stored for")
+@click.option("--jobs", type=click.IntRange(1, 64), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="processes that store at once (one per 1,000 files at most)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def import_(paths: tuple[str, ...], clinic: str, quiet: bool) -> None:
+def import_(paths: tuple[str, ...], clinic: str, jobs: int, quiet: bool) -> None:
     """Store every DICOM file under PATHS (files, folders, DICOMDIR trees) through the ingest path.
 
     Re-running it is harmless: identical instances count as duplicates.
     """
-    principal = Principal.system(clinic, "cli-import")
+    from gateway.importer import import_files
+
     settings = _settings()
-    services = _services(settings)
+    _services(settings).close()  # settings and stores checked (and migrated) before any work
     files = list(_walk(paths))
-    counts = {"stored": 0, "replaced": 0, "duplicate": 0, "rejected": 0, "not DICOM": 0}
-    rejected: list[str] = []
-    batch: list[tuple[Path, object]] = []
-
-    def flush() -> None:
-        # One index transaction per batch, as for a STOW request.
-        with audit_context(client=f"cli:{os.getuid()}", door="cli"):
-            outcomes = services.ingest.commit_many([s for _, s in batch], principal=principal)
-        for (path, _), outcome in zip(batch, outcomes):
-            if outcome.ok:
-                counts[outcome.status] += 1
-            else:
-                counts["rejected"] += 1
-                rejected.append(f"{path}: {outcome.error.message}")
-        batch.clear()
-
-    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True,
-                           hidden=quiet) as bar:
-        for path in bar:
-            if not _is_part10(path) or _is_dicomdir(path):
-                counts["not DICOM"] += 1
-                continue
-            with path.open("rb") as fh:
-                batch.append((path, services.ingest.stage(fh)))
-            if len(batch) >= IMPORT_BATCH:
-                flush()
-        if batch:
-            flush()
-    services.close()
-    for line in rejected:
+    with _progress(len(files), "file", quiet) as bar:
+        report = import_files(files, clinic, jobs=jobs, build_services=lambda: _services(settings),
+                              progress=bar.update)
+    for line in report.rejected:
         click.echo(f"rejected {line}", err=True)
-    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
-    if counts["rejected"]:
+    click.echo(", ".join(f"{n} {k}" for k, n in report.counts.items()))
+    if report.counts["rejected"]:
         sys.exit(1)
 
 

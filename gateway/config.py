@@ -386,6 +386,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dimse.ae_title", "DENTALGW", _ae_title, "AE title of the DIMSE listener and of its outgoing associations"),
     Setting("dimse.host", "127.0.0.1", str, "address the DIMSE listener binds"),
     Setting("dimse.port", 11112, _port, "DIMSE port"),
+    Setting("dimse.listeners", 1, _positive(_int), "listener processes sharing dimse.port (SO_REUSEPORT: the kernel spreads new associations over them, so that parallel C-STOREs use several cores); dimse.max_associations counts per process; more than 1 needs a fixed port"),
     Setting("dimse.max_associations", 32, _positive(_int), "simultaneous incoming associations; more are rejected (transient)"),
     Setting("dimse.max_pdu_size", 0, _non_negative(_int), "largest PDU the listener receives, in bytes; 0 = unlimited"),
     Setting("dimse.acse_timeout", 30.0, _positive(_float), "seconds to wait for association messages"),

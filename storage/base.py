@@ -67,6 +67,18 @@ class BlobStore(Protocol):
         interrupted call leaves no object under ``key``.
         """
 
+    def put_files(self, items: Sequence[tuple[str, Path]]) -> list[Exception | None]:
+        """:meth:`put_file` for several ``(key, path)`` pairs, each with the same guarantee
+        once the call returns, done together so that their durability work overlaps (a
+        folder syncs its files in parallel and each directory once; S3 uploads several at
+        once). Per item: None when stored, else the :mod:`storage.errors` error it got (the
+        others are still stored)."""
+
+    def sync_staged(self, path: Path) -> None:
+        """A head start for :meth:`put_file`: make the staged file durable now, while the
+        caller has other work to do (a no-op where ``put_file`` takes the bytes elsewhere).
+        ``put_file`` keeps its guarantee whether or not this was called."""
+
     def open(self, key: str) -> BinaryIO:
         """A seekable binary reader; raises :class:`storage.errors.ObjectNotFound`."""
 

@@ -12,10 +12,12 @@ worker`` runs the job worker alone.
 """
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -24,6 +26,8 @@ from typing import Callable
 import pydicom.config
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom import sop_class as sc
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from gateway.dimse.handlers import DimseContext, handlers
 from gateway.dimse.peers import PeerTable
@@ -64,6 +68,16 @@ def build_ae(settings) -> AE:
     return ae
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """The association server of one of ``dimse.listeners`` processes on one port:
+    SO_REUSEPORT, set before the bind, lets each bind it and the kernel spread new
+    connections over them (only processes of the same user may join)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class Listener:
     """The listener on its own threads: ``start()``, ``address``, ``stop()``."""
 
@@ -79,7 +93,15 @@ class Listener:
 
     def start(self) -> "Listener":
         address = (self.settings["dimse.host"], self.settings["dimse.port"])
-        self.server = self.ae.start_server(address, block=False, evt_handlers=handlers(self.context))
+        shared = self.settings["dimse.listeners"] > 1
+        if shared and not address[1]:
+            raise OSError(errno.EINVAL, "dimse.listeners > 1 needs a fixed dimse.port (port 0 gives each its own)")
+        # AE.start_server(block=False) with a server class of our own: what it does, but
+        # make_server takes the class and start_server does not.
+        self.server = self.ae.make_server(address, evt_handlers=handlers(self.context),
+                                          server_class=SharedPortServer if shared else ThreadedAssociationServer)
+        threading.Thread(target=make_target(self.server.serve_forever), name="dimse-acceptor", daemon=True).start()
+        self.ae._servers.append(self.server)  # as start_server does: the server's shutdown removes it
         logger.info("DIMSE listener %s on %s:%d (%d peer(s), %d destination(s))", self.settings["dimse.ae_title"],
                     *self.address, len(self.peers.peers), len(self.peers.destinations))
         return self

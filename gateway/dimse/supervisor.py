@@ -69,13 +69,37 @@ class ChildSupervisor:
             self._stopping.wait(self.restart_delay)
 
     def stop(self, timeout: float = 30) -> None:
-        self._stopping.set()
+        self.terminate()
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        if proc is not None:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
         if self._thread is not None:
             self._thread.join(5)
+
+    def terminate(self) -> None:
+        """Ask the child to stop, without waiting."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+
+
+class ChildGroup:
+    """Several supervised children (``dimse.listeners``), started and stopped together."""
+
+    def __init__(self, children: list[ChildSupervisor]):
+        self.children = children
+
+    def start(self) -> "ChildGroup":
+        for child in self.children:
+            child.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        for child in self.children:  # all at once: each stops its associations in its own time
+            child.terminate()
+        for child in self.children:
+            child.stop(timeout)

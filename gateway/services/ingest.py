@@ -1,9 +1,12 @@
 """The one ingest path: every instance, from STOW-RS, C-STORE or a zip upload, is stored here.
 
-1. ``stage``: spool the bytes to a local file (bounded memory), hash them, parse the
-   header only, validate, locate the pixel data frames;
-2. ``commit``: authorize, de-duplicate, write the blob (atomic), index it in one
-   transaction, emit ``instance_stored`` (plugins queue their jobs: forwarding, previews).
+1. ``stage``: spool the bytes to a local file (bounded memory); ``inspect``: hash them (on
+   another thread) while parsing the header only, validate, locate the pixel data frames.
+   A request's instances go through a :class:`StagingPipeline`: each is inspected while the
+   next one arrives;
+2. ``commit``: authorize, de-duplicate, write the blobs (atomic; a request's blobs together,
+   so that their syncs overlap), index them in one transaction, emit ``instance_stored``
+   (plugins queue their jobs: forwarding, previews).
 
 A blob is written before its index row and under a content-derived key, so a
 crash at any point leaves either the whole instance stored and indexed or an
@@ -18,7 +21,9 @@ import logging
 import os
 import struct
 import tempfile
+import threading
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -122,12 +127,12 @@ class _FileDigests:
                 self._start(at_end=False)
 
     def _start(self, *, at_end: bool) -> None:
-        head = bytes(self._head)
+        head = self._head
         offset = headers.dataset_offset(io.BytesIO(head))
         if offset > len(head) or (not at_end and offset + 8 > len(head)):
             self._failed = True  # the caller hashes from the file instead
         else:
-            self.dataset = hashlib.sha256(head[offset:])
+            self.dataset = hashlib.sha256(memoryview(head)[offset:])
         self._head = bytearray()
 
     def dataset_hexdigest(self) -> str | None:
@@ -142,6 +147,90 @@ def _sha256_from(fp: BinaryIO, offset: int) -> str:
     while chunk := fp.read(_CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+_HASH_THREADS = 4
+_hash_executor: ThreadPoolExecutor | None = None
+_hash_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """Threads that hash spooled instances (made on first use: after a server's fork)."""
+    global _hash_executor
+    with _hash_lock:
+        if _hash_executor is None:
+            _hash_executor = ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="ingest-hash")
+        return _hash_executor
+
+
+def _digest_file(path: Path) -> _FileDigests:
+    digest = _FileDigests()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest
+
+
+class StagingPipeline:
+    """Stage a request's instances one after the other on the caller's thread (which goes
+    on receiving) while the ones already spooled are inspected (hashed, parsed) on other
+    threads. :meth:`results` waits for them and gives them in arrival order; leaving the
+    ``with`` block on an error discards them all."""
+
+    THREADS = 2
+
+    def __init__(self, ingest: "IngestService"):
+        self._ingest = ingest
+        self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="ingest-inspect")
+        self._items: list[Future | StagedInstance] = []
+
+    def __enter__(self) -> "StagingPipeline":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for item in self._wait():
+                item.discard()
+        self._pool.shutdown(wait=True)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stage(self, source: Iterable[bytes] | BinaryIO) -> None:
+        staged = self._ingest.stage(source, inspect=False)
+        self._items.append(self._pool.submit(self._inspect, staged) if staged.error is None else staged)
+
+    def _inspect(self, staged: StagedInstance) -> StagedInstance:
+        try:
+            return self._ingest.inspect(staged)
+        except BaseException:
+            staged.discard()
+            raise
+
+    def add(self, staged: StagedInstance) -> None:
+        """An instance refused before any byte was spooled (:meth:`StagedInstance.rejected`)."""
+        self._items.append(staged)
+
+    def results(self) -> list[StagedInstance]:
+        """Every instance, inspected, in order (the pipeline is empty afterwards)."""
+        return self._wait(raise_first=True)
+
+    def _wait(self, *, raise_first: bool = False) -> list[StagedInstance]:
+        done, failure = [], None
+        for item in self._items:
+            if isinstance(item, Future):
+                try:
+                    item = item.result()
+                except BaseException as exc:  # an OSError of our own staging file
+                    failure = failure or exc
+                    continue
+            done.append(item)
+        self._items = []
+        if failure is not None and raise_first:
+            for item in done:
+                item.discard()
+            raise failure
+        return done
 
 
 class IngestService:
@@ -163,14 +252,15 @@ class IngestService:
     def stage(self, source: Iterable[bytes] | BinaryIO, *, inspect: bool = True) -> StagedInstance:
         """Spool and check one instance. Parse errors are recorded on the result, not raised;
         errors of the source itself (a broken multipart body) propagate after cleanup.
-        ``inspect=False`` only spools: :meth:`inspect` hashes and parses later, reading the
-        file back from the page cache (on another thread, while the next instance arrives:
-        hashing releases the GIL, so several instances are hashed at once)."""
+        ``inspect=False`` only spools: :meth:`inspect` hashes and parses later (on another
+        thread while the next instance arrives: see :class:`StagingPipeline`)."""
         staging = self.blobs.staging_dir()
-        staging.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
+        try:
+            fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
+        except FileNotFoundError:  # the folder was removed under a running gateway
+            staging.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
         path = Path(name)
-        digest = _FileDigests() if inspect else None
         size = 0
         too_large = False
         try:
@@ -180,18 +270,12 @@ class IngestService:
                     if size > self.max_bytes:
                         too_large = True  # keep draining the source, store nothing
                         continue
-                    if digest is not None:
-                        digest.update(chunk)
                     out.write(chunk)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
-        if digest is None:
-            staged = StagedInstance(path, size, "")  # digested by inspect()
-        else:
-            staged = StagedInstance(path, size, digest.file.hexdigest(), dataset_sha256=digest.dataset_hexdigest(),
-                                    crc32=digest.crc32)
+        staged = StagedInstance(path, size, "")  # digested by inspect()
         if too_large:
             staged.error = PayloadTooLarge(
                 f"instance of {size} bytes exceeds ingest.max_instance_bytes={self.max_bytes}")
@@ -199,26 +283,40 @@ class IngestService:
         return self.inspect(staged) if inspect else staged
 
     def inspect(self, staged: StagedInstance) -> StagedInstance:
-        """Hash a spooled instance (when stage did not) and parse its header: what it is, whether
-        it is valid, where its frames are."""
+        """Hash a spooled instance and parse its header: what it is, whether it is valid,
+        where its frames are. The hashing (which releases the GIL) and the blob store's early
+        sync of the file run on another thread while this one parses."""
+        hashing = None
         if not staged.sha256 and staged.path is not None:
-            digest = _FileDigests()
-            with open(staged.path, "rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    digest.update(chunk)
-            staged.sha256, staged.crc32 = digest.file.hexdigest(), digest.crc32
-            staged.dataset_sha256 = digest.dataset_hexdigest()
-        if staged.error is None and staged.header is None:
-            try:
-                self._inspect(staged)
-            except GatewayError as exc:
-                staged.error = exc
-            except OSError:  # the staging file could not be read: ours, not the instance's
-                raise
-            except Exception as exc:  # what a malformed file makes pydicom raise, whatever its type
-                logger.debug("instance not readable", exc_info=True)
-                staged.error = InvalidDicom(f"DICOM file cannot be read: {type(exc).__name__}: {exc}")
+            hashing = _hash_pool().submit(self._digest_and_sync, staged.path)
+        try:
+            if staged.error is None and staged.header is None:
+                try:
+                    self._inspect(staged)
+                except GatewayError as exc:
+                    staged.error = exc
+                except OSError:  # the staging file could not be read: ours, not the instance's
+                    raise
+                except Exception as exc:  # what a malformed file makes pydicom raise, whatever its type
+                    logger.debug("instance not readable", exc_info=True)
+                    staged.error = InvalidDicom(f"DICOM file cannot be read: {type(exc).__name__}: {exc}")
+        finally:
+            if hashing is not None:
+                digest = hashing.result()
+                staged.sha256, staged.crc32 = digest.file.hexdigest(), digest.crc32
+                staged.dataset_sha256 = digest.dataset_hexdigest()
+        if staged.dataset_sha256 is None and staged.error is None and staged.path is not None:
+            with open(staged.path, "rb") as fp:  # file meta longer than the digests' look-ahead
+                staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
         return staged
+
+    def _digest_and_sync(self, path: Path) -> _FileDigests:
+        digest = _digest_file(path)
+        try:
+            self.blobs.sync_staged(path)  # a head start on the blob write, off the caller's thread
+        except StorageError:
+            logger.debug("early sync of %s failed; the blob write syncs it", path, exc_info=True)
+        return digest
 
     def _inspect(self, staged: StagedInstance) -> None:
         """Everything that parses the instance happens here (on the commit threads of an
@@ -231,8 +329,6 @@ class IngestService:
             header = headers.validate(ds)
             staged.header = header  # from here on a failure names the instance
             headers.check_elements(ds, self.max_depth)
-            if staged.dataset_sha256 is None:  # file meta longer than the spooling look-ahead
-                staged.dataset_sha256 = _sha256_from(fp, headers.dataset_offset(fp))
             fp.seek(0)
             try:
                 frame_index = index_pixel_data(fp, ds)
@@ -262,6 +358,10 @@ class IngestService:
         """Store a staged instance; always consumes the staged file."""
         return self.commit_many([staged], principal=principal, expected_study=expected_study)[0]
 
+    def pipeline(self) -> StagingPipeline:
+        """Stage many instances with their inspection overlapping their arrival."""
+        return StagingPipeline(self)
+
     def ingest(self, source: Iterable[bytes] | BinaryIO, *, principal: Principal,
                expected_study: str | None = None) -> InstanceOutcome:
         """Stage and commit one instance (C-STORE, zip members, imports)."""
@@ -274,17 +374,17 @@ class IngestService:
         Blobs are written first; an instance is visible only once the transaction commits.
         """
         outcomes = [self._outcome(s) for s in staged]
-        pending: list[tuple[int, NewInstance]] = []
+        prepared: list[tuple[int, NewInstance]] = []
         try:
             self.authorize(principal)
             for i, item in enumerate(staged):
                 try:
                     new = self._prepare(item, principal, expected_study, outcomes[i])
                     if new is not None:
-                        self._call(self.blobs.put_file, new.record.blob_key, item.path)
-                        pending.append((i, new))
+                        prepared.append((i, new))
                 except GatewayError as exc:
                     self._fail(outcomes[i], exc)
+            pending = self._write_blobs(prepared, staged, outcomes)
             if pending:
                 self._index(pending, outcomes, principal)
         finally:
@@ -295,6 +395,24 @@ class IngestService:
             metrics.count_instance(door, outcome.status,
                                    outcome.error.failure_reason if outcome.error is not None else None)
         return outcomes
+
+    def _write_blobs(self, prepared: list[tuple[int, NewInstance]], staged: list[StagedInstance],
+                     outcomes: list[InstanceOutcome]) -> list[tuple[int, NewInstance]]:
+        """Write the blobs of the prepared instances together (their syncs overlap); those
+        that could not be written fail alone."""
+        if not prepared:
+            return []
+        try:
+            errors = self.blobs.put_files([(new.record.blob_key, staged[i].path) for i, new in prepared])
+        except StorageError as exc:
+            errors = [exc] * len(prepared)
+        written = []
+        for (i, new), error in zip(prepared, errors):
+            if error is None:
+                written.append((i, new))
+            else:
+                self._fail(outcomes[i], _gateway_error(error))
+        return written
 
     def authorize(self, principal: Principal) -> None:
         """403 unless the principal may store into its own clinic (what it stores lands there,
@@ -400,12 +518,8 @@ class IngestService:
     def _call(self, func, *args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except Conflict as exc:
-            raise DatasetMismatch(str(exc)) from exc
-        except Unavailable as exc:
-            raise BackendUnavailable(str(exc)) from exc
         except StorageError as exc:
-            raise BackendUnavailable(f"storage failed: {exc}") from exc
+            raise _gateway_error(exc) from exc
 
     def _emit(self, outcome: InstanceOutcome) -> None:
         try:
@@ -413,3 +527,15 @@ class IngestService:
         except Exception:  # a consumer's failure must not undo a store
             logger.exception("instance_stored hook failed for %s", outcome.sop_instance_uid)
 
+
+def _gateway_error(exc: Exception) -> GatewayError:
+    """What a store's error means to the front doors."""
+    if isinstance(exc, Conflict):
+        return DatasetMismatch(str(exc))
+    if isinstance(exc, Unavailable):
+        return BackendUnavailable(str(exc))
+    if isinstance(exc, StorageError):
+        return BackendUnavailable(f"storage failed: {exc}")
+    if isinstance(exc, OSError):
+        return BackendUnavailable(f"storage failed: {exc.strerror or exc}")
+    return BackendUnavailable(f"storage failed: {type(exc).__name__}: {exc}")

@@ -76,6 +76,32 @@ class BlobStoreContract:
         with store.open("empty") as fh:
             assert fh.read() == b""
 
+    def test_put_files_stores_each_and_reports_each(self, store):
+        items = [(f"dicom/c1/1.2/1.2.{i % 2}/{i}.dcm", self.stage(store, bytes([i]) * (1000 + i), f"{i}.part"))
+                 for i in range(12)]
+        missing = Path(store.staging_dir()) / "gone.part"
+        bad = self.stage(store, b"x", "bad.part")
+        errors = store.put_files(items[:6] + [("dicom/c1/missing.dcm", missing), ("../bad", bad)] + items[6:])
+        assert errors[:6] == [None] * 6 and errors[8:] == [None] * 6
+        assert isinstance(errors[6], (StorageError, OSError))
+        assert isinstance(errors[7], ValueError)
+        for i, (key, path) in enumerate(items):
+            assert not path.exists()
+            with store.open(key) as fh:
+                assert fh.read() == bytes([i]) * (1000 + i)
+        assert not store.exists("dicom/c1/missing.dcm")
+        assert sorted(store.keys()) == sorted(key for key, _ in items)
+        assert store.put_files([]) == []
+
+    def test_sync_staged_keeps_the_file_for_put_file(self, store):
+        data = os.urandom(5000)
+        path = self.stage(store, data)
+        store.sync_staged(path)
+        assert path.read_bytes() == data
+        store.put_file("s/1", path)
+        with store.open("s/1") as fh:
+            assert fh.read() == data
+
     def test_put_file_replaces_whole_object(self, store):
         self.put(store, "k", b"first version, longer")
         self.put(store, "k", b"second")

@@ -207,6 +207,55 @@ def test_simultaneous_associations(dimse_server, tmp_path, study40):
     assert len(_qido_instances(dimse_server, StudyInstanceUID=study)) == 20
 
 
+def test_several_listener_processes_share_the_port(tmp_path):
+    """dimse.listeners = 2: two processes listen on the one port, associations reach both
+    (the kernel spreads them), and every instance is stored once whichever took it."""
+    import psutil
+
+    from tests.e2e.dimse_support import DimseServer
+
+    server = DimseServer(tmp_path / "data", env={"GATEWAY_DIMSE__LISTENERS": "2"}).start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # both children bound the port
+            listening = {c.pid for c in psutil.Process(server.proc.pid).children(recursive=True)
+                         if any(conn.status == psutil.CONN_LISTEN and conn.laddr.port == server.dimse_port
+                                for conn in c.net_connections("tcp"))}
+            if len(listening) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(listening) == 2, server.log()
+
+        study = generate_uid()
+        served_by: set[int] = set()
+        batches = [[fresh_copy("CT_small.dcm", tmp_path / str(t), StudyInstanceUID=study) for _ in range(2)]
+                   for t in range(16)]
+        results: dict[int, list] = {}
+
+        def store(i, paths):
+            assoc = associate(server, _store_ae())
+            try:
+                peer = assoc.dul.socket.socket.getsockname()
+                # The listener process holding the other end of this connection.
+                served_by.update(c.pid for c in psutil.Process(server.proc.pid).children(recursive=True)
+                                 for conn in c.net_connections("tcp")
+                                 if conn.raddr and (conn.raddr.ip, conn.raddr.port) == peer)
+                results[i] = [assoc.send_c_store(p).Status for p in paths]
+            finally:
+                assoc.release()
+
+        threads = [threading.Thread(target=store, args=(i, b)) for i, b in enumerate(batches)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results == {i: [0x0000, 0x0000] for i in range(16)}
+        assert len(_qido_instances(server, StudyInstanceUID=study)) == 32
+        assert served_by == listening, "16 associations all went to one listener process"
+    finally:
+        server.stop()
+
+
 # --- access control ----------------------------------------------------------------------------
 
 def test_unknown_calling_ae_rejected_at_association(dimse_server):

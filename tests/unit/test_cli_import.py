@@ -128,3 +128,34 @@ def test_import_of_a_missing_path(tmp_path, env):
     result = run_import(env, tmp_path / "nowhere")
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_a_large_import_runs_on_several_processes_and_counts_each_file_once(env, tmp_path, monkeypatch):
+    """250 files with --jobs 2: two processes store their shares (spawned: the settings come
+    from the environment), one rejected file is reported, and a re-run finds duplicates."""
+    from gateway import importer
+    from gateway.synthetic import cbct_series, to_bytes
+
+    monkeypatch.setattr(importer, "FILES_PER_PROCESS", 100)
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i, ds in enumerate(cbct_series(249, size=8, patient_id="IMPORT-JOBS")):
+        (folder / f"{i:04d}.dcm").write_bytes(to_bytes(ds))
+    shutil.copy(data.sample_file(TRUNCATED), folder / "zz-truncated.dcm")
+
+    def run():
+        return CliRunner().invoke(main, ["import", "--quiet", "--jobs", "2", str(folder)], env=env,
+                                  catch_exceptions=False)
+
+    first = run()
+    assert first.exit_code == 1, first.output  # the truncated file
+    assert summary(first) == {"stored": 249, "replaced": 0, "duplicate": 0, "rejected": 1, "not DICOM": 0}
+    assert "zz-truncated.dcm" in first.stderr
+    backend = open_index(tmp_path)
+    try:
+        assert backend.instances.counts(DEFAULT_CLINIC)["instances"] == 249
+    finally:
+        backend.close()
+    again = run()
+    assert summary(again) == {"stored": 0, "replaced": 0, "duplicate": 249, "rejected": 1, "not DICOM": 0}

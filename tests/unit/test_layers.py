@@ -106,4 +106,6 @@ def test_only_the_composition_root_builds_stores_plugins_and_access(call):
 
 
 def test_the_composition_root_is_used_by_every_process():
-    assert _calls("Services.build") == {"gateway/app.py", "gateway/cli.py", "gateway/dimse/listener.py"}
+    # The HTTP workers, the CLI, the DIMSE listener and job worker, the processes of a large import.
+    assert _calls("Services.build") == {"gateway/app.py", "gateway/cli.py", "gateway/dimse/listener.py",
+                                        "gateway/importer.py"}
