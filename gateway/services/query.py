@@ -236,7 +236,7 @@ class QueryService:
             if text is None:
                 text = _dumps(self._result(row, level, columns, extra, include_all, retrieve_root))
                 if key is not None:
-                    self.rendered.put(key, text)
+                    self.rendered.put(key, text, sum(len(v) for v in row.values() if isinstance(v, str)))
             texts.append(text)
         return SearchOutcome(texts, truncated, ignored)
 

@@ -17,10 +17,10 @@ import threading
 from collections import deque
 from typing import Hashable
 
-# Bounded by the characters kept (about 1 KB a study), per process.
-DEFAULT_MAX_CHARS = 8 * 1024 * 1024
-# Larger texts (instances with every attribute) are not kept: few requests repeat them.
-MAX_ITEM_CHARS = 16 * 1024
+# Bounded by the characters kept, keys and texts (about 2 KB a study), per process.
+DEFAULT_MAX_CHARS = 16 * 1024 * 1024
+# Larger entries (instances with every attribute) are not kept: few requests repeat them.
+MAX_ITEM_CHARS = 32 * 1024
 
 
 class RenderedRows:
@@ -29,24 +29,28 @@ class RenderedRows:
     def __init__(self, max_chars: int = DEFAULT_MAX_CHARS):
         self.max_chars = max_chars
         self._texts: dict[Hashable, str] = {}
-        self._order: deque[Hashable] = deque()
+        self._order: deque[tuple[Hashable, int]] = deque()
         self._chars = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> str | None:
         return self._texts.get(key)
 
-    def put(self, key: Hashable, text: str) -> None:
-        if len(text) > MAX_ITEM_CHARS or self.max_chars <= 0:
+    def put(self, key: Hashable, text: str, key_chars: int = 0) -> None:
+        """Keep ``text``; ``key_chars``: the characters the key holds, counted in the bound too."""
+        size = len(text) + key_chars
+        if size > MAX_ITEM_CHARS or self.max_chars <= 0:
             return
         with self._lock:
             if key in self._texts:
                 return
             self._texts[key] = text
-            self._order.append(key)
-            self._chars += len(text)
+            self._order.append((key, size))
+            self._chars += size
             while self._chars > self.max_chars and self._order:
-                self._chars -= len(self._texts.pop(self._order.popleft()))
+                old, old_size = self._order.popleft()
+                del self._texts[old]
+                self._chars -= old_size
 
     def __len__(self) -> int:
         return len(self._texts)

@@ -95,5 +95,7 @@ def test_kept_texts_are_bounded():
     for n in range(10):
         rows.put(("row", n), "x" * 30)
     assert len(rows) == 3 and rows.get(("row", 9)) and rows.get(("row", 0)) is None
+    rows.put(("keyed",), "x" * 10, key_chars=65)  # the key counts too: the others go
+    assert len(rows) == 1 and rows.get(("keyed",))
     rows.put(("big",), "x" * (MAX_ITEM_CHARS + 1))
     assert rows.get(("big",)) is None
