@@ -39,6 +39,7 @@ door_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("audit_doo
 
 OK, DENIED, NOT_FOUND, FAILED = "ok", "denied", "not_found", "failed"
 _DEDUPED_ACTIONS = frozenset({"read", "store", "search"})
+_RELAXED_ACTIONS = frozenset({"read", "search"})
 _DEDUPE_SIZE = 10_000
 
 
@@ -115,7 +116,9 @@ class AuditService:
         # The record rides along: JSON logs nest it as an object, the text format appends it.
         audit_logger.info("audit %s %s %s", action, outcome, resource or "-", extra={"audit": fields})
         try:
-            self.log.append([record])
+            # A successful read or search (the bulk of the log, one per request) is not worth a
+            # wait for the disk; changes and refusals are (AuditLog.append).
+            self.log.append([record], durable=not (outcome == OK and action in _RELAXED_ACTIONS))
         except StorageError as exc:  # the access itself was decided; the log line above keeps the trace
             logger.error("audit record not stored (%s): %s %s %s", exc, action, outcome, resource)
         return record

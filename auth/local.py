@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -34,12 +35,14 @@ from auth.base import (
     unverified_header,
 )
 from auth.policy import normalize_roles
+from auth.verified_tokens import VerifiedTokens
 from gateway.errors import NotAuthenticated
 
 logger = logging.getLogger(__name__)
 
 KEYS_FILE = "signing-keys.json"
 _RELOAD_INTERVAL = 5.0  # seconds between two reads of the key file for an unknown kid
+_CHECK_INTERVAL = 5.0  # seconds between two looks at the key file's mtime (a retire in another process)
 
 
 def key_dir(settings) -> Path:
@@ -73,20 +76,20 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a key read again is another object (VerifiedTokens)
 class SigningKey:
     kid: str
     alg: str
     private_pem: str
     created_at: int
 
-    @property
+    @functools.cached_property
     def private_key(self):
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         return load_pem_private_key(self.private_pem.encode(), password=None)
 
-    @property
+    @functools.cached_property
     def public_key(self):
         return self.private_key.public_key()
 
@@ -129,6 +132,8 @@ class LocalKeyStore:
         self.algorithm = algorithm.upper()
         self._keys: list[SigningKey] = []
         self._loaded_at = 0.0
+        self._checked_at = 0.0
+        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
         self._lock = threading.Lock()
 
     def _read(self) -> list[SigningKey]:
@@ -149,9 +154,17 @@ class LocalKeyStore:
                         key = new_signing_key(self.algorithm)
                         self._write([key])
                         logger.info("local issuer: created signing key %s (%s) in %s", key.kid, key.alg, self.path)
+            self._stamp = self._file_stamp()
             self._keys = self._read()
-            self._loaded_at = time.monotonic()
+            self._loaded_at = self._checked_at = time.monotonic()
             return list(self._keys)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
     @property
     def keys(self) -> list[SigningKey]:
@@ -161,6 +174,14 @@ class LocalKeyStore:
         return self.keys[0]
 
     def find(self, kid: str) -> SigningKey | None:
+        """The key named ``kid``. The file is read again when another process changed it (looked
+        at every few seconds: a key retired elsewhere stops verifying within _CHECK_INTERVAL)
+        or, at most every _RELOAD_INTERVAL, for a kid not known here."""
+        now = time.monotonic()
+        if self._keys and now - self._checked_at >= _CHECK_INTERVAL:
+            self._checked_at = now
+            if self._file_stamp() != self._stamp:
+                self.load()
         for key in self.keys:
             if key.kid == kid:
                 return key
@@ -210,13 +231,14 @@ class LocalIssuer(TokenAuthenticator):
     """Authentication provider ``local``: verifies (and issues) the gateway's own tokens."""
 
     def __init__(self, keys: LocalKeyStore, *, issuer: str, audience: str, leeway: int = 30,
-                 patient_role: bool = False, max_ttl: int = 30 * 86400):
+                 patient_role: bool = False, max_ttl: int = 30 * 86400, cache_seconds: float = 60.0):
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
         self.patient_role = patient_role
         self.max_ttl = max_ttl
+        self.verified = VerifiedTokens(max_age=cache_seconds)
 
     @classmethod
     def from_settings(cls, settings) -> "LocalIssuer":
@@ -224,7 +246,7 @@ class LocalIssuer(TokenAuthenticator):
         store.load()
         return cls(store, issuer=settings["auth.local_issuer"], audience=settings["auth.local_audience"],
                    leeway=settings["auth.leeway"], patient_role=settings["auth.patient_role"],
-                   max_ttl=settings["auth.token_max_ttl"])
+                   max_ttl=settings["auth.token_max_ttl"], cache_seconds=settings["auth.token_cache_seconds"])
 
     def issue(self, *, user: str, clinic: str, roles: Iterable[str], ttl: int = 8 * 3600,
               now: int | None = None, extra: dict | None = None) -> str:
@@ -246,6 +268,9 @@ class LocalIssuer(TokenAuthenticator):
         return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
 
     def verify(self, token: str) -> Principal:
+        known = self.verified.get(token, self.keys.find)
+        if known is not None:
+            return known
         header = unverified_header(token)
         kid = header.get("kid")
         key = self.keys.find(str(kid)) if kid else None
@@ -256,8 +281,10 @@ class LocalIssuer(TokenAuthenticator):
             raise NotAuthenticated(f"token algorithm {str(header.get('alg'))[:16]!r} does not fit the key it names")
         claims = decode_jwt(token, key.public_key, algorithms=[key.alg], issuer=self.issuer,
                             audience=self.audience, leeway=self.leeway)
-        return principal_from_claims(claims, clinic_claim="clinicId", user_claim="sub", roles_claims=["roles"],
-                                     patient_role=self.patient_role)
+        principal = principal_from_claims(claims, clinic_claim="clinicId", user_claim="sub", roles_claims=["roles"],
+                                          patient_role=self.patient_role)
+        self.verified.put(token, principal, str(kid), key, claims["exp"])
+        return principal
 
 
 def principal_from_claims(claims: dict, *, clinic_claim: str, user_claim: str, roles_claims: list[str],

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from auth.base import Principal, TokenAuthenticator, decode_jwt, unverified_header
 from auth.local import principal_from_claims
+from auth.verified_tokens import VerifiedTokens
 from gateway.errors import BackendUnavailable, NotAuthenticated
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class JwksCache:
 class OidcAuthenticator(TokenAuthenticator):
     def __init__(self, *, issuer: str, audience: list[str], algorithms: list[str], jwks: JwksCache,
                  leeway: int = 30, clinic_claim: str = "clinicId", user_claim: str = "sub",
-                 roles_claims: list[str] | None = None, patient_role: bool = False):
+                 roles_claims: list[str] | None = None, patient_role: bool = False, cache_seconds: float = 60.0):
         if not issuer:
             raise ValueError("auth.provider is 'oidc' but auth.oidc_issuer is empty")
         if not audience:
@@ -116,6 +117,7 @@ class OidcAuthenticator(TokenAuthenticator):
         self.user_claim = user_claim
         self.roles_claims = roles_claims or ["realm_access.roles"]
         self.patient_role = patient_role
+        self.verified = VerifiedTokens(max_age=cache_seconds)
 
     @classmethod
     def from_settings(cls, settings) -> "OidcAuthenticator":
@@ -149,9 +151,12 @@ class OidcAuthenticator(TokenAuthenticator):
                                   max_age=settings["auth.oidc_jwks_max_age"], timeout=timeout),
                    leeway=settings["auth.leeway"], clinic_claim=settings["auth.oidc_clinic_claim"],
                    user_claim=settings["auth.oidc_user_claim"], roles_claims=roles_claims,
-                   patient_role=settings["auth.patient_role"])
+                   patient_role=settings["auth.patient_role"], cache_seconds=settings["auth.token_cache_seconds"])
 
     def verify(self, token: str) -> Principal:
+        known = self.verified.get(token, self.jwks.get)
+        if known is not None:
+            return known
         header = unverified_header(token)
         alg = str(header.get("alg"))
         if alg not in self.algorithms:
@@ -167,5 +172,7 @@ class OidcAuthenticator(TokenAuthenticator):
             raise NotAuthenticated(f"token algorithm {alg[:16]!r} does not fit the key it names")
         claims = decode_jwt(token, key.key, algorithms=[alg], issuer=self.issuer, audience=self.audience,
                             leeway=self.leeway)
-        return principal_from_claims(claims, clinic_claim=self.clinic_claim, user_claim=self.user_claim,
-                                     roles_claims=self.roles_claims, patient_role=self.patient_role)
+        principal = principal_from_claims(claims, clinic_claim=self.clinic_claim, user_claim=self.user_claim,
+                                          roles_claims=self.roles_claims, patient_role=self.patient_role)
+        self.verified.put(token, principal, str(kid), key, claims["exp"])
+        return principal

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import request
+from flask import Response, request
 from flask_smorest import Blueprint
 
 from auth.credentials import AUTH_PARAMS
-from dicomweb.common import PREFIX, base_url, json_response, require_json_accept
+from dicomweb.common import PREFIX, base_url, require_json_accept
 from gateway.errors import BadRequest
 from gateway.headers import BASE_PLACEHOLDER
 from gateway.services.query import resolve_attribute
@@ -64,34 +64,19 @@ def _parse_args() -> dict:
     }
 
 
-def _uid(result: dict, tag: str) -> str:
-    return (result.get(tag, {}).get("Value") or [""])[0]
-
-
-def _retrieve_url(root: str, level: str, result: dict) -> str:
-    """RetrieveURL (0008,1190) of a result (PS3.18 Tables 10.6.3-3 to -5)."""
-    url = f"{root}/studies/{_uid(result, '0020000D')}"
-    if level in ("series", "instance"):
-        url += f"/series/{_uid(result, '0020000E')}"
-    if level == "instance":
-        url += f"/instances/{_uid(result, '00080018')}"
-    return url
-
-
 def search(level: str, study: str | None = None, series: str | None = None):
     media_type = require_json_accept()
     args = _parse_args()
     if args["limit"] == 0:
         raise BadRequest("limit=0 asks for no results: give a positive limit or none")
+    root = base_url()
     outcome = services().query.search(principal(), level, args["filters"], include=args["include"],
                                       limit=args["limit"], offset=args["offset"], fuzzy=args["fuzzy"],
-                                      study_uid=study, series_uid=series)
-    root = base_url()
-    for result in outcome.results:
-        result["00081190"] = {"vr": "UR", "Value": [_retrieve_url(root, level, result)]}
-    response = json_response(outcome.results, 200, media_type)
+                                      study_uid=study, series_uid=series, as_json=True, retrieve_root=root)
+    body = "[" + ",".join(outcome.results) + "]"
     if outcome.results and "includefield" in request.args:  # headers may hold BulkDataURIs
-        response.set_data(response.get_data().replace(BASE_PLACEHOLDER.encode(), root.encode()))
+        body = body.replace(BASE_PLACEHOLDER, root)
+    response = Response(body, status=200, mimetype=media_type)
     host = request.host
     if outcome.truncated:
         response.headers.add("Warning", _TRUNCATED.format(host=host))

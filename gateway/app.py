@@ -202,22 +202,25 @@ class _Counted:
 def _log_access(response, started: float) -> None:
     """The access line: when the last byte is sent (a streamed response is measured to its
     end), with the time to the first byte (the headers, ready)."""
-    who = g.get("principal")
     fields = {
         "request_id": g.get("request_id", "-"), "method": request.method,
         "route": request.url_rule.rule if request.url_rule is not None else None,
-        "path": redact(request.full_path.rstrip("?")), "status": response.status_code,
-        "door": door_of(request.path),
-        "principal": who.user_id if who else None, "clinic": who.clinic_id if who else None,
-        "client": request.remote_addr, "bytes_in": request.content_length,
+        "status": response.status_code, "door": door_of(request.path), "bytes_in": request.content_length,
         "ttfb_ms": round((time.perf_counter() - started) * 1000, 1),
     }
+    logged = access_logger.isEnabledFor(logging.INFO)  # the rest is for the line only (not at log.level warning)
+    if logged:
+        who = g.get("principal")
+        fields.update({"path": redact(request.full_path.rstrip("?")),
+                       "principal": who.user_id if who else None, "clinic": who.clinic_id if who else None,
+                       "client": request.remote_addr})
 
     def done(sent: int) -> None:
         fields["bytes"] = sent
         fields["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        access_logger.info("%s %s -> %s, %d B in %.1f ms (first byte %.1f ms)", fields["method"], fields["path"],
-                           fields["status"], sent, fields["total_ms"], fields["ttfb_ms"], extra={"access": fields})
+        if logged:
+            access_logger.info("%s %s -> %s, %d B in %.1f ms (first byte %.1f ms)", fields["method"], fields["path"],
+                               fields["status"], sent, fields["total_ms"], fields["ttfb_ms"], extra={"access": fields})
         metrics.observe_request(fields)
 
     if response.is_streamed:

@@ -473,6 +473,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.local_algorithm", "ES256", lambda v: _choice("es256", "rs256")(v).upper(), "algorithm of the local issuer's keys (ES256 or RS256), used when a key is created"),
     Setting("auth.token_max_ttl", 30 * 86400, _positive(_int), "longest lifetime 'gateway token --ttl' may give, in seconds"),
     Setting("auth.leeway", 30, _non_negative(_int), "seconds of clock skew allowed on exp, nbf and iat"),
+    Setting("auth.token_cache_seconds", 60.0, _non_negative(_float), "a verified bearer token is trusted again without a signature check for at most this many seconds, never past its exp nor after its key is retired or replaced; 0: verify every request"),
     Setting("auth.oidc_issuer", "", str, "OIDC issuer URL (Keycloak: https://host/realms/REALM); its tokens' iss must equal it"),
     Setting("auth.oidc_jwks_url", "", str, "JWKS URL; empty: jwks_uri of the issuer's /.well-known/openid-configuration"),
     Setting("auth.oidc_audience", [], _str_list, "accepted aud values (comma separated); a token must name one of them"),

@@ -236,8 +236,12 @@ class ShareStore(Protocol):
 
 @runtime_checkable
 class AuditLog(Protocol):
-    def append(self, records: list[AuditRecord]) -> None:
-        """Append records in one transaction; the log is never updated or deleted from."""
+    def append(self, records: list[AuditRecord], *, durable: bool = True) -> None:
+        """Append records in one transaction; the log is never updated or deleted from.
+
+        ``durable=False``: the commit need not wait for the disk. The records are there for
+        every reader at once and survive the gateway being killed; a power loss or a crash of
+        the database server within about a second of the commit may lose them."""
 
     def search(self, query: AuditQuery) -> list[AuditRecord]:
         """Records matching every filter of ``query``, by id (newest first unless told)."""

@@ -18,6 +18,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from auth.audit import OK
 from auth.base import Principal
 from gateway.errors import BackendUnavailable, BadRequest
+from gateway.services.rendered_rows import RenderedRows
 from storage.attributes import BY_KEYWORD, DEFAULT_RETURN, INDEXED, PARENT_RETURN
 from storage.base import InstanceIndex
 from storage.errors import StorageError
@@ -43,7 +44,7 @@ PATIENT_COUNTS = {
 
 @dataclass
 class SearchOutcome:
-    results: list[dict[str, Any]]
+    results: list[dict[str, Any]] | list[str]  # DICOM JSON objects, or their text (``as_json``)
     truncated: bool = False
     ignored: list[str] = field(default_factory=list)  # valid attributes the index cannot match on
 
@@ -162,6 +163,7 @@ class QueryService:
         self.access = access  # auth.access.AccessControl: the tenant scope, audited
         self.max_limit = settings["dicomweb.qido_max_limit"]
         self.default_limit = settings["dicomweb.qido_default_limit"]
+        self.rendered = RenderedRows()
 
     def _scope(self, principal: Principal, level: str, filters: Mapping[str, str],
                study_uid: str | None) -> tuple[str | None, tuple]:
@@ -176,11 +178,19 @@ class QueryService:
     def search(self, principal: Principal, level: str, filters: Mapping[str, str], *,
                include: Iterable[str] | str = (), limit: int | None = None, offset: int = 0,
                fuzzy: bool = False, study_uid: str | None = None,
-               series_uid: str | None = None) -> SearchOutcome:
-        """``filters`` maps keywords to DICOM matching strings; ``include`` is keywords or "all"."""
+               series_uid: str | None = None, as_json: bool = False,
+               retrieve_root: str | None = None) -> SearchOutcome:
+        """``filters`` maps keywords to DICOM matching strings; ``include`` is keywords or "all".
+
+        ``retrieve_root``: each result carries its RetrieveURL (0008,1190) under this root;
+        ``as_json``: the results as DICOM JSON text (made once per row and shape, see
+        :mod:`gateway.services.rendered_rows`)."""
         if level == "patient":
-            return self._search_patients(principal, filters, include=include, limit=limit, offset=offset,
-                                         fuzzy=fuzzy)
+            outcome = self._search_patients(principal, filters, include=include, limit=limit, offset=offset,
+                                            fuzzy=fuzzy)
+            if as_json:
+                outcome.results = [_dumps(r) for r in outcome.results]
+            return outcome
         matches: list[Match] = []
         ignored: list[str] = []
         universal: list[str] = []
@@ -212,8 +222,23 @@ class QueryService:
         requested = {k for k in filters} | {keyword_for_tag(int(t, 16)) or t for t in extra}
         requested |= _upper_level_keys(level, study_uid, series_uid)
         columns = self._columns(level, requested, include_all, found.rows[0] if found.rows else {})
-        results = [self._result(row, level, columns, extra, include_all) for row in found.rows]
-        return SearchOutcome(results, truncated, ignored)
+        if not as_json:
+            return SearchOutcome([self._result(row, level, columns, extra, include_all, retrieve_root)
+                                  for row in found.rows], truncated, ignored)
+        shape = (level, tuple(columns), tuple(sorted(extra)), include_all, retrieve_root)
+        texts = []
+        for row in found.rows:
+            try:
+                key = (shape, tuple(row.items()))
+                text = self.rendered.get(key)
+            except TypeError:  # a value that cannot be a key: rendered, not kept
+                key, text = None, None
+            if text is None:
+                text = _dumps(self._result(row, level, columns, extra, include_all, retrieve_root))
+                if key is not None:
+                    self.rendered.put(key, text, sum(len(v) for v in row.values() if isinstance(v, str)))
+            texts.append(text)
+        return SearchOutcome(texts, truncated, ignored)
 
     def _search_patients(self, principal: Principal, filters: Mapping[str, str], *,
                          include: Iterable[str] | str, limit: int | None, offset: int,
@@ -280,7 +305,7 @@ class QueryService:
         return columns
 
     def _result(self, row: dict[str, Any], level: str, columns: list[tuple], extra_tags: set[str],
-                include_all: bool) -> dict[str, Any]:
+                include_all: bool, retrieve_root: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {}
         # Attributes kept from the first instance (study/series level), then the instance's own.
         merged: dict[str, Any] = json.loads(row.get("study_json") or "{}")
@@ -308,7 +333,27 @@ class QueryService:
             body[tag] = _element(vr, value)
         if "00080005" in merged:
             body["00080005"] = merged["00080005"]
+        if retrieve_root is not None:
+            body["00081190"] = {"vr": "UR", "Value": [retrieve_url(retrieve_root, level, body)]}
         return dict(sorted(body.items()))
+
+
+def _dumps(result: dict[str, Any]) -> str:
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+
+
+def _uid(result: dict, tag: str) -> str:
+    return (result.get(tag, {}).get("Value") or [""])[0]
+
+
+def retrieve_url(root: str, level: str, result: dict) -> str:
+    """RetrieveURL (0008,1190) of a result (PS3.18 Tables 10.6.3-3 to -5)."""
+    url = f"{root}/studies/{_uid(result, '0020000D')}"
+    if level in ("series", "instance"):
+        url += f"/series/{_uid(result, '0020000E')}"
+    if level == "instance":
+        url += f"/instances/{_uid(result, '00080018')}"
+    return url
 
 
 def vr_of(tag_hex: str) -> str:

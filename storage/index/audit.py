@@ -22,15 +22,17 @@ class SqlAuditLog:
     def __init__(self, db):
         self.db = db
 
-    def append(self, records: list[AuditRecord]) -> None:
+    def append(self, records: list[AuditRecord], *, durable: bool = True) -> None:
         if not records:
             return
         columns = AUDIT_COLUMNS[:-1]  # id is the database's
-        with self.db.transaction() as cur:
-            for record in records:
-                cur.execute(self.db.sql(f"INSERT INTO audit_log ({', '.join(columns)}) "
-                                      f"VALUES ({', '.join('?' * len(columns))})"),
-                            [getattr(record, c) for c in columns])
+        row = f"({', '.join('?' * len(columns))})"
+        with self.db.transaction(durable=durable) as cur:
+            for start in range(0, len(records), 500):  # one statement per 500 records: one round trip
+                batch = records[start:start + 500]
+                cur.execute(self.db.sql(f"INSERT INTO audit_log ({', '.join(columns)}) VALUES "
+                                        + ", ".join([row] * len(batch))),
+                            [getattr(record, c) for record in batch for c in columns])
 
     def search(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = [], []

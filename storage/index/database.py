@@ -62,8 +62,10 @@ class SqlDatabase:
         self.masks = SqlMaskStore(self)
 
     # --- provided by subclasses -------------------------------------------------
-    def transaction(self) -> contextlib.AbstractContextManager:
-        """A context manager yielding a cursor inside one write transaction."""
+    def transaction(self, *, durable: bool = True) -> contextlib.AbstractContextManager:
+        """A context manager yielding a cursor inside one write transaction. ``durable=False``:
+        its commit does not wait for the disk (safe against the gateway being killed, not against
+        a power loss or a database crash in the next second; see :meth:`AuditLog.append`)."""
         raise NotImplementedError
 
     def read(self) -> contextlib.AbstractContextManager:

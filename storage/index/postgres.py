@@ -169,8 +169,10 @@ class PostgresIndexStore(SqlDatabase):
             raise StorageError(f"PostgreSQL index error: {type(exc).__name__}: {exc}") from exc
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor]:
+    def transaction(self, *, durable: bool = True) -> Iterator[psycopg.Cursor]:
         with self._errors(), self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if not durable:  # this transaction only: the commit returns before its WAL is flushed
+                cur.execute("SET LOCAL synchronous_commit = off")
             yield cur
 
     @contextlib.contextmanager

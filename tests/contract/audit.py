@@ -43,3 +43,12 @@ class AuditLogContract(StoreContract):
         assert at(newest_first=False, limit=2) == [1_000, 2_000]
         assert at(newest_first=False, after_id=everything[2].id) == [3_000, 4_000]
         assert at(limit=1, offset=1) == [3_000]
+
+    def test_audit_append_not_waiting_for_the_disk(self, store):
+        store.append([self.audit(5_000, "search", user_id="u4", resource="search:study")], durable=False)
+        store.append([self.audit(6_000, "read", user_id="u4", resource=f"study:{n}") for n in range(600)],
+                     durable=False)  # more records than one statement takes
+        store.append([self.audit(7_000, "store", user_id="u4", resource="study:7")])  # durable again after it
+        found = store.search(AuditQuery(user_id="u4", limit=1000, newest_first=False))
+        assert [r.at for r in found] == [5_000] + [6_000] * 600 + [7_000]
+        assert [r.resource for r in found[1:601]] == [f"study:{n}" for n in range(600)]

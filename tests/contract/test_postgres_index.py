@@ -86,6 +86,19 @@ class TestPostgresBackend(IndexBackendContract, PostgresBackend):
                     cur.execute(statement)
         assert [r.outcome for r in backend.audit.search(AuditQuery())] == ["ok"]
 
+    def test_a_commit_not_waiting_for_the_disk_changes_that_transaction_only(self, postgres_dsn):
+        backend = _store(postgres_dsn, pool_min=1, pool_max=1)  # one connection: the same session throughout
+        try:
+            backend.migrate()
+            with backend.transaction(durable=False) as cur:
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone()[0] == "off"
+            with backend.read() as cur:
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone()[0] == "on"
+        finally:
+            backend.close()
+
     def test_concurrent_migrations_apply_once(self, postgres_dsn):
         stores = [_store(postgres_dsn, pool_max=1) for _ in range(6)]
         barrier = threading.Barrier(len(stores))

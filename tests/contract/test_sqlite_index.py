@@ -62,6 +62,19 @@ class TestSqliteBackend(IndexBackendContract, SqliteBackend):
                     cur.execute(statement)
         assert [r.outcome for r in backend.audit.search(AuditQuery())] == ["ok"]
 
+    def test_a_commit_not_waiting_for_the_disk_leaves_the_connection_as_it_was(self, backend):
+        synchronous = lambda: backend._connection().execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+        assert synchronous() == 2  # FULL
+        with backend.transaction(durable=False) as cur:
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, for this commit
+            cur.execute("INSERT INTO audit_log (at, action, outcome) VALUES (1, 'read', 'ok')")
+        assert synchronous() == 2
+        with pytest.raises(sqlite3.IntegrityError):
+            with backend.transaction(durable=False) as cur:
+                cur.execute("INSERT INTO audit_log (at, action, outcome) VALUES (NULL, NULL, NULL)")
+        assert synchronous() == 2
+        assert len(backend.audit.search(AuditQuery())) == 1
+
     def test_the_forward_queue_of_older_versions_becomes_forward_jobs(self, tmp_path):
         """A deployment upgraded from a version with the forward_queue table keeps its forwards."""
         old = SqliteIndexStore(tmp_path / "old.sqlite3")
