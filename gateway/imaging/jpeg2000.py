@@ -42,6 +42,12 @@ def to_codec_samples(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     raise ValueError(f"pixels of type {pixels.dtype} do not fit 16-bit JPEG 2000 samples")
 
 
+def load_encoder() -> None:
+    """Load OpenJPEG (through glymur: ≈ 40 ms, more on a busy machine) now rather than inside
+    the first slice's encode, where every thread of a previews run would wait for it."""
+    from gateway.imaging import openjp2  # noqa: F401
+
+
 def encode(samples: np.ndarray, *, ratio: float | None) -> bytes:
     """A raw J2K codestream of unsigned 8/16-bit samples (2-D, or rows × columns × 3);
     ``ratio`` None or 1: lossless. Raises :class:`~gateway.imaging.openjp2.OpenJpegError`
