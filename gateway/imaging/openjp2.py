@@ -1,12 +1,11 @@
 """JPEG 2000 encoding from a numpy array into memory, straight through OpenJPEG's C API.
 
-glymur's high-level ``Jp2k`` writes files only, and each write costs more around OpenJPEG
-than the preview's small slices do inside it: a file on tmpfs, glymur's validation and
-``ctypes`` set-up per call, then a re-parse of the file it has just written (a 256² slice:
-≈ 3 ms of ≈ 11 ms). Here the library glymur found (``glymur.lib.openjp2``, its structure
-layouts too) is driven directly: samples are copied once into OpenJPEG's image, the codestream
-is written to a memory stream, and every OpenJPEG failure becomes :class:`OpenJpegError`.
-The calls release the GIL, so several threads encode on several cores.
+glymur's high-level ``Jp2k`` does not fit a per-slice encoder: it writes files only (a file on
+tmpfs per codestream, read back), validates its arguments and sets ctypes signatures on every
+call, and parses the file it has just written into a ``Jp2k`` object nobody reads. Here the library glymur found (``glymur.lib.openjp2``, with its
+structure layouts) is driven directly: the samples are copied once into OpenJPEG's image, the
+codestream is written to a memory stream, and every OpenJPEG failure raises
+:class:`OpenJpegError`. The calls release the GIL: several threads encode on several cores.
 """
 from __future__ import annotations
 
