@@ -12,13 +12,22 @@ and completes the upload, then:
 
 | phase | what |
 |---|---|
-| pipeline | from the upload's completion to the preview's status ``ready`` (decode, bin, encode every slice, thumbnails and 3D snapshots, store), polled every 50 ms |
-| opj 1 / opj 2 | ``opj_compress -r <ratio>`` (Debian ``libopenjp2-tools``) over the same slices binned and written as 16-bit PGM: one process over every file, and two processes over half each (both cores) |
+| pipeline | from the upload's completion to the preview's status ``ready`` (decode, bin, encode every slice, thumbnails and 3D snapshots, store), polled every 50 ms; and the CPU time the job worker process used meanwhile (Linux ``/proc``) |
+| opj 1 / opj 2 | ``opj_compress -r <ratio>`` (Debian ``libopenjp2-tools``) over the same slices binned and written as 16-bit PGM: one process over every file, and two processes over half each (both cores); and the CPU time of the two |
 | bytes | the preview stream against ``GET /dicom-web/studies/{s}/series/{se}`` (``transfer-syntax=*``: the originals, which is what any PACS that keeps originals, Orthanc among them, sends) |
 | volume | time to a numpy volume: ``GatewayClient.preview`` (stream + JPEG 2000 decode) against dicomweb-client's ``retrieve_series`` + ``pixel_array`` of every instance |
 | thumbnail | ``GET …/thumbnail?size=256`` ``--thumbnail-reps`` (200) times on one connection: p50, p99 |
 
-Compare ratios, not absolute times (a shared, noisy machine). Only loopback traffic; nothing
+Both sides encode the same way: OpenJPEG 2.5's defaults (one tile, 6 resolution levels,
+64 × 64 code blocks, LRCP, reversible 5/3 wavelet, no colour transform for grey), one quality
+layer at ratio 10 of 16-bit samples, one thread per codestream (``opj_compress`` sets none
+without ``-threads`` and runs without ``OPJ_NUM_THREADS``; the pipeline encodes
+``previews.threads`` slices at once): the codestreams are the same byte for byte.
+``opj_compress`` starts from binned PGM files, the pipeline from the stored DICOM files
+(decoding, binning and the other derived objects are its own work).
+
+Compare ratios, not absolute times (a shared, noisy machine): the CPU-time ratio is the steadier
+of the two when other processes compete for the cores. Only loopback traffic; nothing
 here asserts. Needs ``opj_compress`` (``apt-get install libopenjp2-tools``); without it those
 rows are left out.
 """
@@ -26,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,17 +65,45 @@ def write_pgm(path: Path, samples: np.ndarray) -> None:
 
 def opj_compress(folders: list[Path], ratio: float) -> float:
     """Seconds for one ``opj_compress`` process per folder, all at once."""
+    # One thread per codestream, as the pipeline's: OpenJPEG would follow OPJ_NUM_THREADS.
+    env = {k: v for k, v in os.environ.items() if k != "OPJ_NUM_THREADS"}
     started = time.perf_counter()
     procs = []
     for i, folder in enumerate(folders):
         # With -ImgDir, opj_compress writes each codestream beside its image.
         procs.append(subprocess.Popen(["opj_compress", "-ImgDir", str(folder), "-OutFor", "j2k", "-r", str(ratio)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env))
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"opj_compress failed: {err.decode()[-500:]}")
     return time.perf_counter() - started
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system seconds of a process, every thread (Linux ``/proc``), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(parent: int) -> int | None:
+    """The job worker process ``gateway serve`` started (its child running ``gateway.cli worker``)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent \
+                    and b"worker" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(args) -> dict:
@@ -92,6 +131,8 @@ def run(args) -> dict:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {gw.token}"
         status_url = f"{base}/api/v1/studies/{study}/series/{series}/preview/status"
+        worker = worker_pid(gw.proc.pid)
+        cpu_before = process_cpu(worker) if worker else None
         started = time.perf_counter()
         while True:
             status = session.get(status_url, timeout=30).json()
@@ -101,6 +142,9 @@ def run(args) -> dict:
                 raise RuntimeError(f"previews did not become ready: {status}")
             time.sleep(0.05)
         result["pipeline_s"] = time.perf_counter() - started
+        cpu_after = process_cpu(worker) if worker else None
+        if cpu_before is not None and cpu_after is not None:
+            result["pipeline_cpu_s"] = cpu_after - cpu_before
 
         if shutil.which("opj_compress"):
             halves = [work / "pgm0", work / "pgm1"]
@@ -115,8 +159,12 @@ def run(args) -> dict:
                 for file in folder.iterdir():
                     shutil.copy(file, whole / file.name)
             result["opj_1_process_s"] = opj_compress([whole], 10)
+            cpu_before = children_cpu()
             result["opj_2_processes_s"] = opj_compress(halves, 10)
+            result["opj_2_processes_cpu_s"] = children_cpu() - cpu_before
             result["pipeline_vs_opj_2"] = result["pipeline_s"] / result["opj_2_processes_s"]
+            if "pipeline_cpu_s" in result:
+                result["pipeline_vs_opj_cpu"] = result["pipeline_cpu_s"] / result["opj_2_processes_cpu_s"]
 
         preview_url = f"{base}/api/v1/studies/{study}/series/{series}/preview"
         started = time.perf_counter()
@@ -172,6 +220,10 @@ def table(result: dict) -> str:
         rows += [("opj_compress -r 10, 1 process", f"{result['opj_1_process_s']:.1f} s"),
                  ("opj_compress -r 10, 2 processes", f"{result['opj_2_processes_s']:.1f} s"),
                  ("pipeline ÷ opj (2 processes)", f"{result['pipeline_vs_opj_2']:.2f}×  (goal ≤ 1.3×)")]
+    if "pipeline_vs_opj_cpu" in result:
+        rows += [("CPU: pipeline's worker / opj (2 processes)",
+                  f"{result['pipeline_cpu_s']:.1f} s / {result['opj_2_processes_cpu_s']:.1f} s: "
+                  f"{result['pipeline_vs_opj_cpu']:.2f}×")]
     rows += [("preview stream", f"{result['preview_mb']:.1f} MB in {result['preview_stream_s']:.2f} s"),
              ("WADO-RS series (originals)", f"{result['wado_mb']:.1f} MB in {result['wado_retrieve_s']:.2f} s"),
              ("bytes: WADO-RS ÷ preview", f"{result['bytes_saved_x']:.1f}×  (goal ≥ 10×)"),

@@ -1,42 +1,15 @@
-"""JPEG 2000 codestreams of preview slices: binning, encoding with glymur (the system's
-OpenJPEG, Debian's ``libopenjp2-7``), decoding.
+"""JPEG 2000 codestreams of preview slices: binning, encoding (the system's OpenJPEG, Debian's
+``libopenjp2-7``, as glymur finds it, driven from memory by :mod:`gateway.imaging.openjp2`),
+decoding.
 
-glymur writes files only (``Jp2k(BytesIO)`` silently creates a file named after the object's
-repr), so each thread encodes into its own file on tmpfs and reads it back. Its calls into
-OpenJPEG go through ctypes, which releases the GIL: several threads encode on several cores.
 Samples are unsigned 8 or 16 bit: signed data is shifted by 2**15 (the preview's geometry
 says so); the compression ratio is relative to 16-bit samples whatever the bits stored.
 """
 from __future__ import annotations
 
-import atexit
-import os
-import tempfile
-import threading
-import uuid
-from pathlib import Path
-
 import numpy as np
 
 SIGNED_SHIFT = 32768
-_local = threading.local()
-_scratch_files: set[Path] = set()
-
-
-@atexit.register
-def _remove_scratch_files() -> None:
-    for path in list(_scratch_files):
-        path.unlink(missing_ok=True)
-
-
-def _scratch() -> Path:
-    path = getattr(_local, "path", None)
-    if path is None:
-        folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        # Not created here: glymur refuses to write over an empty file.
-        path = _local.path = Path(folder) / f"gateway-j2k-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex}.j2k"
-        _scratch_files.add(path)
-    return path
 
 
 def bin_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
@@ -50,11 +23,23 @@ def bin_pixels(pixels: np.ndarray, factor: int) -> np.ndarray:
         raise ValueError(f"an image of {pixels.shape[0]}×{pixels.shape[1]} cannot be binned by {factor}")
     # The sum of factor² strided views: one pass of vectorised adds, much faster than a mean
     # over the axes of a reshaped array.
-    total = np.zeros((rows // factor, columns // factor, *pixels.shape[2:]), dtype=np.int64)
+    blocks = factor * factor
+    narrow = pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2 and blocks <= 256  # sums fit 32 bits
+    total = np.zeros((rows // factor, columns // factor, *pixels.shape[2:]), dtype=np.int32 if narrow else np.int64)
     for dy in range(factor):
         for dx in range(factor):
             total += pixels[dy:rows:factor, dx:columns:factor]
-    return np.rint(total / (factor * factor)).astype(pixels.dtype)
+    if narrow and blocks & (blocks - 1) == 0:
+        # A power of two: (sum + blocks/2 − 1 + the quotient's last bit) >> log2(blocks) rounds
+        # halves to even in integers, in place (4× the float division and rint).
+        shift = blocks.bit_length() - 1
+        odd = total >> shift
+        odd &= 1
+        total += odd
+        total += blocks // 2 - 1
+        total >>= shift
+        return total.astype(pixels.dtype)
+    return np.rint(total / blocks).astype(pixels.dtype)
 
 
 def to_codec_samples(pixels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -69,23 +54,21 @@ def to_codec_samples(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     raise ValueError(f"pixels of type {pixels.dtype} do not fit 16-bit JPEG 2000 samples")
 
 
+def load_encoder() -> None:
+    """Load OpenJPEG (through glymur: ≈ 40 ms, more on a busy machine) now rather than inside
+    the first slice's encode, where every thread of a previews run would wait for it."""
+    from gateway.imaging import openjp2  # noqa: F401
+
+
 def encode(samples: np.ndarray, *, ratio: float | None) -> bytes:
     """A raw J2K codestream of unsigned 8/16-bit samples (2-D, or rows × columns × 3);
-    ``ratio`` None or 1: lossless."""
-    import glymur  # loads the system OpenJPEG; only the processes that encode need it
+    ``ratio`` None or 1: lossless. Raises :class:`~gateway.imaging.openjp2.OpenJpegError`
+    when OpenJPEG fails."""
+    from gateway.imaging import openjp2  # loads the system OpenJPEG; only the processes that encode need it
 
-    if glymur.get_option("lib.num_threads") != 0:
-        # 0: OpenJPEG encodes in the calling thread. glymur's default, 1, makes OpenJPEG start
-        # (and stop) a worker thread for every codestream, 20 % of a 256² slice's time; our
-        # threads encode slices side by side instead.
-        glymur.set_option("lib.num_threads", 0)
-    path = _scratch()
-    options = {"cratios": [float(ratio)]} if ratio and ratio > 1 else {}
     # OpenJPEG refuses more resolution levels than the image's smaller edge allows.
     smaller = min(samples.shape[0], samples.shape[1])
-    options["numres"] = max(1, min(6, smaller.bit_length()))
-    glymur.Jp2k(str(path), data=np.ascontiguousarray(samples), **options)
-    return path.read_bytes()
+    return openjp2.encode_j2k(samples, ratio=ratio, resolutions=max(1, min(6, smaller.bit_length())))
 
 
 def decode(codestream: bytes) -> np.ndarray:

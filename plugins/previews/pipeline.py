@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.imaging import PixelDataError
+from gateway.imaging import PixelDataError, jpeg2000
 from gateway.services.archives import slice_order
 from gateway.services.derived import (
     KIND,
@@ -119,6 +119,11 @@ class DeriveHandler:
         self.threads = settings["previews.threads"]
         self.retry = RetryPolicy(settings["previews.retry_initial"], settings["previews.retry_max"],
                                  settings["previews.max_attempts"])
+        if self.enabled():
+            try:
+                jpeg2000.load_encoder()
+            except Exception as exc:  # each slice's encode says so again (and is skipped); the worker runs on
+                logger.warning("the JPEG 2000 encoder could not be loaded: %s", exc)
 
     def enabled(self) -> bool:
         return self.settings["previews.enabled"]

@@ -103,17 +103,22 @@ class SnapshotSession:
         intercept = _number(item.header, "00281052", 0.0, item.frame)
         tables = self._tables(slope, intercept, binned.dtype)
         made = {}
+        if tables is not None:
+            index = binned if tables["offset"] == 0 else binned.astype(np.int32) + tables["offset"]
         for preset in self.params["presets"]:
             if tables is not None:
                 bright_of, alpha_of = tables["presets"][preset["name"]]
-                index = binned.astype(np.int32) + tables["offset"]
-                bright, alpha = bright_of[index], alpha_of[index]
+                bright, alpha = np.take(bright_of, index), np.take(alpha_of, index)  # take: 2.5× a fancy index
             else:
                 bright, alpha = self._curves(preset, binned.astype(np.float64) * slope + intercept)
             made[preset["name"], "mip"] = bright.max(axis=0)
-            through = np.cumprod(1.0 - alpha, axis=0)
-            before = np.vstack([np.ones((1, binned.shape[1]), np.float32), through[:-1]])
-            made[preset["name"], "vr"] = (alpha * bright * before).sum(axis=0)
+            # The transmittance in front of each sample: 1, then the running product of (1 − α).
+            before = np.empty_like(alpha)
+            before[0] = 1.0
+            np.cumprod(1.0 - alpha[:-1], axis=0, out=before[1:])
+            weighted = alpha * bright
+            weighted *= before
+            made[preset["name"], "vr"] = weighted.sum(axis=0)
         return made
 
     def add(self, item: Slice, prepared: dict) -> None:

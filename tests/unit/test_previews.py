@@ -139,3 +139,26 @@ def test_deleting_the_series_forgets_its_objects_and_their_blobs(services):
     assert not any(services.blobs.exists(k) for k in keys)
     assert run_previews(services) == 1  # the job the delete queued finds nothing to make
     assert services.derived.store.for_series("default", series) == []
+
+
+def test_a_slice_openjpeg_refuses_is_skipped_with_the_reason_and_the_rest_is_made(services, monkeypatch):
+    from gateway.imaging import openjp2
+
+    study, series = "1.2.826.0.1.3680043.8.498.3", "1.2.826.0.1.3680043.8.498.3.1"
+    ingest(services, cbct_series(6, 64, study_uid=study, series_uid=series))
+    real, calls = openjp2.encode_j2k, []
+
+    def first_refused(samples, **kw):
+        calls.append(1)
+        if len(calls) == 1:  # a real refusal: more resolution levels than 32² pixels allow
+            kw["resolutions"] = 12
+        return real(samples, **kw)
+
+    monkeypatch.setattr(openjp2, "encode_j2k", first_refused)
+    assert JobWorker.for_services(services, kinds=[KIND]).run_once() == 1
+    preview = next(o for o in services.derived.store.for_series("default", series) if o.name == "preview")
+    assert preview.info["slice_count"] == 5
+    [skipped] = preview.info["skipped"]
+    assert skipped["reason"].startswith("OpenJpegError: OpenJPEG opj_start_compress failed: ")
+    assert "resolution" in skipped["reason"]
+    assert [j.payload["sop_uid"] for j in services.jobs.list_jobs(kind="preview-instance")] == [skipped["sop_uid"]]
