@@ -73,16 +73,17 @@ def record_json(record: AuditRecord) -> dict:
 
 
 class AuditService:
-    def __init__(self, log, *, read_window: int = 300, clock=time.time):
+    def __init__(self, log, *, read_window: int = 300, durable_reads: bool = False, clock=time.time):
         self.log = log
         self.read_window = read_window
+        self.durable_reads = durable_reads
         self.clock = clock
         self._recent: OrderedDict[tuple, float] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, log, settings) -> "AuditService":
-        return cls(log, read_window=settings["audit.read_window"])
+        return cls(log, read_window=settings["audit.read_window"], durable_reads=settings["audit.durable_reads"])
 
     def _seen_recently(self, key: tuple, now: float) -> bool:
         with self._lock:
@@ -117,8 +118,9 @@ class AuditService:
         audit_logger.info("audit %s %s %s", action, outcome, resource or "-", extra={"audit": fields})
         try:
             # A successful read or search (the bulk of the log, one per request) is not worth a
-            # wait for the disk; changes and refusals are (AuditLog.append).
-            self.log.append([record], durable=not (outcome == OK and action in _RELAXED_ACTIONS))
+            # wait for the disk unless audit.durable_reads; changes and refusals always are.
+            relaxed = not self.durable_reads and outcome == OK and action in _RELAXED_ACTIONS
+            self.log.append([record], durable=not relaxed)
         except StorageError as exc:  # the access itself was decided; the log line above keeps the trace
             logger.error("audit record not stored (%s): %s %s %s", exc, action, outcome, resource)
         return record

@@ -492,6 +492,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.url_signing_keys", "", str, "HMAC keys of signed URLs: 'kid:base64key,kid2:base64key' (first signs, all verify); empty: generated in auth.key_dir", secret=True),
     Setting("auth.signed_url_ttl", 600, _positive(_int), "default lifetime of signed URLs, in seconds"),
     Setting("auth.signed_url_max_ttl", 3600, _positive(_int), "longest lifetime of signed URLs, in seconds"),
+    Setting("audit.durable_reads", False, _bool, "successful reads and searches are committed waiting for the disk too, as changes and refusals always are (slower; when false, a power loss or a database crash may lose the last second of them)"),
     Setting("audit.read_window", 300, _non_negative(_int), "a principal's successful reads (and stores) of one study are logged once per this many seconds per process; 0: every request"),
     Setting("auth.share_link_url", "", str, "the URL a link share answers, with {study}, {series} and {token}, e.g. https://viewer.example/viewer?StudyInstanceUIDs={study}&token={token} (OHIF); empty: the study's DICOMweb metadata URL with ?share="),
 )
